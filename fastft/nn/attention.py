@@ -1,0 +1,3 @@
+"""nn.Module wrappers (attention). Filled in by its owner."""
+
+__all__: list[str] = []

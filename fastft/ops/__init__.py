@@ -1,0 +1,1 @@
+"""Autograd Functions and torch.library custom ops, one module per op (layer 3)."""

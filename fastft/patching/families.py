@@ -1,0 +1,111 @@
+"""The per-family table: everything fastft needs to know about a model family, as data.
+
+One row per family; every model type that shares a layout maps to the same row. The patch
+layer, LoRA injection and the trainer's strategies (freeze-N, gradual unfreezing, layer-wise LR)
+read this table instead of carrying per-model code. Paths are attribute paths relative to
+``model.base_model`` (the backbone), except ``heads`` which are relative to the full model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    #: ``config.model_type`` values that use this layout.
+    model_types: tuple[str, ...]
+    #: decoder (causal attention) or encoder.
+    causal: bool
+    #: embedding modules on the backbone (frozen first by freeze-N).
+    embeddings: tuple[str, ...]
+    #: the ModuleList of transformer blocks on the backbone.
+    layers: str
+    #: modules after the last block on the backbone (final LayerNorm), grouped with the top layer.
+    final_norm: tuple[str, ...]
+    #: task heads on the full model (kept trainable by head-only / LoRA).
+    heads: tuple[str, ...]
+    #: default LoRA targets (leaf module names).
+    lora_targets: tuple[str, ...]
+    #: attention goes through transformers' AttentionInterface (``config._attn_implementation``).
+    attention_interface: bool = True
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="bert",
+        model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"),
+        causal=False,
+        embeddings=("embeddings",),
+        layers="encoder.layer",
+        final_norm=("pooler",),
+        heads=("classifier", "score", "qa_outputs", "cls", "lm_head"),
+        lora_targets=("query", "key", "value", "dense"),
+    ),
+    Family(
+        name="distilbert",
+        model_types=("distilbert",),
+        causal=False,
+        embeddings=("embeddings",),
+        layers="transformer.layer",
+        final_norm=(),
+        heads=("pre_classifier", "classifier", "qa_outputs", "vocab_projector", "vocab_transform"),
+        lora_targets=("q_lin", "k_lin", "v_lin", "out_lin"),
+    ),
+    Family(
+        name="gpt2",
+        model_types=("gpt2",),
+        causal=True,
+        embeddings=("wte", "wpe"),
+        layers="h",
+        final_norm=("ln_f",),
+        heads=("score", "lm_head"),
+        lora_targets=("c_attn", "c_proj", "c_fc"),
+    ),
+    Family(
+        name="llama",
+        model_types=("llama", "mistral", "qwen2", "qwen3", "smollm3"),
+        causal=True,
+        embeddings=("embed_tokens",),
+        layers="layers",
+        final_norm=("norm",),
+        heads=("score", "lm_head"),
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    ),
+)
+
+_BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The family row of a HF model (by ``config.model_type``), or None if fastft has no row for it."""
+    cfg = getattr(model, "config", None)
+    return _BY_TYPE.get(getattr(cfg, "model_type", None))
+
+
+def get_path(root: nn.Module, path: str) -> nn.Module | None:
+    """``get_path(m, "encoder.layer")`` -> ``m.encoder.layer`` or None if any step is missing."""
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    return getattr(model, "base_model", model)
+
+
+def blocks(model: nn.Module, family: Family | None = None) -> list[nn.Module]:
+    """The transformer blocks of ``model``, bottom to top."""
+    family = family or family_of(model)
+    if family is None:
+        raise ValueError(f"fastft has no family row for model_type {getattr(model.config, 'model_type', None)!r}")
+    layers = get_path(backbone(model), family.layers)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: no {family.layers!r} on the backbone")
+    return list(layers)

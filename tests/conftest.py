@@ -1,0 +1,33 @@
+"""Test-suite set-up shared by every test.
+
+Without a GPU, every Triton kernel runs in the Triton CPU interpreter: ``TRITON_INTERPRET=1``
+must be set before triton is first imported, which is why it is set here, at collection.
+"""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device kernels are tested on: CUDA when present, else CPU through the interpreter."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")
