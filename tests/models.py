@@ -32,7 +32,8 @@ def tiny_gpt2_config(**kw):
     from transformers import GPT2Config
 
     base = dict(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.0,
-                embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, attn_implementation="sdpa")
+                embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                attn_implementation="sdpa")
     base.update(kw)
     return GPT2Config(**base)
 
