@@ -1,1 +1,532 @@
-"""torch.distributed integration (torchrun; DDP and FSDP2). Filled in by its owner."""
+"""torch.distributed integration: launch under ``torchrun``, wrap with DDP or FSDP2, gather, checkpoint.
+
+Everything here is an identity / local operation when the process was not started by a launcher
+(no ``WORLD_SIZE`` > 1 in the environment), so the trainer calls the same functions for 1 process,
+N GPUs on one node and N nodes:
+
+    state = init_distributed(cfg.device)          # reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
+    model = wrap_model(model.to(state.device), state, strategy="ddp")   # or "fsdp" (FSDP2)
+    for i, batch in enumerate(loader):
+        with no_sync(model, active=not last_micro_step):
+            loss.backward()
+    probs = gather_for_metrics(local_probs, state, total=len(eval_ds))
+    sd = full_state_dict(model, state)             # full on rank 0 (FSDP2: gathered, others get {})
+    if state.is_main: save(...)
+    cleanup(state)
+
+Multi-node is whatever torchrun's rendezvous provides; nothing here depends on the node count.
+
+Checkpoint format: the model state is a plain (unsharded, un-prefixed) state dict, and the optimizer
+state is the format of ``torch.optim.Optimizer.state_dict()`` (integer parameter ids in
+``param_groups`` order) whatever the strategy, so a checkpoint written by N processes under DDP or
+FSDP2 loads in one process with plain ``load_state_dict`` and vice versa.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistState",
+    "STRATEGIES",
+    "init_distributed",
+    "wrap_model",
+    "unwrap_model",
+    "no_sync",
+    "all_reduce_sum",
+    "all_reduce_mean",
+    "broadcast_object",
+    "gather_for_metrics",
+    "barrier",
+    "main_process_first",
+    "cleanup",
+    "full_state_dict",
+    "load_full_state_dict",
+    "optim_state_dict",
+    "load_optim_state_dict",
+    "is_fsdp",
+]
+
+log = logging.getLogger("fastft")
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass
+class DistState:
+    """Where this process sits in the job. ``is_main`` (global rank 0) does logging, progress and writes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    is_main: bool = True
+    #: "nccl" / "gloo" when a process group is in use, else None.
+    backend: str | None = None
+    #: True when :func:`init_distributed` created the process group (so :func:`cleanup` destroys it).
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name}={v!r} is not an integer; unset it or launch with torchrun"
+        ) from None
+
+
+def _resolve_device(device: str | torch.device | None, local_rank: int, distributed: bool) -> torch.device:
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but no CUDA GPU is visible; use --device cpu")
+        if distributed:
+            # One process per GPU: torchrun's LOCAL_RANK picks the GPU on this node.
+            if dev.index is not None and dev.index != local_rank:
+                log.warning(
+                    "fastft.distributed: ignoring device %s, using cuda:%d (LOCAL_RANK)", dev, local_rank
+                )
+            if local_rank >= torch.cuda.device_count():
+                raise ValueError(
+                    f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible on this node; "
+                    "set torchrun --nproc_per_node to at most the number of GPUs"
+                )
+            dev = torch.device("cuda", local_rank)
+        elif dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: str | torch.device | None = None, *, timeout_s: float = 1800.0) -> DistState:
+    """Join the job described by torchrun's environment, or return a 1-process state without one.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT`` through the
+    ``env://`` rendezvous). With ``WORLD_SIZE`` > 1 it initialises the default process group: NCCL on
+    CUDA (after ``torch.cuda.set_device(LOCAL_RANK)``), gloo on CPU. If a process group already exists
+    (e.g. created by a test harness) it is reused. ``device``: None/"auto" (CUDA if present), "cpu",
+    "cuda". Seeding is the caller's job: every rank must use the same seed (same data order, same
+    init of new heads; DDP and :func:`wrap_model` additionally broadcast rank 0's weights).
+    """
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = _env_int("LOCAL_RANK", rank)
+        dev = _resolve_device(device, local_rank, world > 1)
+        return DistState(rank, world, local_rank, dev, rank == 0, dist.get_backend(), owns_group=False)
+
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistState(device=_resolve_device(device, 0, False))
+    if not dist.is_available():
+        raise RuntimeError(
+            "WORLD_SIZE > 1 but this torch build has no torch.distributed; run a single process"
+        )
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(var):
+            raise ValueError(f"WORLD_SIZE={world} but {var} is not set; launch with torchrun (it sets both)")
+    dev = _resolve_device(device, local_rank, True)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
+    if backend == "nccl":
+        kwargs["device_id"] = dev  # binds the communicator to this GPU up front (no lazy init on barrier)
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, **kwargs)
+    state = DistState(rank, world, local_rank, dev, rank == 0, backend, owns_group=True)
+    log.debug("fastft.distributed: rank %d/%d (local %d) on %s via %s", rank, world, local_rank, dev, backend)
+    return state
+
+
+def _active(state: DistState | None = None) -> bool:
+    if state is not None and not state.distributed:
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# wrapping
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """True if ``model`` was sharded with FSDP2 ``fully_shard``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return isinstance(unwrap_model(model), FSDPModule)
+
+
+def _broadcast_params(model: nn.Module, src: int = 0) -> None:
+    """Make every rank hold rank ``src``'s parameters and buffers (FSDP2 does not, unlike DDP)."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src)
+
+
+def wrap_model(
+    model: nn.Module,
+    state: DistState,
+    strategy: str = "ddp",
+    *,
+    find_unused_parameters: bool = False,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """Wrap ``model`` for data-parallel training; identity when ``state.world_size == 1``.
+
+    * ``"ddp"``: :class:`~torch.nn.parallel.DistributedDataParallel` (rank 0's weights are broadcast
+      at construction). Only parameters with ``requires_grad`` at wrap time are synchronised: if the
+      trainable set changes later (gradual unfreezing), call ``wrap_model`` again on the wrapped model
+      (it re-wraps the inner module).
+    * ``"fsdp"``: FSDP2 -- ``fully_shard`` on every transformer block
+      (:func:`fastft.patching.families.blocks`) and then on the root, after broadcasting rank 0's
+      weights. The model's classes are swapped in place, parameters become DTensors sharded on dim 0;
+      ``fastft.optim.FusedAdamW`` updates local shards and all-reduces the squared grad norm.
+
+    The model is moved to ``state.device`` first. Build the optimizer *after* wrapping (FSDP2 replaces
+    the parameters).
+    """
+    strategy = (strategy or "ddp").lower()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown distributed strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if not state.distributed:
+        return model
+    if not _active(state):
+        raise RuntimeError("wrap_model: world_size > 1 but no process group; call init_distributed() first")
+    inner = unwrap_model(model)
+    if strategy == "ddp":
+        if is_fsdp(inner):
+            raise ValueError(
+                "wrap_model: the model is already sharded with FSDP2; it cannot also be wrapped in DDP"
+            )
+        inner = inner.to(state.device)
+        if not any(p.requires_grad for p in inner.parameters()):
+            raise ValueError("wrap_model: the model has no trainable parameters; nothing to train under DDP")
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(
+            inner,
+            device_ids=[state.device.index] if state.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
+    # FSDP2
+    if is_fsdp(inner):
+        return inner
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from fastft.patching.families import blocks, family_of
+
+    inner = inner.to(state.device)
+    _broadcast_params(inner)
+    mesh = init_device_mesh(state.device.type, (state.world_size,))
+    if family_of(inner) is not None:
+        for block in blocks(inner):
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    else:
+        log.warning("fastft.distributed: unknown model family; FSDP2 shards the whole model as one unit")
+    # The root keeps embeddings, final norm and heads; it is never resharded after forward
+    # because its parameters are needed again right at the start of backward.
+    fully_shard(inner, mesh=mesh, reshard_after_forward=False)
+    return inner
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / ``torch.compile`` wrappers (an FSDP2 model is its own root)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module, active: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce for this backward when ``active`` (gradient accumulation).
+
+    Use ``with no_sync(model, active=not last_micro_step): loss.backward()``: gradients accumulate
+    locally and are synchronised once, on the last micro-step. DDP: ``model.no_sync()``; FSDP2:
+    ``set_requires_gradient_sync(False)`` (unsharded gradients are kept until the sync step).
+    """
+    if not active:
+        yield
+        return
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+        return
+    inner = unwrap_model(model)
+    if is_fsdp(inner):
+        inner.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            inner.set_requires_gradient_sync(True)
+        return
+    yield
+
+
+# ---------------------------------------------------------------------------------------------------
+# collectives
+
+
+def _comm_device(state: DistState | None = None) -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(t: torch.Tensor, state: DistState | None = None) -> torch.Tensor:
+    """Sum ``t`` over ranks (in place where possible) and return it; identity in one process."""
+    if not _active(state):
+        return t
+    dev = _comm_device(state)
+    buf = t if t.device == dev else t.to(dev)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    if buf is not t:
+        t.copy_(buf)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor, state: DistState | None = None) -> torch.Tensor:
+    """Mean of ``t`` over ranks (for logging a loss); identity in one process."""
+    if not _active(state):
+        return t
+    return all_reduce_sum(t, state).div_(dist.get_world_size())
+
+
+def broadcast_object(obj: Any, state: DistState | None = None, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (small control data only, e.g. a stop flag)."""
+    if not _active(state):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _all_gather_var(t: torch.Tensor, pad_value: float) -> list[torch.Tensor]:
+    """All-gather tensors whose sizes differ across ranks (any dim); returns each rank's tensor."""
+    dev = _comm_device()
+    world = dist.get_world_size()
+    shape = torch.tensor(list(t.shape), dtype=torch.long, device=dev)
+    ndim = torch.tensor([t.dim()], dtype=torch.long, device=dev)
+    ndims = [torch.empty_like(ndim) for _ in range(world)]
+    dist.all_gather(ndims, ndim)
+    if len({int(n) for n in ndims}) != 1:
+        raise ValueError("gather_for_metrics: tensors have a different number of dims on different ranks")
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    shapes_l = [tuple(int(x) for x in s.tolist()) for s in shapes]
+    max_shape = [max(s[d] for s in shapes_l) for d in range(t.dim())]
+    padded = torch.full(max_shape, pad_value, dtype=t.dtype, device=dev)
+    padded[tuple(slice(0, n) for n in t.shape)] = t.to(dev)
+    out = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return [o[tuple(slice(0, n) for n in s)] for o, s in zip(out, shapes_l)]
+
+
+def gather_for_metrics(
+    t: torch.Tensor,
+    state: DistState,
+    total: int,
+    *,
+    index: torch.Tensor | None = None,
+    pad_value: float = 0,
+) -> torch.Tensor:
+    """Every rank's rows of ``t`` (dim 0 = samples), once each: ``total`` rows in dataset order.
+
+    Without ``index`` the ranks' tensors are concatenated in rank order and cut at ``total``: this
+    is right when rank r evaluates the contiguous r-th shard of the dataset and the shard padding
+    (duplicated samples that make the shards equal) sits at the end of the last shard(s). With
+    ``index`` (the dataset row of each local row, shape (n_local,)), any sharding works: rows are
+    placed by index, duplicates dropped, and a missing row raises. Trailing dims that differ across
+    ranks (e.g. sequence length) are padded with ``pad_value``. Returns on ``t``'s device, on every
+    rank. In one process: ``t[:total]`` (or ordered by ``index``).
+    """
+    if index is not None and index.shape[0] != t.shape[0]:
+        raise ValueError(
+            f"gather_for_metrics: index has {index.shape[0]} rows but the tensor has {t.shape[0]}"
+        )
+    if _active(state):
+        parts = _all_gather_var(t, pad_value)
+        cat = torch.cat(parts, 0) if parts[0].dim() > 0 else torch.stack(parts)
+        idx = torch.cat(_all_gather_var(index.long(), -1), 0) if index is not None else None
+    else:
+        cat, idx = t, (index.long() if index is not None else None)
+    if idx is None:
+        if cat.shape[0] < total:
+            raise ValueError(
+                f"gather_for_metrics: gathered {cat.shape[0]} rows across ranks but total={total}"
+            )
+        return cat[:total].to(t.device)
+    idx = idx.to(cat.device)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= total):
+        raise ValueError(f"gather_for_metrics: index out of range [0, {total})")
+    # First occurrence of each dataset row wins (shard padding repeats samples already seen).
+    n = idx.shape[0]
+    first = torch.full((total,), n, dtype=torch.long, device=cat.device)
+    first.scatter_reduce_(0, idx, torch.arange(n, device=cat.device), reduce="amin")
+    missing = int((first == n).sum())
+    if missing:
+        raise ValueError(f"gather_for_metrics: {missing} of {total} rows were evaluated by no rank")
+    out = cat[first]
+    return out.to(t.device)
+
+
+def barrier(state: DistState | None = None) -> None:
+    """Wait for every rank; no-op in one process."""
+    if not _active(state):
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first(state: DistState) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. tokenising into the datasets cache), then the others, which
+    then find the cache instead of racing to write it."""
+    if not state.is_main:
+        barrier(state)
+    try:
+        yield
+    finally:
+        if state.is_main:
+            barrier(state)
+
+
+def cleanup(state: DistState | None = None) -> None:
+    """Destroy the process group if :func:`init_distributed` created it."""
+    if state is not None and not state.owns_group:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------
+# state dicts (checkpoints)
+
+
+def _sd_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**kw)
+
+
+def full_state_dict(model: nn.Module, state: DistState) -> dict[str, torch.Tensor]:
+    """The complete model state dict with the user's key names (no ``module.`` prefix).
+
+    FSDP2: a collective (call it on every rank); the full tensors are gathered to rank 0 on the CPU
+    and the other ranks get ``{}``. DDP / one process: ``state_dict()`` of the inner module, on every
+    rank.
+    """
+    inner = unwrap_model(model)
+    if is_fsdp(inner):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(inner, options=_sd_options(full_state_dict=True, cpu_offload=True))
+    return inner.state_dict()
+
+
+def load_full_state_dict(
+    model: nn.Module, sd: dict[str, torch.Tensor], state: DistState, *, strict: bool = True
+):
+    """Load a full (unsharded) state dict into a plain, DDP or FSDP2 model; every rank passes ``sd``."""
+    inner = unwrap_model(model)
+    if is_fsdp(inner):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        return set_model_state_dict(inner, sd, options=_sd_options(full_state_dict=True, strict=strict))
+    return inner.load_state_dict(sd, strict=strict)
+
+
+def _fqn_by_param(model: nn.Module) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), name)
+    return names
+
+
+def optim_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: DistState) -> dict[str, Any]:
+    """The optimizer state in ``torch.optim.Optimizer.state_dict()`` format, unsharded.
+
+    FSDP2: a collective; the sharded moments are gathered to rank 0 on the CPU (others get ``{}``)
+    and the parameter-name keys of torch.distributed.checkpoint are mapped back to integer ids in
+    ``param_groups`` order, so the result loads into a 1-process optimizer. DDP / one process:
+    ``optimizer.state_dict()``.
+    """
+    inner = unwrap_model(model)
+    if not is_fsdp(inner):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(
+        inner, optimizer, options=_sd_options(full_state_dict=True, cpu_offload=True)
+    )
+    if not state.is_main:
+        return {}
+    ids: dict[str, int] = {}
+    groups = []
+    for g in osd["param_groups"]:
+        params = []
+        for fqn in g["params"]:
+            ids.setdefault(fqn, len(ids))
+            params.append(ids[fqn])
+        groups.append({**g, "params": params})
+    return {"state": {ids[k]: v for k, v in osd["state"].items() if k in ids}, "param_groups": groups}
+
+
+def load_optim_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict[str, Any], state: DistState
+) -> None:
+    """Load a state dict written by :func:`optim_state_dict` (any strategy, any world size).
+
+    Every rank passes the full ``osd``; under FSDP2 each rank keeps the slice of the moments that
+    matches its parameter shards.
+    """
+    inner = unwrap_model(model)
+    if not is_fsdp(inner):
+        optimizer.load_state_dict(osd)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    fqn = _fqn_by_param(inner)
+    ordered = [p for g in optimizer.param_groups for p in g["params"]]
+    n_saved = sum(len(g["params"]) for g in osd["param_groups"])
+    if n_saved != len(ordered) or len(osd["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(
+            f"optimizer checkpoint has {len(osd['param_groups'])} groups / {n_saved} params but the optimizer has "
+            f"{len(optimizer.param_groups)} / {len(ordered)}; resume with the same model and training strategy"
+        )
+    id_to_fqn = {i: fqn[id(p)] for i, p in enumerate(ordered)}
+    groups = []
+    for g in osd["param_groups"]:
+        groups.append({**g, "params": [id_to_fqn[i] for i in g["params"]]})
+    named = {"state": {id_to_fqn[int(k)]: v for k, v in osd["state"].items()}, "param_groups": groups}
+    set_optimizer_state_dict(inner, optimizer, named, options=_sd_options(full_state_dict=True))
