@@ -1,0 +1,739 @@
+"""Shared machinery of the benchmark suite: timing, peak memory, device peaks, records, output.
+
+Every ``bench/bench_<part>.py`` uses only this module:
+
+    from bench.common import bench_fn, peak_memory, make_record, add_ratios, main_for
+
+    def run(device, quick=False):
+        records = []
+        for S in (128, 512) if quick else (128, 512, 2048):
+            x = ...
+            for impl, fn in (("fastft", lambda: ours(x)), ("torch", lambda: ref(x))):
+                stats = bench_fn(fn, device=device)
+                records.append(make_record("losses", "cross_entropy", impl, {"N": S, "V": V}, x.dtype,
+                                           stats, peak_memory(fn, device), flops=None, nbytes=..., device=device))
+        return add_ratios(records, baselines=("torch",))
+
+    if __name__ == "__main__":
+        main_for(run, "losses")
+
+Timing (:func:`bench_fn`): every call is timed on its own -- CUDA events around each call on
+CUDA, ``time.perf_counter`` on CPU -- after a warm-up, and the median and the 20th/80th
+percentiles of those per-call times are reported. Inputs small enough to stay in the GPU's L2
+cache between calls would flatter a kernel; :func:`rotating` cycles through enough copies of the
+inputs to exceed the L2 size.
+
+Peak memory (:func:`peak_memory`): on CUDA the allocator's own ``max_memory_allocated`` after a
+reset (absolute: includes every tensor alive before the call, e.g. weights). The CPU allocator
+keeps no peak counter, so on CPU it is reconstructed from ``torch.profiler``'s memory events
+(``profile_memory=True``): the running sum of allocations minus frees during the call, i.e. the
+peak of memory *allocated during the call* above what was alive before it. It sees only torch's
+CPU allocator (not Python objects, and not oneDNN's private scratch buffers). Records say which
+kind they hold in ``peak_mem_kind``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import functools
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "RESULTS_DIR",
+    "bench_fn",
+    "quantile",
+    "summarize",
+    "rotating",
+    "l2_cache_bytes",
+    "peak_memory",
+    "peak_mem_kind",
+    "environment",
+    "device_name",
+    "device_slug",
+    "measure_peaks",
+    "make_record",
+    "add_ratios",
+    "not_available",
+    "results_path",
+    "write_results",
+    "load_results",
+    "markdown_table",
+    "main_for",
+    "resolve_device",
+    "sync",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# Default time budgets (seconds) for auto warm-up / repeat counts: (warm-up, measurement).
+_BUDGET = {"cuda": (0.025, 0.1), "cpu": (0.1, 0.5)}
+_REPS = {"cuda": (20, 1000), "cpu": (5, 100)}  # (min, max) timed calls
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default), ``q`` in [0, 1]."""
+    if not values:
+        raise ValueError("quantile of an empty sequence")
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(times_ms: Sequence[float]) -> dict[str, float]:
+    """``{median_ms, p20_ms, p80_ms, mean_ms, min_ms, n}`` of per-call times in milliseconds."""
+    return {
+        "median_ms": quantile(times_ms, 0.5),
+        "p20_ms": quantile(times_ms, 0.2),
+        "p80_ms": quantile(times_ms, 0.8),
+        "mean_ms": sum(times_ms) / len(times_ms),
+        "min_ms": min(times_ms),
+        "n": len(times_ms),
+    }
+
+
+def _time_calls_cpu(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _time_calls_cuda(fn: Callable[[], Any], n: int) -> list[float]:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    torch.cuda.synchronize()
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def bench_fn(
+    fn: Callable[[], Any],
+    *,
+    device: torch.device | str,
+    warmup: int | None = None,
+    rep: int | None = None,
+    budget_s: float | None = None,
+) -> dict[str, float]:
+    """Time ``fn()`` (no arguments) on ``device``; every call is timed separately.
+
+    Args:
+        warmup: untimed calls first (``None``: as many as fit in ~25 ms on CUDA / ~0.1 s on CPU,
+            at least 1). The first call (compilation, autotuning, allocator growth) is always untimed.
+        rep: timed calls (``None``: as many as fit in ``budget_s``, default 0.1 s on CUDA /
+            0.5 s on CPU, clamped to [20, 1000] on CUDA and [5, 100] on CPU).
+
+    Returns ``{median_ms, p20_ms, p80_ms, mean_ms, min_ms, n}``. On CUDA each call sits between two
+    CUDA events on the current stream (GPU time, launch gaps included); on CPU it is wall time by
+    ``time.perf_counter``.
+    """
+    device = torch.device(device)
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    timer = _time_calls_cuda if kind == "cuda" else _time_calls_cpu
+    warm_budget, rep_budget = _BUDGET[kind]
+    if budget_s is not None:
+        rep_budget = budget_s
+    # First call: compile/autotune/allocate; also gives the estimate for auto counts.
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    est = max(time.perf_counter() - t0, 1e-6)
+    if warmup is None:
+        # A second, steadier estimate (the first call is often dominated by compilation).
+        est = max(sum(timer(fn, 1)) / 1e3, 1e-6)
+        warmup = max(1, min(200, int(warm_budget / est)))
+    if warmup > 0:
+        est = max(sum(timer(fn, warmup)) / 1e3 / warmup, 1e-6)
+    if rep is None:
+        lo, hi = _REPS[kind]
+        rep = max(lo, min(hi, int(rep_budget / est)))
+    return summarize(timer(fn, rep))
+
+
+def l2_cache_bytes(device: torch.device | str) -> int:
+    """L2 size of a CUDA device (50 MiB if torch does not say); 0 on CPU (no rotation there)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "L2_cache_size", 50 * 2**20) or 50 * 2**20)
+
+
+def rotating(
+    fn: Callable[..., Any],
+    make_args: Callable[[], tuple],
+    *,
+    device: torch.device | str,
+    copies: int | None = None,
+    max_copies: int = 64,
+) -> Callable[[], Any]:
+    """A zero-argument closure calling ``fn(*args_i)`` with ``args_i`` cycling over several input sets.
+
+    ``make_args()`` builds one fresh set of inputs. On CUDA, if one set is smaller than ~2x the L2
+    cache, enough sets are made that consecutive calls never find their inputs in L2 (capped by
+    ``max_copies``); on CPU, or when one set is already large, a single set is used. Pass
+    ``copies`` to force the number.
+    """
+    first = make_args()
+    if not isinstance(first, tuple):
+        first = (first,)
+    if copies is None:
+        l2 = l2_cache_bytes(device)
+        nbytes = sum(a.numel() * a.element_size() for a in first if isinstance(a, torch.Tensor))
+        copies = 1 if l2 == 0 or nbytes == 0 else min(max_copies, max(1, math.ceil(2 * l2 / nbytes)))
+    sets = [first]
+    for _ in range(copies - 1):
+        a = make_args()
+        sets.append(a if isinstance(a, tuple) else (a,))
+    cyc = itertools.cycle(sets)
+
+    def call():
+        return fn(*next(cyc))
+
+    call.copies = copies  # type: ignore[attr-defined]
+    return call
+
+
+# --------------------------------------------------------------------------------------------
+# memory
+# --------------------------------------------------------------------------------------------
+
+
+def peak_mem_kind(device: torch.device | str, relative: bool = False) -> str:
+    """What :func:`peak_memory` returns on ``device`` (recorded beside the number)."""
+    if torch.device(device).type == "cuda":
+        return "cuda-delta" if relative else "cuda-max-allocated"
+    return "cpu-profiler-delta"
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device | str, *, relative: bool = False) -> int | None:
+    """Peak bytes of memory held by torch while ``fn()`` runs once.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` -- the absolute
+    peak, including tensors alive before the call (weights, optimizer state, inputs); with
+    ``relative=True`` the part above what was allocated before the call.
+
+    CPU: always relative (the CPU allocator has no counter of what is alive): the peak of the
+    running sum of torch CPU allocations minus frees during the call, from ``torch.profiler``
+    memory events. ``None`` if the profiler cannot give it (never a guess).
+    Call it after :func:`bench_fn` so one-time allocations (caches, compilation) are not counted.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return int(peak - base) if relative else int(peak)
+    return _cpu_peak_profiler(fn)
+
+
+def _cpu_peak_profiler(fn: Callable[[], Any]) -> int | None:
+    # The profiler's event tree holds one Allocation event per CPU-allocator malloc/free (size
+    # signed) with a timestamp; their running sum over time is the memory held above the start.
+    # (The per-op ``cpu_memory_usage`` of FunctionEvents nests and cannot give a peak.)
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        from torch._C._profiler import _EventType
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events: list[tuple[int, int]] = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if node.tag == _EventType.Allocation:
+                events.append((node.start_time_ns, int(node.extra_fields.alloc_size)))
+            stack.extend(node.children)
+    except Exception:  # private profiler API changed: say "unknown" rather than guess
+        return None
+    events.sort(key=lambda t: t[0])
+    cur = peak = 0
+    for _, b in events:
+        cur += b
+        peak = max(peak, cur)
+    return int(peak)
+
+
+# --------------------------------------------------------------------------------------------
+# environment and device peaks
+# --------------------------------------------------------------------------------------------
+
+
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device | str) -> str:
+    """File-name form of the device: ``nvidia-h100-80gb-hbm3`` or ``cpu``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+@functools.lru_cache(maxsize=1)
+def _git() -> dict[str, Any]:
+    def run(*args: str) -> str | None:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except Exception:
+            return None
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def environment(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Device name, library versions, git commit and UTC date of this run."""
+    device = resolve_device(device)
+    env: dict[str, Any] = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "fastft_backend": os.environ.get("FASTFT_BACKEND", "auto"),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **_git(),
+    }
+    try:
+        from fastft import _ext
+
+        env["fastft_C"] = _ext.available()
+    except Exception:
+        env["fastft_C"] = None
+    return env
+
+
+_PEAKS: dict[str, dict[str, Any]] = {}
+
+
+def measure_peaks(device: torch.device | str, *, quick: bool = False) -> dict[str, Any]:
+    """Measured (not datasheet) matmul throughput and copy bandwidth of ``device``; cached per run.
+
+    Matmul: square ``n x n`` GEMM, bf16 on CUDA (n=8192), fp32 on CPU (n=1024, 2048 unless quick);
+    2·n³ FLOPs. Copy: ``dst.copy_(src)`` of a large buffer (1 GiB on CUDA, 128 MiB on CPU),
+    counted as 2x bytes (read + write). Both use :func:`bench_fn`'s median.
+    """
+    device = torch.device(device)
+    key = f"{device}-{quick}"
+    if key in _PEAKS:
+        return _PEAKS[key]
+    if device.type == "cuda":
+        n, dtype, nbytes = 8192, torch.bfloat16, 2**30
+    else:
+        n, dtype, nbytes = (1024 if quick else 2048), torch.float32, 2**27
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    mm = bench_fn(functools.partial(torch.mm, a, b), device=device)
+    a = b = None  # free before allocating the copy buffers
+    src = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    cp = bench_fn(functools.partial(dst.copy_, src), device=device)
+    src = dst = None
+    res = {
+        "matmul_dtype": str(dtype).replace("torch.", ""),
+        "matmul_n": n,
+        "matmul_tflops": 2 * n**3 / (mm["median_ms"] * 1e-3) / 1e12,
+        "copy_bytes": nbytes,
+        "copy_gbps": 2 * nbytes / (cp["median_ms"] * 1e-3) / 1e9,
+    }
+    _PEAKS[key] = res
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# records
+# --------------------------------------------------------------------------------------------
+
+
+def _shape_str(shape: Any) -> str:
+    if isinstance(shape, dict):
+        return ",".join(f"{k}={v}" for k, v in shape.items())
+    if isinstance(shape, (tuple, list, torch.Size)):
+        return "x".join(str(s) for s in shape)
+    return str(shape)
+
+
+def make_record(
+    part: str,
+    name: str,
+    impl: str,
+    shape: Any,
+    dtype: torch.dtype | str | None,
+    stats: dict[str, float] | None,
+    peak_mem_bytes: int | None = None,
+    *,
+    flops: float | None = None,
+    nbytes: float | None = None,
+    device: torch.device | str | None = None,
+    peaks: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One result row. ``flops``/``nbytes`` (per call) give TFLOP/s / GB/s and the % of the device
+    peak measured by :func:`measure_peaks` (pass ``peaks`` or ``device``; peaks are measured once).
+
+    ``shape`` may be a dict (``{"B": 8, "S": 512}``, kept as is and also flattened into
+    ``shape_str``) or a tuple. Extra keyword fields are stored unchanged (e.g. ``seq_len`` for plots,
+    ``target`` text, ``status``).
+    """
+    rec: dict[str, Any] = {
+        "part": part,
+        "name": name,
+        "impl": impl,
+        "shape": shape if isinstance(shape, (dict, str, int)) else list(shape),
+        "shape_str": _shape_str(shape),
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "median_ms": None,
+        "p20_ms": None,
+        "p80_ms": None,
+        "n": None,
+        "peak_mem_bytes": peak_mem_bytes,
+        "peak_mem_kind": peak_mem_kind(device) if device is not None else None,
+        "status": "ok",
+    }
+    if stats:
+        rec.update({k: stats[k] for k in ("median_ms", "p20_ms", "p80_ms", "n") if k in stats})
+    if peaks is None and device is not None and (flops or nbytes) and stats:
+        peaks = measure_peaks(device)
+    med = rec["median_ms"]
+    if flops and med:
+        rec["flops"] = flops
+        rec["tflops"] = flops / (med * 1e-3) / 1e12
+        if peaks:
+            rec["pct_peak_flops"] = 100 * rec["tflops"] / peaks["matmul_tflops"]
+    if nbytes and med:
+        rec["bytes"] = nbytes
+        rec["gbps"] = nbytes / (med * 1e-3) / 1e9
+        if peaks:
+            rec["pct_peak_bw"] = 100 * rec["gbps"] / peaks["copy_gbps"]
+    rec.update(extra)
+    return rec
+
+
+def not_available(
+    part: str, name: str, impl: str, reason: str, shape: Any = "", **extra: Any
+) -> dict[str, Any]:
+    """A row saying that ``impl`` could not be measured (missing part, unsupported device...)."""
+    rec = make_record(part, name, impl, shape, None, None, None, **extra)
+    rec["status"] = "not available"
+    rec["reason"] = reason
+    return rec
+
+
+def add_ratios(
+    records: list[dict[str, Any]],
+    baselines: Iterable[str],
+    *,
+    key: Sequence[str] = ("name", "shape_str", "dtype"),
+    time_field: str = "median_ms",
+) -> list[dict[str, Any]]:
+    """For every row, add ``speedup_vs_<b>`` (= baseline time / this time, >1 is faster) and
+    ``mem_ratio_vs_<b>`` (= this peak / baseline peak, <1 is leaner) against each baseline impl
+    ``b`` measured for the same ``key``. Baseline rows themselves get no ratio to themselves.
+    Returns ``records`` (modified in place)."""
+    baselines = list(baselines)
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r.get(k) for k in key), {})[r["impl"]] = r
+    for r in records:
+        g = groups[tuple(r.get(k) for k in key)]
+        for b in baselines:
+            base = g.get(b)
+            if base is None or base is r:
+                continue
+            t, tb = r.get(time_field), base.get(time_field)
+            r[f"speedup_vs_{b}"] = tb / t if t and tb else None
+            m, mb = r.get("peak_mem_bytes"), base.get("peak_mem_bytes")
+            r[f"mem_ratio_vs_{b}"] = m / mb if m is not None and mb else None
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+
+
+def results_path(device: torch.device | str | None = None, out_dir: str | os.PathLike | None = None) -> Path:
+    """``<out_dir>/<device>-<UTC date>.json`` (out_dir: ``$FASTFT_BENCH_OUT`` or bench/results)."""
+    out = Path(out_dir or os.environ.get("FASTFT_BENCH_OUT") or RESULTS_DIR)
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    return out / f"{device_slug(resolve_device(device))}-{date}.json"
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.dtype):
+        return str(x).replace("torch.", "")
+    if isinstance(x, torch.device):
+        return str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if hasattr(x, "item"):
+        return _jsonable(x.item())
+    return str(x)
+
+
+def write_results(
+    part: str,
+    records: list[dict[str, Any]],
+    *,
+    device: torch.device | str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    peaks: dict[str, Any] | None = None,
+    markdown: bool = True,
+) -> Path:
+    """Merge ``records`` of ``part`` into ``<out_dir>/<device>-<date>.json`` and return its path.
+
+    The file holds ``{"environment", "peaks", "parts": {part: {"environment", "peaks",
+    "records"}}}``; writing a part replaces only that part (each keeps the environment it ran in).
+    Written atomically; never edit it by hand. Also rewrites the sibling ``.md`` table.
+    """
+    device = resolve_device(device)
+    path = results_path(device, out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {"parts": {}}
+    if path.exists():
+        try:
+            data = load_results(path)
+            data.setdefault("parts", {})
+        except (OSError, ValueError):
+            data = {"parts": {}}
+    env = environment(device)
+    if peaks is None:
+        peaks = next(iter(_PEAKS.values()), None) if _PEAKS else None
+    data["environment"] = env
+    if peaks:
+        data["peaks"] = peaks
+    data["parts"][part] = {"environment": env, "peaks": peaks, "records": records}
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(data), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    if markdown:
+        path.with_suffix(".md").write_text(markdown_report(load_results(path)))
+    return path
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return format(x, spec)
+    return str(x)
+
+
+def _mib(b: Any) -> str:
+    return "–" if b is None else f"{b / 2**20:.1f}"
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """A markdown table of result rows, with one speedup and one memory-ratio column per baseline."""
+    if not records:
+        return "_no results_\n"
+    ratio_keys = sorted({k for r in records for k in r if k.startswith("speedup_vs_")})
+    bases = [k[len("speedup_vs_") :] for k in ratio_keys]
+    has_tp = any(r.get("tflops") is not None or r.get("gbps") is not None for r in records)
+    has_rate = any(r.get("samples_per_s") is not None for r in records)
+    has_target = any(r.get("target") for r in records)
+    head = ["name", "shape", "dtype", "impl", "median ms", "p20–p80 ms", "peak MiB"]
+    if has_rate:
+        head += ["samples/s", "tokens/s", "MFU %"]
+    if has_tp:
+        head += ["TFLOP/s or GB/s", "% peak"]
+    for b in bases:
+        head += [f"× vs {b}", f"mem vs {b}"]
+    if has_target:
+        head += ["target", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        if r.get("status", "ok") != "ok":
+            row = [r.get("name", ""), r.get("shape_str", ""), _fmt(r.get("dtype")), r.get("impl", "")]
+            row += [f"{r.get('status')}: {r.get('reason', '')}".replace("|", "/")]
+            row += [""] * (len(head) - len(row))
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        row = [
+            str(r.get("name", "")),
+            str(r.get("shape_str", "")),
+            _fmt(r.get("dtype")),
+            str(r.get("impl", "")),
+            _fmt(r.get("median_ms"), ".4g"),
+            f"{_fmt(r.get('p20_ms'), '.4g')}–{_fmt(r.get('p80_ms'), '.4g')}",
+            _mib(r.get("peak_mem_bytes")),
+        ]
+        if has_rate:
+            mfu = r.get("mfu")
+            row += [
+                _fmt(r.get("samples_per_s"), ".4g"),
+                _fmt(r.get("tokens_per_s"), ".4g"),
+                _fmt(100 * mfu, ".2f") if mfu is not None else "–",
+            ]
+        if has_tp:
+            if r.get("tflops") is not None:
+                row += [f"{r['tflops']:.3g} TF", _fmt(r.get("pct_peak_flops"), ".1f")]
+            elif r.get("gbps") is not None:
+                row += [f"{r['gbps']:.3g} GB/s", _fmt(r.get("pct_peak_bw"), ".1f")]
+            else:
+                row += ["–", "–"]
+        for b in bases:
+            s, m = r.get(f"speedup_vs_{b}"), r.get(f"mem_ratio_vs_{b}")
+            row += [f"{s:.2f}×" if s is not None else "", f"{m:.2f}×" if m is not None else ""]
+        if has_target:
+            met = r.get("target_met")
+            row += [str(r.get("target") or ""), "" if met is None else ("yes" if met else "no")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(data: dict[str, Any]) -> str:
+    """The whole results file as markdown: environment, measured peaks, one table per part."""
+    env = data.get("environment", {})
+    peaks = data.get("peaks") or {}
+    out = [f"# fastft benchmark results: {env.get('device', '?')}", ""]
+    out.append(
+        f"torch {env.get('torch')}, triton {env.get('triton')}, transformers {env.get('transformers')}, "
+        f"peft {env.get('peft')}, commit `{(env.get('git_commit') or '?')[:10]}`"
+        f"{' (dirty)' if env.get('git_dirty') else ''}, {env.get('date')}. "
+        "Generated from the raw JSON beside this file; do not edit."
+    )
+    if peaks:
+        out.append(
+            f"\nMeasured device peaks: matmul {peaks['matmul_tflops']:.3g} TFLOP/s "
+            f"({peaks['matmul_dtype']}, n={peaks['matmul_n']}), copy {peaks['copy_gbps']:.3g} GB/s."
+        )
+    out.append(
+        "\nTimes are per call (median, p20–p80). `× vs b` = b's time / this time (>1: faster); "
+        "`mem vs b` = this peak / b's peak (<1: leaner). Peak memory kinds: see bench/README.md."
+    )
+    for part, body in data.get("parts", {}).items():
+        recs = body.get("records", [])
+        penv = body.get("environment", {})
+        out += ["", f"## {part}", ""]
+        if (
+            penv.get("git_commit") != env.get("git_commit")
+            or penv.get("date", "")[:10] != env.get("date", "")[:10]
+        ):
+            out.append(f"_(run at commit `{(penv.get('git_commit') or '?')[:10]}`, {penv.get('date')})_\n")
+        kinds = sorted({r.get("peak_mem_kind") for r in recs if r.get("peak_mem_kind")})
+        if kinds:
+            out.append(f"peak memory: {', '.join(kinds)}\n")
+        notes = [r["note"] for r in recs if r.get("note")]
+        for n in dict.fromkeys(notes):
+            out.append(f"- {n}")
+        if notes:
+            out.append("")
+        out.append(markdown_table(recs))
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# CLI for one part
+# --------------------------------------------------------------------------------------------
+
+
+def main_for(run: Callable[..., list[dict[str, Any]]], part: str, argv: list[str] | None = None) -> Path:
+    """Command line of ``python -m bench.bench_<part>``: ``--quick``, ``--device``, ``--out``.
+
+    Runs ``run(device, quick)``, writes the JSON (+ markdown) and prints the table.
+    """
+    p = argparse.ArgumentParser(prog=f"python -m bench.bench_{part}", description=f"fastft benchmark: {part}")
+    p.add_argument("--quick", action="store_true", help="small shapes / few repeats (smoke run)")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda if present)")
+    p.add_argument("--out", default=None, help="output folder (default: bench/results)")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    peaks = measure_peaks(device, quick=args.quick)
+    records = run(device, quick=args.quick)
+    path = write_results(part, records, device=device, out_dir=args.out, peaks=peaks)
+    sys.stdout.write(markdown_table(records))
+    print(f"\nwrote {path}")
+    return path
