@@ -1,3 +1,115 @@
-"""nn.Module wrappers (losses). Filled in by its owner."""
+"""``nn.Module`` wrappers of the fused losses in :mod:`fastft.ops.cross_entropy`."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastft.ops.cross_entropy import cross_entropy, kd_loss, linear_cross_entropy
+
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "KDLoss"]
+
+
+class CrossEntropyLoss(nn.Module):
+    """Drop-in for ``nn.CrossEntropyLoss`` (class-index targets, no class weights).
+
+    ``forward(logits (N, V) or (..., V), target (N,) or (...)) -> loss``.
+    """
+
+    def __init__(self, *, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean"):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(
+            logits,
+            target,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """CE of ``hidden @ weight.T + bias`` without the full logits (see :func:`linear_cross_entropy`).
+
+    The head's parameters are passed in (so a model's own ``lm_head`` can be used):
+    ``forward(hidden (..., H), weight (V, H), target (...), bias=None) -> loss``.
+    """
+
+    def __init__(
+        self,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return linear_cross_entropy(
+            hidden,
+            weight,
+            target,
+            bias,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+
+
+class KDLoss(nn.Module):
+    """Distillation loss (see :func:`kd_loss` for the math and the per-item reduction).
+
+    ``forward(student_logits, teacher_logits, target=None) -> loss``; the teacher gets no gradient.
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ):
+        super().__init__()
+        self.temperature = temperature
+        self.alpha = alpha
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return kd_loss(
+            student_logits,
+            teacher_logits,
+            target,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, alpha={self.alpha}, reduction={self.reduction!r}"
