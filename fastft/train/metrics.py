@@ -1,0 +1,150 @@
+"""Evaluation metrics for every task, computed with scikit-learn.
+
+``compute_metrics(problem_type, logits, labels)`` returns a JSON-serialisable dict (python floats,
+``None`` where a metric is undefined, nested lists for the confusion matrix):
+
+* ``single_label_classification``: logits (N, C), integer labels (N,). accuracy, f1_macro, f1_micro,
+  precision_macro, recall_macro, auc_roc, confusion_matrix (C x C, rows = true, cols = predicted).
+  auc_roc: binary (C == 2) = ROC-AUC of softmax p(class 1); C > 2 = one-vs-rest macro average of the
+  per-class ROC-AUC of the softmax probabilities (equals ``roc_auc_score(..., multi_class="ovr")``
+  when every class occurs). Classes that do not occur (or are the only one) in ``labels`` have no
+  defined AUC and are left out of the average; ``None`` when no class has one.
+* ``multi_label_classification``: logits (N, C), 0/1 labels (N, C); prediction = logit > 0.
+  accuracy (= subset accuracy, also as ``subset_accuracy``), f1_micro, f1_macro, precision_micro,
+  recall_micro, hamming_loss, auc_roc (macro over labels with both classes present; else ``None``).
+* ``regression``: predictions (N,) or (N, 1), float labels. mae, mse, rmse, pearson (``None`` when
+  either side is constant), r2.
+``perplexity(mean_loss)`` = exp(mean token NLL) for causal LM (inf on overflow).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["compute_metrics", "perplexity"]
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp(mean per-token cross-entropy in nats); ``inf`` when it overflows."""
+    try:
+        return float(math.exp(float(mean_loss)))
+    except OverflowError:
+        return float("inf")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def _binary_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC-AUC, or None when ``y`` holds a single class (sklearn would raise/warn)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return None
+    return float(roc_auc_score(y, score))
+
+
+def _macro_auc(y_onehot: np.ndarray, scores: np.ndarray) -> float | None:
+    aucs = [_binary_auc(y_onehot[:, c], scores[:, c]) for c in range(scores.shape[1])]
+    aucs = [a for a in aucs if a is not None]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def _classification(logits: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+
+    if logits.ndim != 2:
+        raise ValueError(f"classification logits must be (N, num_labels), got shape {logits.shape}")
+    n_classes = logits.shape[1]
+    labels = labels.reshape(-1).astype(np.int64)
+    preds = logits.argmax(axis=-1)
+    classes = list(range(n_classes))
+    probs = _softmax(logits.astype(np.float64))
+    if n_classes == 2:
+        auc = _binary_auc(labels == 1, probs[:, 1])
+    else:
+        auc = _macro_auc(labels[:, None] == np.arange(n_classes)[None, :], probs)
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "f1_macro": float(f1_score(labels, preds, average="macro", labels=classes, zero_division=0)),
+        "f1_micro": float(f1_score(labels, preds, average="micro", labels=classes, zero_division=0)),
+        "precision_macro": float(
+            precision_score(labels, preds, average="macro", labels=classes, zero_division=0)
+        ),
+        "recall_macro": float(recall_score(labels, preds, average="macro", labels=classes, zero_division=0)),
+        "auc_roc": auc,
+        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+    }
+
+
+def _multilabel(logits: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_score, recall_score
+
+    if logits.ndim != 2 or labels.shape != logits.shape:
+        raise ValueError(
+            f"multi-label logits and labels must both be (N, num_labels), got {logits.shape} and {labels.shape}"
+        )
+    y = (labels > 0.5).astype(np.int64)
+    preds = (logits > 0).astype(np.int64)
+    acc = float(accuracy_score(y, preds))
+    return {
+        "accuracy": acc,
+        "subset_accuracy": acc,
+        "f1_micro": float(f1_score(y, preds, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(y, preds, average="macro", zero_division=0)),
+        "precision_micro": float(precision_score(y, preds, average="micro", zero_division=0)),
+        "recall_micro": float(recall_score(y, preds, average="micro", zero_division=0)),
+        "hamming_loss": float(hamming_loss(y, preds)),
+        "auc_roc": _macro_auc(y.astype(bool), _sigmoid(logits.astype(np.float64))),
+    }
+
+
+def _regression(preds: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    preds = preds.reshape(-1).astype(np.float64)
+    labels = labels.reshape(-1).astype(np.float64)
+    if preds.shape != labels.shape:
+        raise ValueError(f"regression predictions and labels differ in size: {preds.shape} vs {labels.shape}")
+    mse = float(mean_squared_error(labels, preds))
+    pearson = None
+    if len(preds) > 1 and preds.std() > 0 and labels.std() > 0:
+        pearson = float(np.corrcoef(preds, labels)[0, 1])
+    r2 = float(r2_score(labels, preds)) if len(preds) > 1 and labels.std() > 0 else None
+    return {
+        "mae": float(mean_absolute_error(labels, preds)),
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "pearson": pearson,
+        "r2": r2,
+    }
+
+
+def compute_metrics(problem_type: str, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Metrics of ``logits`` (model outputs) against ``labels``; see the module docstring for keys."""
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    if len(logits) == 0:
+        raise ValueError("compute_metrics got no predictions (empty evaluation set)")
+    if problem_type == "single_label_classification":
+        return _classification(logits, labels)
+    if problem_type == "multi_label_classification":
+        return _multilabel(logits, labels)
+    if problem_type == "regression":
+        return _regression(logits, labels)
+    if problem_type == "causal_lm":
+        raise ValueError("causal_lm has no logits metrics here: report perplexity(mean_loss) instead")
+    raise ValueError(
+        f"unknown problem_type {problem_type!r}: use single_label_classification, "
+        "multi_label_classification or regression"
+    )
