@@ -1,0 +1,340 @@
+"""Online-softmax cross-entropy and knowledge-distillation kernels over rows of logits (N, V).
+
+One program per row. The vocabulary is walked in ``BLOCK_V`` chunks (V may be 2 or 256k):
+
+* pass 1: running max ``m`` and running sum ``s = sum(exp(x - m))`` in fp32 (the online softmax),
+  plus the row sum of the logits for label smoothing and, for KD, the teacher statistics;
+* pass 2 (only when a gradient is wanted): re-reads the row and writes
+  ``dlogits = scale * (softmax(x) - (1 - eps) * onehot(target) - eps / V)`` in the logits' dtype.
+  ``grad`` may alias ``logits`` (each block is read before it is overwritten), which is how the
+  fused linear+CE reuses its logits buffer; no fp32 copy of the probabilities ever exists.
+
+Row offsets are int64 (N * V overflows int32 at 16k tokens x 256k vocab).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastft.kernels._utils import INTERPRET, next_pow2
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _online_update(m, s, x):
+    """Fold a block ``x`` (fp32, masked entries = -inf) into the running (max, sum of exp)."""
+    m_new = tl.maximum(m, tl.max(x, axis=0))
+    # a row (so far) of -inf would give exp(-inf - -inf) = nan: shift by 0 instead
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
+    return m_new, s
+
+
+@triton.jit
+def _load_scale(SCALE, row, SCALE_MODE: tl.constexpr):
+    """SCALE_MODE 0: none (1.0); 1: one fp32 scalar at SCALE; 2: per-row fp32 SCALE[row]."""
+    if SCALE_MODE == 0:
+        scale = 1.0
+    elif SCALE_MODE == 1:
+        scale = tl.load(SCALE).to(tl.float32)
+    else:
+        scale = tl.load(SCALE + row).to(tl.float32)
+    return scale
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _config(V: int, elem_size: int) -> tuple[int, int]:
+    """(BLOCK_V, num_warps) for a row length.
+
+    The kernels are bandwidth-bound; a block of 4-8k elements with 8-16 warps keeps enough
+    loads in flight on Hopper. Not autotuned on purpose: the gradient may be written over the
+    logits, and re-running a config on clobbered data would tune on garbage. In the interpreter
+    one big block per row is fastest (numpy work per op, not per element).
+    """
+    if INTERPRET:
+        return min(next_pow2(V), 16384), 1
+    block = min(next_pow2(V), 8192 if elem_size <= 2 else 4096)
+    warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    return block, warps
+
+
+# ----------------------------------------------------------------------------- forward kernels
+
+
+@triton.jit
+def _cross_entropy_fwd_kernel(
+    X,
+    stride_x,
+    TARGET,
+    LOSS,
+    GRAD,
+    stride_g,
+    SCALE,
+    V,
+    ignore_index,
+    eps,
+    BLOCK_V: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    SCALE_MODE: tl.constexpr,
+):
+    """Loss (and dlogits) of one row.
+
+    X: logits (N, V), row stride ``stride_x`` (elements), unit column stride, fp32/fp16/bf16.
+    TARGET: (N,) int32/int64 class indices; ``ignore_index`` rows get loss 0 and grad 0.
+    LOSS: (N,) fp32 per-row loss (label-smoothed when HAS_SMOOTHING with weight ``eps``).
+    GRAD: (N, V) dlogits, row stride ``stride_g``; may be X itself. Unused unless COMPUTE_GRAD.
+    SCALE: gradient scale, see :func:`_load_scale`.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_x
+    tgt = tl.load(TARGET + row).to(tl.int64)
+    cols0 = tl.arange(0, BLOCK_V)
+    if tgt == ignore_index:
+        tl.store(LOSS + row, 0.0)
+        if COMPUTE_GRAD:
+            g_row = GRAD + row * stride_g
+            for off in range(0, V, BLOCK_V):
+                cols = off + cols0
+                tl.store(g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(GRAD.dtype.element_ty), mask=cols < V)
+    else:
+        tl.device_assert((tgt >= 0) & (tgt < V), "cross_entropy: target out of [0, V)")
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        sx = tl.zeros((), tl.float32)
+        for off in range(0, V, BLOCK_V):
+            cols = off + cols0
+            mask = cols < V
+            x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            m, s = _online_update(m, s, x)
+            if HAS_SMOOTHING:
+                sx += tl.sum(tl.where(mask, x, 0.0), axis=0)
+        lse = m + tl.log(s)
+        xt = tl.load(x_row + tgt).to(tl.float32)
+        if HAS_SMOOTHING:
+            loss = lse - (1.0 - eps) * xt - eps * (sx / V)
+        else:
+            loss = lse - xt
+        tl.store(LOSS + row, loss)
+        if COMPUTE_GRAD:
+            scale = _load_scale(SCALE, row, SCALE_MODE)
+            g_row = GRAD + row * stride_g
+            for off in range(0, V, BLOCK_V):
+                cols = off + cols0
+                mask = cols < V
+                x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+                g = tl.exp(x - lse)
+                if HAS_SMOOTHING:
+                    g = g - eps / V
+                g = tl.where(cols == tgt, g - (1.0 - eps), g) * scale
+                tl.store(g_row + cols, g.to(GRAD.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _kd_fwd_kernel(
+    S,
+    stride_s,
+    T,
+    stride_t,
+    TARGET,
+    LOSS,
+    GRAD,
+    stride_g,
+    SCALE,
+    V,
+    ignore_index,
+    inv_temp,
+    temp,
+    alpha,
+    BLOCK_V: tl.constexpr,
+    HAS_TARGET: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    SCALE_MODE: tl.constexpr,
+):
+    """KD loss (and dlogits) of one row, one pass over both rows.
+
+    S: student logits (N, V), row stride ``stride_s``; T: teacher logits (N, V), ``stride_t``.
+    TARGET: (N,) class indices (unused unless HAS_TARGET). LOSS: (N,) fp32.
+    GRAD: (N, V) student dlogits, row stride ``stride_g``. SCALE: see :func:`_load_scale`.
+    With s' = s/T and t' = t/T (T = ``temp``):
+      KL = sum p (log p - log q) = [sum_j e^(t'_j - mt) (t'_j - s'_j)] / st - lse(t') + lse(s'),
+    accumulated online (the bracket is rescaled like the softmax sum when mt grows).
+    loss = (1-alpha) CE(s, target) + alpha T^2 KL (with target), T^2 KL (without).
+    dlogits = (1-alpha)(softmax(s) - onehot) + alpha T (q - p)  /  T (q - p).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    s_row = S + row * stride_s
+    t_row = T + row * stride_t
+    cols0 = tl.arange(0, BLOCK_V)
+    if HAS_TARGET:
+        tgt = tl.load(TARGET + row).to(tl.int64)
+        skip = tgt == ignore_index
+    else:
+        tgt = -1
+        skip = False
+    if skip:
+        tl.store(LOSS + row, 0.0)
+        if COMPUTE_GRAD:
+            g_row = GRAD + row * stride_g
+            for off in range(0, V, BLOCK_V):
+                cols = off + cols0
+                tl.store(g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(GRAD.dtype.element_ty), mask=cols < V)
+    else:
+        if HAS_TARGET:
+            tl.device_assert((tgt >= 0) & (tgt < V), "kd_loss: target out of [0, V)")
+        m1 = tl.full((), float("-inf"), tl.float32)  # student (T = 1)
+        s1 = tl.zeros((), tl.float32)
+        m2 = tl.full((), float("-inf"), tl.float32)  # student / T
+        s2 = tl.zeros((), tl.float32)
+        m3 = tl.full((), float("-inf"), tl.float32)  # teacher / T
+        s3 = tl.zeros((), tl.float32)
+        acc = tl.zeros((), tl.float32)  # sum e^(t' - m3) (t' - s')
+        for off in range(0, V, BLOCK_V):
+            cols = off + cols0
+            mask = cols < V
+            xs = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            xt = tl.load(t_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            if HAS_TARGET:
+                m1, s1 = _online_update(m1, s1, xs)
+            m2, s2 = _online_update(m2, s2, xs * inv_temp)
+            tp = xt * inv_temp
+            m3_new = tl.maximum(m3, tl.max(tp, axis=0))
+            m3_safe = tl.where(m3_new == float("-inf"), 0.0, m3_new)
+            e = tl.exp(tp - m3_safe)
+            # e == 0 (masked or -inf teacher) contributes 0, like xlogy (avoids 0 * inf = nan)
+            term = tl.where(e > 0.0, e * (tp - xs * inv_temp), 0.0)
+            r = tl.exp(m3 - m3_safe)
+            s3 = s3 * r + tl.sum(e, axis=0)
+            acc = acc * r + tl.sum(term, axis=0)
+            m3 = m3_new
+        lse2 = m2 + tl.log(s2)
+        lse3 = m3 + tl.log(s3)
+        kl = acc / s3 - lse3 + lse2
+        if HAS_TARGET:
+            lse1 = m1 + tl.log(s1)
+            ce = lse1 - tl.load(s_row + tgt).to(tl.float32)
+            loss = (1.0 - alpha) * ce + alpha * temp * temp * kl
+            w_kl = alpha * temp
+        else:
+            lse1 = 0.0
+            loss = temp * temp * kl
+            w_kl = temp
+        tl.store(LOSS + row, loss)
+        if COMPUTE_GRAD:
+            scale = _load_scale(SCALE, row, SCALE_MODE)
+            g_row = GRAD + row * stride_g
+            for off in range(0, V, BLOCK_V):
+                cols = off + cols0
+                mask = cols < V
+                xs = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
+                xt = tl.load(t_row + cols, mask=mask, other=0.0).to(tl.float32)
+                q = tl.exp(xs * inv_temp - lse2)
+                p = tl.exp(xt * inv_temp - lse3)
+                g = w_kl * (q - p)
+                if HAS_TARGET:
+                    g += (1.0 - alpha) * tl.exp(xs - lse1)
+                    g = tl.where(cols == tgt, g - (1.0 - alpha), g)
+                tl.store(g_row + cols, (g * scale).to(GRAD.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, V); got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{name}: the kernel takes fp32/fp16/bf16; got {x.dtype}")
+    return x if x.stride(1) == 1 else x.contiguous()
+
+
+def _scale_args(scale: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor | None, int]:
+    if scale is None:
+        return None, 0
+    if scale.dim() == 0 or scale.numel() == 1:
+        return scale.reshape(()).to(device=device, dtype=torch.float32), 1
+    if scale.shape != (n,):
+        raise ValueError(f"scale must be a scalar or ({n},); got {tuple(scale.shape)}")
+    return scale.to(device=device, dtype=torch.float32).contiguous(), 2
+
+
+def _grad_arg(grad_out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    if grad_out is None:
+        return None
+    if grad_out.shape != x.shape or grad_out.stride(1) != 1 or grad_out.dtype != x.dtype:
+        raise ValueError("grad_out must be (N, V) with unit column stride and the logits' dtype")
+    return grad_out
+
+
+def cross_entropy_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    scale: torch.Tensor | None = None,
+    grad_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-row CE losses (fp32, (N,)); if ``grad_out`` is given, scaled dlogits are written into it.
+
+    ``grad_out`` may be ``logits`` itself (in place). ``scale``: None, a 0-dim tensor (e.g.
+    1/n_valid) or an (N,) tensor of per-row factors.
+    """
+    x = _rows(logits, "logits")
+    N, V = x.shape
+    target = target.contiguous()
+    loss = torch.empty(N, dtype=torch.float32, device=x.device)
+    if N == 0:
+        return loss
+    g = _grad_arg(grad_out, x)
+    sc, mode = _scale_args(scale, N, x.device)
+    block, warps = _config(V, x.element_size())
+    _cross_entropy_fwd_kernel[(N,)](
+        x, x.stride(0), target, loss,
+        g if g is not None else x, g.stride(0) if g is not None else 0,
+        sc if sc is not None else loss,
+        V, int(ignore_index), float(label_smoothing),
+        BLOCK_V=block, HAS_SMOOTHING=label_smoothing != 0.0, COMPUTE_GRAD=g is not None, SCALE_MODE=mode,
+        num_warps=warps,
+    )  # fmt: skip
+    return loss
+
+
+def kd_forward(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    *,
+    temperature: float,
+    alpha: float,
+    ignore_index: int = -100,
+    scale: torch.Tensor | None = None,
+    grad_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-row KD losses (fp32, (N,)); scaled student dlogits written into ``grad_out`` if given."""
+    s = _rows(student, "student_logits")
+    t = _rows(teacher, "teacher_logits")
+    if t.shape != s.shape:
+        raise ValueError(f"teacher {tuple(t.shape)} must match student {tuple(s.shape)}")
+    N, V = s.shape
+    loss = torch.empty(N, dtype=torch.float32, device=s.device)
+    if N == 0:
+        return loss
+    g = _grad_arg(grad_out, s)
+    sc, mode = _scale_args(scale, N, s.device)
+    tgt = target.contiguous() if target is not None else loss
+    block, warps = _config(V, s.element_size())
+    _kd_fwd_kernel[(N,)](
+        s, s.stride(0), t, t.stride(0), tgt, loss,
+        g if g is not None else s, g.stride(0) if g is not None else 0,
+        sc if sc is not None else loss,
+        V, int(ignore_index), 1.0 / float(temperature), float(temperature), float(alpha),
+        BLOCK_V=block, HAS_TARGET=target is not None, COMPUTE_GRAD=g is not None, SCALE_MODE=mode,
+        num_warps=warps,
+    )  # fmt: skip
+    return loss
