@@ -330,7 +330,7 @@ def broadcast_object(obj: Any, state: DistState | None = None, src: int = 0) -> 
 
 
 def _all_gather_var(t: torch.Tensor, pad_value: float) -> list[torch.Tensor]:
-    """All-gather tensors whose sizes differ across ranks (any dim); returns each rank's tensor."""
+    """All-gather tensors whose sizes differ across ranks (any dim); each rank's rows, padded trailing dims."""
     dev = _comm_device()
     world = dist.get_world_size()
     shape = torch.tensor(list(t.shape), dtype=torch.long, device=dev)
@@ -347,7 +347,8 @@ def _all_gather_var(t: torch.Tensor, pad_value: float) -> list[torch.Tensor]:
     padded[tuple(slice(0, n) for n in t.shape)] = t.to(dev)
     out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded)
-    return [o[tuple(slice(0, n) for n in s)] for o, s in zip(out, shapes_l)]
+    # Cut each rank's rows back to its own count; trailing dims stay padded to the common maximum.
+    return [o[: s[0]] if o.dim() else o for o, s in zip(out, shapes_l)]
 
 
 def gather_for_metrics(
@@ -466,40 +467,39 @@ def load_full_state_dict(
     return inner.load_state_dict(sd, strict=strict)
 
 
-def _fqn_by_param(model: nn.Module) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), name)
-    return names
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, DTensor)
 
 
 def optim_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: DistState) -> dict[str, Any]:
     """The optimizer state in ``torch.optim.Optimizer.state_dict()`` format, unsharded.
 
-    FSDP2: a collective; the sharded moments are gathered to rank 0 on the CPU (others get ``{}``)
-    and the parameter-name keys of torch.distributed.checkpoint are mapped back to integer ids in
-    ``param_groups`` order, so the result loads into a 1-process optimizer. DDP / one process:
+    FSDP2: a collective (call it on every rank): every sharded moment is all-gathered and rank 0
+    keeps a CPU copy, the other ranks get ``{}``. Keys stay the integer ids of ``param_groups``
+    order, so the result loads into a 1-process optimizer. DDP / one process:
     ``optimizer.state_dict()``.
     """
-    inner = unwrap_model(model)
-    if not is_fsdp(inner):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    osd = get_optimizer_state_dict(
-        inner, optimizer, options=_sd_options(full_state_dict=True, cpu_offload=True)
-    )
+    osd = optimizer.state_dict()
+    if not is_fsdp(model):
+        return osd
+    full: dict[int, dict[str, Any]] = {}
+    for pid in sorted(osd["state"]):
+        entry = {}
+        for key in sorted(osd["state"][pid]):
+            v = osd["state"][pid][key]
+            if _is_dtensor(v):
+                v = v.full_tensor()  # collective: same order on every rank (sorted ids and keys)
+            if torch.is_tensor(v) and state.is_main:
+                v = v.detach().to("cpu", copy=True)
+            entry[key] = v
+        full[pid] = entry
     if not state.is_main:
         return {}
-    ids: dict[str, int] = {}
-    groups = []
-    for g in osd["param_groups"]:
-        params = []
-        for fqn in g["params"]:
-            ids.setdefault(fqn, len(ids))
-            params.append(ids[fqn])
-        groups.append({**g, "params": params})
-    return {"state": {ids[k]: v for k, v in osd["state"].items() if k in ids}, "param_groups": groups}
+    return {"state": full, "param_groups": osd["param_groups"]}
 
 
 def load_optim_state_dict(
@@ -507,26 +507,29 @@ def load_optim_state_dict(
 ) -> None:
     """Load a state dict written by :func:`optim_state_dict` (any strategy, any world size).
 
-    Every rank passes the full ``osd``; under FSDP2 each rank keeps the slice of the moments that
-    matches its parameter shards.
+    Every rank passes the full ``osd``. Under FSDP2 each moment that has its parameter's full shape
+    is re-sharded like the parameter (same mesh and placements), so each rank keeps its slice.
     """
-    inner = unwrap_model(model)
-    if not is_fsdp(inner):
-        optimizer.load_state_dict(osd)
-        return
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    fqn = _fqn_by_param(inner)
     ordered = [p for g in optimizer.param_groups for p in g["params"]]
-    n_saved = sum(len(g["params"]) for g in osd["param_groups"])
-    if n_saved != len(ordered) or len(osd["param_groups"]) != len(optimizer.param_groups):
+    n_saved = sum(len(g["params"]) for g in osd.get("param_groups", []))
+    if n_saved != len(ordered) or len(osd.get("param_groups", [])) != len(optimizer.param_groups):
         raise ValueError(
-            f"optimizer checkpoint has {len(osd['param_groups'])} groups / {n_saved} params but the optimizer has "
-            f"{len(optimizer.param_groups)} / {len(ordered)}; resume with the same model and training strategy"
+            f"optimizer checkpoint has {len(osd.get('param_groups', []))} groups / {n_saved} params but the "
+            f"optimizer has {len(optimizer.param_groups)} / {len(ordered)}; resume with the same model and strategy"
         )
-    id_to_fqn = {i: fqn[id(p)] for i, p in enumerate(ordered)}
-    groups = []
-    for g in osd["param_groups"]:
-        groups.append({**g, "params": [id_to_fqn[i] for i in g["params"]]})
-    named = {"state": {id_to_fqn[int(k)]: v for k, v in osd["state"].items()}, "param_groups": groups}
-    set_optimizer_state_dict(inner, optimizer, named, options=_sd_options(full_state_dict=True))
+    if is_fsdp(model):
+        from torch.distributed.tensor import distribute_tensor
+
+        state_in = osd["state"]
+        sharded: dict[int, dict[str, Any]] = {}
+        for pid in sorted(state_in, key=int):
+            p = ordered[int(pid)]
+            entry = {}
+            for key in sorted(state_in[pid]):
+                v = state_in[pid][key]
+                if _is_dtensor(p) and torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape):
+                    v = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+                entry[key] = v
+            sharded[int(pid)] = entry
+        osd = {"state": sharded, "param_groups": osd["param_groups"]}
+    optimizer.load_state_dict(osd)
