@@ -9,11 +9,14 @@ Decisions (documented here because users see their effects):
   snippets (category fresh/rotten -> labels "rotten"=0, "fresh"=1; "plot" rows dropped; split by
   ``movie_name`` so no movie is in two splits; the built-in columns are used whatever
   ``text_column``/``label_column`` say). Anything else is a hub dataset name (fails offline).
+* **Columns.** Unset ``text_column``/``label_column`` are detected from common names (text,
+  sentence, sentence1 (+ sentence2 as pair), review, ... / label, labels, category, class, ...).
 * **Labels** (``task="auto"`` detects): list values -> multi-label; numbers with a non-integer
   value -> regression; otherwise single-label classification. String labels get sorted names;
   integer labels ``0..K-1`` keep their ids, other integer sets are mapped in sorted order (names are
-  ``str(value)``). Multi-label values are lists (JSON/parquet) or strings split on ``,``, ``;`` or
-  ``|`` (whitespace stripped, e.g. ``"action, comedy"``; a JSON-looking ``"['a', 'b']"`` is parsed).
+  ``str(value)``). Multi-label values are lists (JSON/parquet; ``auto`` detects them; ``[]`` = no
+  label set) or, with ``task="multilabel"``, strings split on ``,``, ``;`` or ``|`` (whitespace
+  stripped, e.g. ``"action, comedy"``; a list-looking ``"['a', 'b']"`` is parsed as a literal).
   With ``cfg.num_labels`` set, the labels must fit it (integer labels in ``[0, num_labels)``, or
   exactly ``num_labels`` distinct values), else ``DataError``.
   ``num_labels`` is 1 for regression and 0 for causal_lm.
@@ -210,6 +213,56 @@ class _Raw:
         return _Raw(pick(self.texts), pick(self.pairs), pick(self.labels), pick(self.groups), pick(self.rows))
 
 
+_TEXT_CANDIDATES = (
+    "text",
+    "sentence",
+    "sentence1",
+    "review",
+    "content",
+    "document",
+    "premise",
+    "question",
+    "comment",
+    "tweet",
+    "body",
+    "utterance",
+)
+_PAIR_FOR = {"sentence1": "sentence2", "premise": "hypothesis"}
+_LABEL_CANDIDATES = ("label", "labels", "category", "class", "target", "score", "sentiment", "y")
+
+
+def _resolve_columns(
+    columns: list[str],
+    text_col: str | None,
+    pair_col: str | None,
+    label_col: str | None,
+    need_label: bool,
+    where: str,
+) -> tuple[str, str | None, str | None]:
+    """Fill in unset column names from common ones (text/sentence/..., label/labels/...).
+
+    An auto-detected ``sentence1``/``premise`` text brings its pair ``sentence2``/``hypothesis``.
+    """
+    cols = list(columns)
+    if text_col is None:
+        text_col = next((c for c in _TEXT_CANDIDATES if c in cols), None)
+        if text_col is None:
+            raise DataError(
+                f"no text column found in {where}; columns are: {', '.join(map(str, cols))} "
+                "(set --text-column)"
+            )
+        if pair_col is None and _PAIR_FOR.get(text_col) in cols:
+            pair_col = _PAIR_FOR[text_col]
+    if need_label and label_col is None:
+        label_col = next((c for c in _LABEL_CANDIDATES if c in cols and c not in (text_col, pair_col)), None)
+        if label_col is None:
+            raise DataError(
+                f"no label column found in {where}; columns are: {', '.join(map(str, cols))} "
+                "(set --label-column, or --task causal_lm for text only)"
+            )
+    return text_col, pair_col, (label_col if need_label else None)
+
+
 def _extract(columns: list[str], get, where: str, text_col, pair_col, label_col, group_col) -> _Raw:
     for what, col, flag in (
         ("text", text_col, "--text-column"),
@@ -390,6 +443,9 @@ def _encode_labels(values: list, problem_type: str, num_labels: int | None, labe
             )
     keys = [str(int(v)) if ints else str(v).strip() for v in values]
     unknown = sorted({k for k in keys if k not in label2id})
+    if unknown and ints and all(0 <= int(v) < len(label2id) for v in values):
+        # A model with generic names (LABEL_0, ...) scored on integer labels: the ints are the ids.
+        return [int(v) for v in values], len(label2id), dict(label2id), {i: n for n, i in label2id.items()}
     if unknown:
         raise DataError(
             f"unknown labels {unknown[:5]} (the model knows {list(label2id)[:10]}); fix the label column"
@@ -613,9 +669,9 @@ def prepare_data(cfg: Any, tokenizer: Any, output_dir: str | None = None) -> Pre
     seed = int(_get(cfg, "seed", 42))
     ratios = list(_get(cfg, "split_ratios", (0.7, 0.2, 0.1)))
     cache_dir = _get(cfg, "cache_dir")
-    text_col = _get(cfg, "text_column", "text")
+    text_col = _get(cfg, "text_column")
     pair_col = _get(cfg, "text_pair_column")
-    label_col = None if causal else _get(cfg, "label_column", "label")
+    label_col = None if causal else _get(cfg, "label_column")
     group_col = _get(cfg, "split_group_column")
     report: dict[str, Any] = {}
     fixed_label2id = None
@@ -629,10 +685,17 @@ def prepare_data(cfg: Any, tokenizer: Any, output_dir: str | None = None) -> Pre
             "validation": (_get(cfg, "validation_file"), "--validation-file"),
             "test": (_get(cfg, "test_file"), "--test-file"),
         }
-        for split, (path, flag) in files.items():
-            if not path:
-                continue
-            ds = _load_file(path, cache_dir, flag)
+        loaded = {split: _load_file(path, cache_dir, flag) for split, (path, flag) in files.items() if path}
+        text_col, pair_col, label_col = _resolve_columns(
+            loaded["train"].column_names,
+            text_col,
+            pair_col,
+            label_col,
+            not causal,
+            f"--train-file {train_file}",
+        )
+        for split, ds in loaded.items():
+            path, flag = files[split]
             use_group = group_col if split == "train" else None
             raws[split] = _extract(
                 ds.column_names, ds.__getitem__, f"{flag} {path}", text_col, pair_col, label_col, use_group
@@ -670,6 +733,9 @@ def prepare_data(cfg: Any, tokenizer: Any, output_dir: str | None = None) -> Pre
         report.update(info)
     else:
         dd = _load_hub(str(dataset), cache_dir)
+        text_col, pair_col, label_col = _resolve_columns(
+            dd["train"].column_names, text_col, pair_col, label_col, not causal, f"dataset {dataset!r}"
+        )
         for split, ds in dd.items():
             raws[split] = _extract(
                 ds.column_names,
@@ -681,6 +747,8 @@ def prepare_data(cfg: Any, tokenizer: Any, output_dir: str | None = None) -> Pre
                 group_col if split == "train" else None,
             )
         report["source"] = f"hub:{dataset}"
+
+    report["columns"] = {"text": text_col, "text_pair": pair_col, "label": label_col, "group": group_col}
 
     # Cleaning.
     dropped: dict[str, dict] = {}
@@ -842,13 +910,18 @@ def prepare_file(
     import datasets
 
     cache_dir = _get(cfg, "cache_dir")
-    text_col = _get(cfg, "text_column", "text")
-    pair_col = _get(cfg, "text_pair_column")
-    label_col = _get(cfg, "label_column", "label")
     causal = problem_type == "causal_lm"
     ds = _load_file(path, cache_dir, "file")
     where = f"file {path}"
     need_label = require_labels and not causal
+    text_col, pair_col, label_col = _resolve_columns(
+        ds.column_names,
+        _get(cfg, "text_column"),
+        _get(cfg, "text_pair_column"),
+        _get(cfg, "label_column"),
+        need_label,
+        where,
+    )
     _extract(
         ds.column_names, ds.__getitem__, where, text_col, pair_col, label_col if need_label else None, None
     )
@@ -1043,7 +1116,7 @@ def make_dataloader(
         raise ValueError(f"token_dropout must be in [0, 1), got {token_dropout}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad rank/world_size: {rank}/{world_size}")
-    lengths = ds["length"] if "length" in ds.column_names else [len(x) for x in ds["input_ids"]]
+    lengths = list(ds["length"]) if "length" in ds.column_names else [len(x) for x in ds["input_ids"]]
     batches = global_batch_order(
         lengths,
         batch_size,
