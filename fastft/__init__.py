@@ -25,6 +25,7 @@ _LAZY = {
     "add_lora": "fastft.lora",
     "merge_lora": "fastft.lora",
     "unmerge_lora": "fastft.lora",
+    "remove_lora": "fastft.lora",
     "save_adapter": "fastft.lora",
     "load_adapter": "fastft.lora",
     "Trainer": "fastft.train",
