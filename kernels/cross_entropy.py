@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from fastft.kernels._utils import INTERPRET, next_pow2
 
 # ----------------------------------------------------------------------------- helpers
@@ -101,7 +100,9 @@ def _cross_entropy_fwd_kernel(
             g_row = GRAD + row * stride_g
             for off in range(0, V, BLOCK_V):
                 cols = off + cols0
-                tl.store(g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(GRAD.dtype.element_ty), mask=cols < V)
+                tl.store(
+                    g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(GRAD.dtype.element_ty), mask=cols < V
+                )
     else:
         tl.device_assert((tgt >= 0) & (tgt < V), "cross_entropy: target out of [0, V)")
         m = tl.full((), float("-inf"), tl.float32)
@@ -183,7 +184,9 @@ def _kd_fwd_kernel(
             g_row = GRAD + row * stride_g
             for off in range(0, V, BLOCK_V):
                 cols = off + cols0
-                tl.store(g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(GRAD.dtype.element_ty), mask=cols < V)
+                tl.store(
+                    g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(GRAD.dtype.element_ty), mask=cols < V
+                )
     else:
         if HAS_TARGET:
             tl.device_assert((tgt >= 0) & (tgt < V), "kd_loss: target out of [0, V)")

@@ -473,8 +473,7 @@ def _linear_ce_loop(hidden, weight, target, bias, ignore_index, eps, scale, need
         if need_b:
             gb += g.sum(dim=0, dtype=acc)
         del logits, g
-    gw = gw.to(weight.dtype) if need_w else None
-    gb = gb.to(bias.dtype) if need_b else None
+    # grad_weight/grad_bias stay in the accumulation dtype: the caller rounds once, after scaling
     return loss, gh, gw, gb
 
 
@@ -527,8 +526,10 @@ def _(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, ch
     return (
         loss,
         torch.empty_like(hidden) if need_h and eager else hidden.new_empty(0),
-        torch.empty_like(weight) if need_w and eager else hidden.new_empty(0),
-        bias.new_empty(bias.shape) if bias is not None and need_b and eager else hidden.new_empty(0),
+        torch.empty_like(weight, dtype=_acc(weight.dtype)) if need_w and eager else hidden.new_empty(0),
+        bias.new_empty(bias.shape, dtype=_acc(bias.dtype))
+        if bias is not None and need_b and eager
+        else hidden.new_empty(0),
     )
 
 
@@ -550,6 +551,8 @@ def _linear_ce_bwd_op(
     _, gh, gw, gb = _linear_ce_loop(
         hidden, weight, target, bias, ignore_index, label_smoothing, grad_rows, need_h, need_w, need_b, chunk
     )
+    gw = gw.to(weight.dtype) if gw is not None else None
+    gb = gb.to(bias.dtype) if gb is not None else None
     return _grads_or_empty(hidden, gh, gw, gb)
 
 
@@ -567,6 +570,7 @@ def _lce_setup(ctx, inputs, output):
     ctx.args = (ii, eps, chunk, need_h, need_w, need_b)
     ctx.reduction = reduction
     ctx.has_bias = bias is not None
+    ctx.w_dtype = weight.dtype
     if reduction == 0:
         ctx.save_for_backward(hidden, weight, target, bias)
     else:
@@ -581,7 +585,11 @@ def _lce_backward(ctx, grad_loss, _g1, _g2, _g3):
             grad_loss, hidden, weight, target, bias, ii, eps, chunk, need_h, need_w, need_b
         )
     else:
-        gh, gw, gb = (g * grad_loss for g in ctx.saved_tensors)
+        gh, gw, gb = ctx.saved_tensors
+        gh = gh * grad_loss
+        # fp32-accumulated grads are scaled before their single rounding to the parameter dtype
+        gw = (gw * grad_loss).to(ctx.w_dtype) if need_w else gw
+        gb = (gb * grad_loss).to(ctx.w_dtype) if need_b and ctx.has_bias else gb
     return (
         gh if need_h else None,
         gw if need_w else None,

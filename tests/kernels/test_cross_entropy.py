@@ -1,0 +1,159 @@
+"""Fused softmax cross-entropy (Triton kernel; the CPU interpreter without a GPU) vs a float64 torch reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastft
+from fastft.functional import cross_entropy
+from tests.compare import assert_close, assert_within_torch_error, randn
+
+REDUCTIONS = ("mean", "sum", "none")
+# (N, V): V from 2 to GPT-2's 50257; N = 1, odd, larger (small N for the big vocabularies)
+SHAPES = [(1, 2), (37, 2), (5, 3), (67, 3), (1, 1000), (33, 1000), (3, 32000), (2, 50257)]
+
+
+def _targets(n: int, v: int, device, ignore: str = "some", ignore_index: int = -100) -> torch.Tensor:
+    t = torch.randint(0, v, (n,), device=device)
+    if ignore == "some" and n > 1:
+        t[torch.randperm(n, device=device)[: max(1, n // 4)]] = ignore_index
+    elif ignore == "all":
+        t[:] = ignore_index
+    return t
+
+
+def _upstream(reduction: str, n: int, device) -> torch.Tensor:
+    """An upstream gradient that is not 1 (random per row for ``none``)."""
+    return randn(n, device=device) if reduction == "none" else torch.tensor(1.7, device=device)
+
+
+def _ref(x64, t, reduction, eps, ignore_index=-100):
+    return F.cross_entropy(x64, t, reduction=reduction, label_smoothing=eps, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("N,V", SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ce_fp32_matches_float64(device, N, V, reduction):
+    for eps in (0.0, 0.1):
+        x = randn(N, V, device=device, scale=3.0).requires_grad_()
+        t = _targets(N, V, device)
+        g = _upstream(reduction, N, device)
+        with fastft.backend("triton"):
+            loss = cross_entropy(x, t, reduction=reduction, label_smoothing=eps)
+            (gx,) = torch.autograd.grad(loss, x, g)
+        x64 = x.detach().double().requires_grad_()
+        ref = _ref(x64, t, reduction, eps)
+        (gref,) = torch.autograd.grad(ref, x64, g.double())
+        assert loss.dtype == torch.float32 and loss.shape == ref.shape
+        assert_close(loss, ref, torch.float32, name=f"loss eps={eps}")
+        assert_close(gx, gref, torch.float32, name=f"grad eps={eps}")
+
+
+def test_ce_torch_path_matches_float64(device):
+    """The reference path (what CPU tensors take in auto mode) computes the same numbers."""
+    N, V = 19, 777
+    x = randn(N, V, device=device).requires_grad_()
+    t = _targets(N, V, device)
+    with fastft.backend("torch"):
+        loss = cross_entropy(x, t, label_smoothing=0.2)
+        (gx,) = torch.autograd.grad(loss, x)
+    x64 = x.detach().double().requires_grad_()
+    ref = _ref(x64, t, "mean", 0.2)
+    (gref,) = torch.autograd.grad(ref, x64)
+    assert_close(loss, ref, torch.float32)
+    assert_close(gx, gref, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_ce_all_rows_ignored_matches_torch(device, backend):
+    """All rows ignored: mean is nan (0/0) with zero grads, sum is 0 -- exactly torch's behaviour."""
+    x = randn(4, 10, device=device).requires_grad_()
+    t = torch.full((4,), -100, device=device)
+    with fastft.backend(backend):
+        mean = cross_entropy(x, t)
+        (g_mean,) = torch.autograd.grad(mean, x)
+        total = cross_entropy(x, t, reduction="sum", label_smoothing=0.1)
+        (g_sum,) = torch.autograd.grad(total, x)
+    ref = F.cross_entropy(x, t)
+    assert torch.isnan(mean) and torch.isnan(ref)
+    assert torch.equal(g_mean, torch.zeros_like(x))
+    assert total.item() == 0.0 and torch.equal(g_sum, torch.zeros_like(x))
+
+
+def test_ce_custom_ignore_index_and_leading_dims(device):
+    B, S, V = 3, 5, 65
+    x = randn(B, S, V, device=device).requires_grad_()
+    t = torch.randint(0, V, (B, S), device=device)
+    t[0, :2] = 7
+    with fastft.backend("triton"):
+        loss = cross_entropy(x, t, ignore_index=7, reduction="none")
+        (gx,) = torch.autograd.grad(loss, x, randn(B, S, device=device))
+    x64 = x.detach().double().requires_grad_()
+    ref = F.cross_entropy(x64.reshape(-1, V), t.reshape(-1), ignore_index=7, reduction="none").reshape(B, S)
+    assert loss.shape == (B, S)
+    assert_close(loss, ref, torch.float32)
+    assert (loss[0, :2] == 0).all() and (gx[0, :2] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N,V", [(17, 1000), (3, 32000)])
+def test_ce_low_precision_within_torch_error(device, dtype, N, V):
+    """fp16/bf16 logits: error vs float64 <= 2x torch's own error in that dtype.
+
+    Upstream grad 1 (and 0.5, exact in binary): the saved gradient is rounded once in the
+    forward; an arbitrary upstream factor would round it a second time (see ops docstring).
+    """
+    for eps, gscale in ((0.0, 1.0), (0.1, 0.5)):
+        x = randn(N, V, device=device, scale=2.0, dtype=dtype).requires_grad_()
+        t = _targets(N, V, device)
+        g = torch.tensor(gscale, device=device)
+        with fastft.backend("triton"):
+            loss = cross_entropy(x, t, label_smoothing=eps)
+            (gx,) = torch.autograd.grad(loss, x, g.to(dtype))
+        assert loss.dtype == dtype and gx.dtype == dtype
+        xt = x.detach().requires_grad_()
+        lt = F.cross_entropy(xt, t, label_smoothing=eps)
+        (gt,) = torch.autograd.grad(lt, xt, g.to(dtype))
+        x64 = x.detach().double().requires_grad_()
+        ref = _ref(x64, t, "mean", eps)
+        (gref,) = torch.autograd.grad(ref, x64, g.double())
+        assert_within_torch_error(loss, lt, ref, name=f"loss {dtype}")
+        assert_within_torch_error(gx, gt, gref, name=f"grad {dtype}")
+
+
+def test_ce_inplace_backward_overwrites_logits(device):
+    N, V = 9, 301
+    base = randn(N, V, device=device).requires_grad_()
+    t = _targets(N, V, device)
+    with fastft.backend("triton"):
+        x = base * 1.0  # a non-leaf the caller allows us to clobber
+        loss = cross_entropy(x, t, inplace_backward=True)
+        loss.backward()
+    x64 = base.detach().double().requires_grad_()
+    ref = _ref(x64, t, "mean", 0.0)
+    (gref,) = torch.autograd.grad(ref, x64)
+    assert_close(loss, ref, torch.float32)
+    assert_close(base.grad, gref, torch.float32)
+    assert_close(x.detach(), gref, torch.float32, name="logits now hold the gradient")
+
+
+def test_ce_inplace_backward_detects_other_users(device):
+    """Another autograd user of the clobbered logits fails loudly instead of reading gradients."""
+    base = randn(4, 33, device=device).requires_grad_()
+    t = _targets(4, 33, device, ignore="none")
+    with fastft.backend("triton"):
+        x = base * 1.0
+        other = (x * x).sum()  # saves x for its backward
+        loss = cross_entropy(x, t, inplace_backward=True)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            (loss + other).backward()
+
+
+def test_ce_bad_input_errors(device):
+    x = randn(4, 5, device=device)
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(x, torch.zeros(4, dtype=torch.long, device=device), reduction="avg")
+    with pytest.raises(ValueError, match="target must have shape"):
+        cross_entropy(x, torch.zeros(3, dtype=torch.long, device=device))
+    with pytest.raises(TypeError, match="class indices"):
+        cross_entropy(x, torch.zeros(4, device=device))
