@@ -231,6 +231,8 @@ def wrap_model(
             inner,
             device_ids=[state.device.index] if state.device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters,
+            # HF buffers (position ids, token type ids) are constants: no per-forward broadcast.
+            broadcast_buffers=False,
         )
     # FSDP2
     if is_fsdp(inner):
@@ -351,20 +353,39 @@ def _all_gather_var(t: torch.Tensor, pad_value: float) -> list[torch.Tensor]:
     return [o[: s[0]] if o.dim() else o for o, s in zip(out, shapes_l)]
 
 
+def _interleave_batches(parts: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+    """Rank-major blocks of ``batch_size`` rows -> global batch order (step-major, rank order)."""
+    n = parts[0].shape[0]
+    if batch_size <= 0 or any(p.shape[0] != n for p in parts) or n % batch_size:
+        raise ValueError(
+            f"gather_for_metrics: batch_size={batch_size} but the ranks hold {[p.shape[0] for p in parts]} rows; "
+            "every rank must hold the same number of full batches (make_dataloader pads for world_size > 1)"
+        )
+    stacked = torch.stack(parts)  # (W, steps*B, ...)
+    w, rest = stacked.shape[0], stacked.shape[2:]
+    per_step = stacked.reshape(w, n // batch_size, batch_size, *rest).transpose(0, 1)
+    return [per_step.reshape(-1, *rest)]
+
+
 def gather_for_metrics(
     t: torch.Tensor,
     state: DistState,
     total: int,
     *,
+    batch_size: int | None = None,
     index: torch.Tensor | None = None,
     pad_value: float = 0,
 ) -> torch.Tensor:
     """Every rank's rows of ``t`` (dim 0 = samples), once each: ``total`` rows in dataset order.
 
-    Without ``index`` the ranks' tensors are concatenated in rank order and cut at ``total``: this
-    is right when rank r evaluates the contiguous r-th shard of the dataset and the shard padding
-    (duplicated samples that make the shards equal) sits at the end of the last shard(s). With
-    ``index`` (the dataset row of each local row, shape (n_local,)), any sharding works: rows are
+    The layout of the local rows must be given unless it is the plain contiguous one:
+
+    * ``batch_size=B``: the layout of ``fastft.train.data.make_dataloader`` (``shuffle=False``) --
+      rank r evaluated global batches r, r+W, r+2W, ... of B rows each, and the last step was
+      padded with repeated rows. The rows are put back in global-batch order and cut at ``total``.
+    * neither: the ranks' tensors are concatenated in rank order and cut at ``total`` (rank r
+      evaluated the contiguous r-th shard, padding at the end of the last shard).
+    * ``index`` (the dataset row of each local row, shape (n_local,)), any sharding works: rows are
     placed by index, duplicates dropped, and a missing row raises. Trailing dims that differ across
     ranks (e.g. sequence length) are padded with ``pad_value``. Returns on ``t``'s device, on every
     rank. In one process: ``t[:total]`` (or ordered by ``index``).
@@ -375,6 +396,8 @@ def gather_for_metrics(
         )
     if _active(state):
         parts = _all_gather_var(t, pad_value)
+        if batch_size is not None and index is None and parts[0].dim() > 0:
+            parts = _interleave_batches(parts, batch_size)
         cat = torch.cat(parts, 0) if parts[0].dim() > 0 else torch.stack(parts)
         idx = torch.cat(_all_gather_var(index.long(), -1), 0) if index is not None else None
     else:

@@ -124,6 +124,8 @@ def test_gather_for_metrics_no_duplicates_no_drops(two_ranks):
     _, results = two_ranks
     for res in results:
         assert res["gather_contiguous"] == [[float(i)] * 3 for i in range(7)]
+        assert res["gather_batched"] == [float(i) for i in range(7)]
+        assert res["gather_loader"] == [100.0 + i for i in range(7)]
         assert res["gather_index"] == [10.0 * i for i in range(7)]
         assert res["gather_uneven"] == [[1.0, 1.0, -1.0]] * 3 + [[2.0, 2.0, 2.0]] * 2
         assert res["all_reduce_sum"] == 3.0

@@ -186,6 +186,33 @@ def _run(rank: int, out: str) -> None:
     res["gather_contiguous"] = D.gather_for_metrics(contiguous, st, total).tolist()
     inter_idx = torch.tensor([[0, 2, 4, 6], [1, 3, 5, 0]][rank])
     res["gather_index"] = D.gather_for_metrics(inter_idx.float() * 10, st, total, index=inter_idx).tolist()
+    # make_dataloader's layout: rank r holds global batches r, r+W, ... of 2 rows; 7 rows -> 8 padded
+    batched = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 0]][rank], dtype=torch.float32)
+    res["gather_batched"] = D.gather_for_metrics(batched, st, total, batch_size=2).tolist()
+    # ... and with the real eval loader: each row's input id encodes its dataset row.
+    from types import SimpleNamespace
+
+    import datasets
+
+    from fastft.train.data import make_dataloader
+
+    ds = datasets.Dataset.from_dict(
+        {"input_ids": [[100 + i] * (1 + i % 3) for i in range(total)], "labels": [0] * total}
+    )
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=None, padding_side="right")
+    loader = make_dataloader(
+        ds,
+        tok,
+        batch_size=2,
+        shuffle=False,
+        seed=0,
+        group_by_length=False,
+        problem_type="single_label_classification",
+        rank=rank,
+        world_size=WORLD,
+    )
+    local = torch.cat([b["input_ids"][:, 0] for b in loader]).float()
+    res["gather_loader"] = D.gather_for_metrics(local, st, total, batch_size=2).tolist()
     # ranks with different row counts and different trailing dims (padded with pad_value)
     uneven = torch.full((3 if rank == 0 else 2, 2 + rank), float(rank + 1))
     res["gather_uneven"] = D.gather_for_metrics(uneven, st, 5, pad_value=-1).tolist()
