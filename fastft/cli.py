@@ -1,0 +1,369 @@
+"""``fastft train | eval | predict`` (console script ``fastft``, also ``python -m fastft``).
+
+``fastft train`` flags are generated from :class:`fastft.train.TrainConfig` (``train_file`` ->
+``--train-file``), with a few Hugging Face ``run_classification.py`` spellings as aliases.
+Precedence: defaults < ``-c run.yaml|json`` < flags.
+
+Exit codes: 0 done; 2 bad input (one line on stderr: the problem and the fix, nothing written);
+1 training failed (e.g. the loss stayed NaN); 130 / 143 interrupted by Ctrl-C / SIGTERM after
+saving a checkpoint (continue with ``--resume latest``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+# HF run_classification.py / TrainingArguments spellings accepted as aliases.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "model": ("--model-name-or-path",),
+    "epochs": ("--num-train-epochs",),
+    "lr": ("--learning-rate",),
+    "batch_size": ("--per-device-train-batch-size", "--train-batch-size"),
+    "eval_batch_size": ("--per-device-eval-batch-size",),
+    "grad_accum": ("--gradient-accumulation-steps",),
+    "max_length": ("--max-seq-length",),
+    "scheduler": ("--lr-scheduler-type",),
+    "dataset": ("--dataset-name",),
+    "eval_strategy": ("--evaluation-strategy",),
+    "text_pair_column": ("--text-column-pair",),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in ONE line (exit code 2), not usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _none_or(typ):
+    def conv(s: str):
+        if s.lower() in ("none", "null", ""):
+            return None
+        return typ(s)
+
+    conv.__name__ = typ.__name__
+    return conv
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    from fastft.train.config import TrainConfig
+
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag, *ALIASES.get(f.name, ())]
+        typ = str(f.type)
+        default = getattr(defaults, f.name)
+        shown = "offline default" if (f.name == "model" and default is None) else default
+        help_ = f.metadata.get("help", "") + f" [default: {shown}]"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        choices = f.metadata.get("choices")
+        if typ.startswith("bool"):
+            p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typ.startswith("list[float]"):
+            p.add_argument(*names, type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), **kw)
+            continue
+        if typ.startswith("list[str]"):
+            p.add_argument(*names, type=str, nargs="+", metavar="NAME", **kw)
+            continue
+        base = int if typ.startswith("int") else float if typ.startswith("float") else str
+        conv = _none_or(base) if "None" in typ else base
+        if choices is not None:
+            kw["metavar"] = "{" + ",".join("none" if c is None else str(c) for c in choices) + "}"
+        p.add_argument(*names, type=conv, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fastft", description="Kernel-accelerated fine-tuning for Hugging Face BERT/GPT models.")
+    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict}", parser_class=_Parser)
+
+    t = sub.add_parser(
+        "train",
+        help="fine-tune a model (no arguments: all-MiniLM-L6-v2 on Rotten Tomatoes, offline)",
+        description="Fine-tune a BERT- or GPT-family model. With no arguments: the offline default run "
+        "(all-MiniLM-L6-v2 on the Rotten Tomatoes review snippets, ~4 minutes on a 2-core CPU).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    t.add_argument(
+        "-c",
+        "--config",
+        dest="config_file",
+        default=None,
+        help="YAML or JSON file with config keys (flags override it)",
+    )
+    _add_config_flags(t)
+
+    for name, what in (
+        ("eval", "metrics of a saved model on a labelled file"),
+        ("predict", "write a predictions CSV for a file"),
+    ):
+        s = sub.add_parser(name, help=what, description=f"fastft {name}: {what}.")
+        s.add_argument("--model", required=True, help="a saved model folder (e.g. a fastft output dir)")
+        s.add_argument("--file", required=True, help="data file: .csv .tsv .json .jsonl or .parquet")
+        s.add_argument(
+            "--text-column", default=None, help="text column (default: the training run's, else 'text')"
+        )
+        s.add_argument(
+            "--text-pair-column", default=None, help="second text column (default: the training run's)"
+        )
+        s.add_argument(
+            "--label-column", default=None, help="label column (default: the training run's, else 'label')"
+        )
+        s.add_argument(
+            "--max-length",
+            type=int,
+            default=None,
+            help="truncate to this many tokens (default: the training run's)",
+        )
+        s.add_argument("--batch-size", type=int, default=64, help="batch size")
+        s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+        if name == "eval":
+            s.add_argument("--output", default=None, help="also write the metrics as JSON here")
+        else:
+            s.add_argument("--output", default="predictions.csv", help="predictions CSV to write")
+            s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _quiet() -> None:
+    """Library chatter (progress bars, load reports) would bury the one line a user needs."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from fastft.train.config import ConfigError
+    from fastft.train.data import DataError
+
+    return (ConfigError, DataError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fastft.train.config import config_from_dict, load_config_file
+    from fastft.train.trainer import Trainer
+
+    values = dict(vars(args))
+    values.pop("command", None)
+    config_file = values.pop("config_file", None)
+    cfg = config_from_dict(load_config_file(config_file)) if config_file else None
+    cfg = config_from_dict(values, cfg)
+    result = Trainer(cfg).train()
+    if result.get("interrupted"):
+        return 130 if result["interrupted"] == "SIGINT" else 143
+    return 0
+
+
+def _saved_run_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "train_config.json")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+def _load_for_inference(args: argparse.Namespace, require_labels: bool):
+    import torch
+    import transformers
+
+    from fastft.train.config import ConfigError, TrainConfig
+    from fastft.train.data import prepare_file
+    from fastft.train.trainer import check_model, load_tokenizer, problem_type_of_model
+
+    if not os.path.isfile(args.file):
+        raise ConfigError(f"--file {args.file}: file not found; check the path")
+    if args.batch_size <= 0:
+        raise ConfigError(f"--batch-size must be > 0 (got {args.batch_size})")
+    mcfg = check_model(args.model)
+    problem_type = problem_type_of_model(mcfg)
+    saved = _saved_run_config(args.model)
+    cfg = TrainConfig(
+        text_column=args.text_column or saved.get("text_column"),
+        text_pair_column=args.text_pair_column or saved.get("text_pair_column"),
+        label_column=args.label_column or saved.get("label_column"),
+        max_length=args.max_length or saved.get("max_length") or 128,
+    )
+    if saved.get("dataset") == "rotten_tomatoes":  # the default run used the built-in columns
+        cfg.text_column = args.text_column or "text"
+        cfg.label_column = args.label_column or "label"
+    tok = load_tokenizer(args.model, mcfg)
+    label2id = getattr(mcfg, "label2id", None)
+    if problem_type != "single_label_classification" and problem_type != "multi_label_classification":
+        label2id = None
+    ds = prepare_file(
+        args.file, cfg, tok, problem_type=problem_type, label2id=label2id, require_labels=require_labels
+    )
+    auto = (
+        transformers.AutoModelForCausalLM
+        if problem_type == "causal_lm"
+        else transformers.AutoModelForSequenceClassification
+    )
+    try:
+        model = auto.from_pretrained(args.model, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"cannot load {args.model} ({str(e).splitlines()[0][:160]}); pass a saved model folder"
+        ) from None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).eval()
+    return model, tok, ds, cfg, problem_type, device
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fastft.train.data import make_dataloader
+    from fastft.train.trainer import evaluate_model
+
+    model, tok, ds, cfg, pt, device = _load_for_inference(args, require_labels=True)
+    loader = make_dataloader(
+        ds,
+        tok,
+        batch_size=args.batch_size,
+        shuffle=False,
+        seed=0,
+        group_by_length=False,
+        max_length=cfg.max_length,
+        problem_type=pt,
+    )
+    metrics = evaluate_model(model, loader, problem_type=pt, device=device, total=len(ds))
+    metrics = {"file": args.file, "model": args.model, "rows": len(ds), **metrics}
+    text = json.dumps(metrics, indent=2, default=str)
+    print(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from fastft.train.config import ConfigError
+    from fastft.train.data import make_dataloader
+
+    if os.path.exists(args.output) and not args.overwrite:
+        raise ConfigError(f"--output {args.output} already exists; pass --overwrite or another --output")
+    model, tok, ds, cfg, pt, device = _load_for_inference(args, require_labels=False)
+    if pt == "causal_lm":
+        raise ConfigError(
+            "predict needs a classification/regression model; for a causal LM use `fastft eval` (perplexity)"
+        )
+    loader = make_dataloader(
+        ds,
+        tok,
+        batch_size=args.batch_size,
+        shuffle=False,
+        seed=0,
+        group_by_length=False,
+        max_length=cfg.max_length,
+        problem_type=pt,
+    )
+    outs = []
+    with torch.no_grad():
+        for batch in loader:
+            inputs = {
+                k: v.to(device)
+                for k, v in batch.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            outs.append(model(**inputs).logits.float().cpu())
+    logits = torch.cat(outs).numpy()
+    id2label = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+    text_cols = [c for c in (cfg.text_column or "text", cfg.text_pair_column) if c and c in ds.column_names]
+    header = list(text_cols)
+    rows: list[list[Any]] = [[ds[c][i] for c in text_cols] for i in range(len(ds))]
+    if pt == "regression":
+        header.append("prediction")
+        for r, v in zip(rows, logits.reshape(len(rows), -1)[:, 0]):
+            r.append(float(v))
+    else:
+        names = [str(id2label.get(i, i)) for i in range(logits.shape[1])]
+        if pt == "multi_label_classification":
+            probs = 1.0 / (1.0 + np.exp(-logits))
+            header += ["prediction", *[f"prob_{n}" for n in names]]
+            for r, pr in zip(rows, probs):
+                r.append(";".join(n for n, p in zip(names, pr) if p > 0.5))
+                r.extend(round(float(p), 6) for p in pr)
+        else:
+            z = logits - logits.max(-1, keepdims=True)
+            probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+            header += ["prediction", "score", *[f"prob_{n}" for n in names]]
+            for r, pr in zip(rows, probs):
+                k = int(pr.argmax())
+                r += [names[k], round(float(pr[k]), 6), *(round(float(p), 6) for p in pr)]
+    tmp = args.output + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, args.output)
+    print(f"wrote {len(rows)} predictions to {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet()
+    from fastft.train.trainer import TrainingError
+
+    user_errors = _user_errors()
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        return cmd_predict(args)
+    except user_errors as e:
+        print(
+            f"fastft {args.command}: error: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    except TrainingError as e:
+        print(f"fastft {args.command}: failed: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fastft {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Fine-tuning strategies as data: which parameters train, and at which learning rate.
+
+Everything is derived from the family table (:mod:`fastft.patching.families`): embeddings,
+the list of transformer blocks, the final norm and the task heads. No per-model code.
+
+Layer groups, top-down (index 0 is trained first by gradual unfreezing and gets the full LR
+under layer-wise LR decay):
+
+    0: task heads (+ anything not in the backbone's embeddings/blocks/final norm)
+    1: final norm / pooler + top block
+    2 .. L: the blocks below, one group each
+    L+1: embeddings
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from fastft.patching.families import Family, backbone, blocks, family_of, get_path
+
+__all__ = [
+    "layer_groups",
+    "param_depths",
+    "apply_freeze",
+    "apply_head_only",
+    "apply_gradual",
+    "gradual_groups_unfrozen",
+    "param_groups",
+    "no_decay",
+    "trainable_names",
+]
+
+
+def _family(model: nn.Module) -> Family:
+    fam = family_of(model)
+    if fam is None:
+        mt = getattr(getattr(model, "config", None), "model_type", None)
+        raise ValueError(
+            f"strategies need a family row for model_type {mt!r}; use --strategy full or lora, "
+            "or add the family to fastft/patching/families.py"
+        )
+    return fam
+
+
+def _prefixed(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError("module not found in model")
+
+
+def param_depths(model: nn.Module) -> dict[str, int]:
+    """``{param name: depth}``: 0 = heads/other, 1 = top block (+final norm), ..., L+1 = embeddings."""
+    fam = _family(model)
+    bb = backbone(model)
+    layers = blocks(model, fam)
+    n = len(layers)
+    owner: dict[int, int] = {}
+    for i, blk in enumerate(layers):
+        for p in blk.parameters():
+            owner[id(p)] = n - i
+    for path in fam.final_norm:
+        m = get_path(bb, path)
+        if m is not None:
+            for p in m.parameters():
+                owner.setdefault(id(p), 1)
+    for path in fam.embeddings:
+        m = get_path(bb, path)
+        if m is not None:
+            for p in m.parameters():
+                owner.setdefault(id(p), n + 1)
+    # Heads and anything unknown sit at depth 0; a tied LM head (GPT-2 lm_head = wte) is reported once
+    # by named_parameters, under the embedding name, so it follows the embeddings.
+    return {name: owner.get(id(p), 0) for name, p in model.named_parameters()}
+
+
+def layer_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names per group, top-down (see module docstring)."""
+    depths = param_depths(model)
+    n = max(depths.values(), default=0)
+    groups: list[list[str]] = [[] for _ in range(n + 1)]
+    for name, d in depths.items():
+        groups[d].append(name)
+    return groups
+
+
+def _set(model: nn.Module, trainable: Iterable[str] | None, frozen: Iterable[str] | None = None) -> None:
+    """Freeze everything except ``trainable`` (or freeze exactly ``frozen``)."""
+    if trainable is not None:
+        keep = set(trainable)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in keep)
+    if frozen is not None:
+        drop = set(frozen)
+        for name, p in model.named_parameters():
+            if name in drop:
+                p.requires_grad_(False)
+
+
+def apply_freeze(model: nn.Module, n_layers: int) -> None:
+    """Freeze the embeddings and the bottom ``n_layers`` blocks; everything else trains."""
+    depths = param_depths(model)
+    n = len(blocks(model))
+    if n_layers > n:
+        raise ValueError(f"--freeze-layers {n_layers} > the model's {n} blocks; pass at most {n}")
+    # depth of bottom block i is n - i; frozen: i < n_layers  <=>  depth > n - n_layers; embeddings n+1.
+    _set(model, None, [name for name, d in depths.items() if d > n - n_layers])
+
+
+def apply_head_only(model: nn.Module) -> None:
+    """Only the task heads train (feature extraction)."""
+    fam = _family(model)
+    names: list[str] = []
+    for head in fam.heads:
+        m = get_path(model, head)
+        if m is not None:
+            prefix = _prefixed(model, m)
+            names += [f"{prefix}.{n}" for n, _ in m.named_parameters()]
+    present = {n for n, _ in model.named_parameters()}
+    names = [n for n in names if n in present]
+    if not names:
+        raise ValueError(f"head_only: no task head ({', '.join(fam.heads)}) found on {type(model).__name__}")
+    _set(model, names)
+
+
+def gradual_groups_unfrozen(step: int, epoch: int, unfreeze_every: int, n_groups: int) -> int:
+    """How many top-down groups are trainable at ``step`` / ``epoch``: 1 at the start, +1 per period."""
+    k = (step // unfreeze_every) if unfreeze_every > 0 else epoch
+    return min(n_groups, 1 + k)
+
+
+def apply_gradual(model: nn.Module, n_unfrozen: int, already_frozen: Iterable[str] = ()) -> None:
+    """Groups ``0..n_unfrozen-1`` train, the rest are frozen (``already_frozen`` stay frozen)."""
+    groups = layer_groups(model)
+    keep = {n for g in groups[:n_unfrozen] for n in g} - set(already_frozen)
+    _set(model, keep)
+
+
+def no_decay(model: nn.Module) -> set[str]:
+    """Names of parameters that get no weight decay: biases and norm (LayerNorm/RMSNorm) weights."""
+    out: set[str] = set()
+    for mname, m in model.named_modules():
+        is_norm = isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(m).__name__.lower()
+        for pname, p in m.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if is_norm or pname.endswith("bias") or p.ndim < 2:
+                out.add(full)
+    # named_parameters() de-duplicates tied weights; keep only names it reports.
+    present = {n for n, _ in model.named_parameters()}
+    return out & present
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+    """Optimizer param groups: (depth, decay / no-decay) with ``lr * layer_lr_decay ** depth``.
+
+    Every parameter is included, frozen or not, so gradual unfreezing only flips ``requires_grad``
+    (a parameter without a gradient is skipped by AdamW) and the optimizer state layout never changes,
+    which keeps checkpoints loadable at any point of the schedule. Each group carries ``name`` and
+    ``param_names`` (for logs and tests).
+    """
+    depths = param_depths(model) if layer_lr_decay != 1.0 else {n: 0 for n, _ in model.named_parameters()}
+    nd = no_decay(model)
+    buckets: dict[tuple[int, bool], list[tuple[str, nn.Parameter]]] = {}
+    for name, p in model.named_parameters():
+        buckets.setdefault((depths[name], name in nd), []).append((name, p))
+    groups = []
+    for (depth, is_nd), items in sorted(buckets.items()):
+        groups.append(
+            {
+                "params": [p for _, p in items],
+                "param_names": [n for n, _ in items],
+                "lr": lr * layer_lr_decay**depth,
+                "weight_decay": 0.0 if is_nd else weight_decay,
+                "name": f"depth{depth}-{'no_decay' if is_nd else 'decay'}",
+            }
+        )
+    return groups
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
