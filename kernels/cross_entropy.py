@@ -210,7 +210,7 @@ def _kd_fwd_kernel(
             m3_safe = tl.where(m3_new == float("-inf"), 0.0, m3_new)
             e = tl.exp(tp - m3_safe)
             # e == 0 (masked or -inf teacher) contributes 0, like xlogy (avoids 0 * inf = nan)
-            term = tl.where(e > 0.0, e * (tp - xs * inv_temp), 0.0)
+            term = e * (tl.where(e > 0.0, tp, 0.0) - tl.where(mask, xs * inv_temp, 0.0))
             r = tl.exp(m3 - m3_safe)
             s3 = s3 * r + tl.sum(e, axis=0)
             acc = acc * r + tl.sum(term, axis=0)
