@@ -1,0 +1,151 @@
+"""fastft.patch's attention component on tiny HF models: same outputs and grads as HF's sdpa, per instance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastft
+from fastft import _backend
+from fastft.patching import attention as attn_patch
+from tests.compare import assert_close
+from tests.models import build, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
+
+
+def tiny_roberta_config(**kw):
+    from transformers import RobertaConfig
+
+    base = dict(tiny_bert_config().to_dict())
+    base.update(pad_token_id=1, max_position_embeddings=70, attn_implementation="sdpa")
+    base.update(kw)
+    base.pop("model_type", None)
+    return RobertaConfig(**base)
+
+
+FAMILIES = {
+    "bert": (tiny_bert_config, "AutoModelForSequenceClassification", 0),
+    "roberta": (tiny_roberta_config, "AutoModelForSequenceClassification", 1),
+    "gpt2": (tiny_gpt2_config, "AutoModelForSequenceClassification", 0),
+    "llama": (tiny_llama_config, "AutoModelForCausalLM", 0),
+}
+
+
+def batch(pad_id: int, seed: int = 0):
+    """3 x 12 tokens, right-padded to lengths 12, 5, 9, pad positions holding the pad id."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 100, (3, 12), generator=g)
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 9:] = 0
+    ids[mask == 0] = pad_id
+    return ids, mask
+
+
+def outputs(model, ids, mask):
+    """Logits on real tokens only, and grads of their sum (padded positions are not part of the contract)."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    if logits.dim() == 3:
+        logits = logits * mask[..., None]
+    params = [p for p in model.parameters() if p.requires_grad]
+    return logits, torch.autograd.grad(logits.sum(), params)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_patched_matches_sdpa(family, backend):
+    make_cfg, auto, pad_id = FAMILIES[family]
+    ref = build(auto, make_cfg(num_labels=3) if "Sequence" in auto else make_cfg())
+    pat = build(auto, make_cfg(num_labels=3) if "Sequence" in auto else make_cfg())
+    fastft.patch(pat, loss=False)
+    assert pat.config._attn_implementation == "fastft" and ref.config._attn_implementation == "sdpa"
+    ids, mask = batch(pad_id)
+    for train in (False, True):
+        ref.train(train)
+        pat.train(train)
+        with fastft.backend(backend):
+            lr, gr = outputs(ref, ids, mask)
+            lp, gp = outputs(pat, ids, mask)
+        assert_close(lp, lr, torch.float32, name=f"{family} logits train={train}")
+        for i, (a, b) in enumerate(zip(gp, gr)):
+            assert_close(a, b, torch.float32, scale=10, name=f"{family} grad {i} train={train}")
+    assert _backend.report()["attention"].startswith(backend)
+
+
+def test_unpatch_restores_and_other_instances_unaffected():
+    from transformers import BertModel
+
+    cfg = tiny_bert_config()
+    a, b = BertModel(cfg), BertModel(cfg)  # one shared config object
+    fastft.patch(a, loss=False)
+    assert a.config._attn_implementation == "fastft"
+    assert b.config._attn_implementation == "sdpa" and cfg._attn_implementation == "sdpa"
+    assert all(m.config._attn_implementation == "sdpa" for m in b.modules() if hasattr(m, "config"))
+    assert all(m.config is a.config for m in a.modules() if hasattr(m, "config"))
+    fastft.unpatch(a)
+    assert a.config is cfg and a.config._attn_implementation == "sdpa"
+    assert all(m.config is cfg for m in a.modules() if hasattr(m, "config"))
+
+
+def test_mask_hook_hands_over_2d_mask():
+    from transformers.masking_utils import and_masks, bidirectional_mask_function, create_bidirectional_mask
+
+    attn_patch.register()
+    cfg = tiny_bert_config()
+    cfg._attn_implementation = "fastft"
+    emb = torch.zeros(2, 6, 32)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
+    got = create_bidirectional_mask(config=cfg, inputs_embeds=emb, attention_mask=mask)
+    assert got.shape == (2, 6) and got.dtype == torch.bool and torch.equal(got, mask.bool())
+    assert create_bidirectional_mask(config=cfg, inputs_embeds=emb, attention_mask=torch.ones(2, 6)) is None
+    # A pattern the kernel cannot express gets HF's own 4D sdpa mask.
+    odd = and_masks(bidirectional_mask_function, lambda b, h, q, kv: q != kv)
+    got = create_bidirectional_mask(config=cfg, inputs_embeds=emb, attention_mask=mask, and_mask_function=odd)
+    assert got.dim() == 4
+
+
+def test_unsupported_mask_falls_back_to_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = torch.nn.Module()
+    module.is_causal = False
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 16, generator=g) for _ in range(3))
+    mask4d = torch.rand(2, 1, 5, 5, generator=g) > 0.3
+    mask4d[..., 0] = True
+    got, _ = attn_patch.fastft_attention_forward(module, q, k, v, mask4d, scaling=0.25)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask4d, scaling=0.25)
+    assert torch.equal(got, want)
+    assert (
+        "attention",
+        "HF attention falls back to torch SDPA: a 4D/custom attention mask",
+    ) in _backend._logged
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_train_with_attention_dropout_runs(backend):
+    model = build("AutoModelForSequenceClassification", tiny_gpt2_config(num_labels=2, attn_pdrop=0.3))
+    fastft.patch(model, loss=False)
+    model.train()
+    ids, mask = batch(0, seed=1)
+    with fastft.backend(backend):
+        torch.manual_seed(0)
+        a = model(input_ids=ids, attention_mask=mask).logits
+        torch.manual_seed(0)
+        b = model(input_ids=ids, attention_mask=mask).logits
+        model.eval()
+        c = model(input_ids=ids, attention_mask=mask).logits
+    a.sum().backward()
+    assert torch.isfinite(a).all() and torch.equal(a, b) and not torch.allclose(a, c)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_attn_implementation_name_usable_at_construction():
+    attn_patch.register()
+    model = build("AutoModel", tiny_bert_config(attn_implementation="fastft"))
+    ref = build("AutoModel", tiny_bert_config())
+    ids, mask = batch(0)
+    assert_close(
+        model(input_ids=ids, attention_mask=mask).last_hidden_state[0],
+        ref(input_ids=ids, attention_mask=mask).last_hidden_state[0],
+        torch.float32,
+    )
