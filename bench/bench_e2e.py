@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import gc
 import importlib.util
-import itertools
 import logging
 import math
 import os
@@ -45,14 +44,15 @@ from torch import nn
 
 from bench.common import (
     add_ratios,
-    bench_fn,
     device_name,
     main_for,
     make_record,
     measure_peaks,
     not_available,
     peak_memory,
+    summarize,
     sync,
+    time_calls,
 )
 
 PART = "e2e"
@@ -256,17 +256,111 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:200]
 
 
-def _time_steps(
-    step: Callable[[dict], Any], batches: list[dict], device: torch.device, rounds: int
-) -> tuple[dict[str, float], int | None]:
-    """Time ``step(batch)`` cycling over ``batches``: 1 warm-up cycle, ``rounds`` timed cycles
-    (whole cycles so the mean covers every batch equally). Peak memory over one more cycle."""
-    cyc = itertools.cycle(batches)
-    fn = lambda: step(next(cyc))
+def _resident_bytes(model: nn.Module, opt: torch.optim.Optimizer, device: torch.device, base: int) -> int:
+    """Bytes held between steps (weights, buffers, gradients, optimizer state).
+
+    CUDA: the allocator's count now minus ``base`` (taken before the model was built). CPU: the
+    allocator keeps no count, so the distinct storages of those tensors are summed (exact for
+    them; Python objects and caches outside tensors are not included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device) - base
+    seen: set[int] = set()
+    total = 0
+
+    def add(t: Any) -> None:
+        nonlocal total
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            if st.data_ptr() and st.data_ptr() not in seen:
+                seen.add(st.data_ptr())
+                total += st.nbytes()
+
+    for p in model.parameters():
+        add(p)
+        add(p.grad)
+    for b in model.buffers():
+        add(b)
+    for state in opt.state.values():
+        for v in state.values():
+            add(v)
+    return total
+
+
+@dataclasses.dataclass
+class _Side:
+    impl: str
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    step: Callable[[dict], Any]
+    extra: dict
+    resident: int = 0
+    times: list = dataclasses.field(default_factory=list)
+    peak: int | None = None
+    error: str | None = None
+
+
+def _compare(
+    builders: list[tuple[str, Callable[[], tuple[nn.Module, torch.optim.Optimizer, dict]]]],
+    batches: list[dict],
+    device: torch.device,
+    rounds: int,
+) -> tuple[list[_Side], dict[str, str]]:
+    """Build every side, warm each up with one cycle over ``batches``, then time them in
+    interleaved rounds (one whole cycle per side per round, order reversed every other round)
+    so that load changes on a shared machine hit both sides alike; then measure peak memory.
+
+    Peak memory of a side = its resident bytes (weights, grads, optimizer state) + the highest
+    step allocation above what was allocated when its measured cycle started; this equals what the
+    side would show running alone, although the other side's model stays alive meanwhile."""
+    sides: list[_Side] = []
+    failed: dict[str, str] = {}
+    for impl, build in builders:
+        try:
+            base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+            model, opt, extra = build()
+            step = _make_step(model, opt, device)
+            for b in batches:  # warm-up: compilation, autotuning, optimizer state
+                step(b)
+            sync(device)
+            sides.append(_Side(impl, model, opt, step, extra, _resident_bytes(model, opt, device, base)))
+        except Exception as e:
+            _log_failure(f"e2e {impl} set-up")
+            failed[impl] = _short(e)
+            model = opt = None
+            _free(device)
     k = len(batches)
-    stats = bench_fn(fn, device=device, warmup=k - 1, rep=k * rounds)  # bench_fn adds 1 untimed call
-    peak = peak_memory(lambda: [step(b) for b in batches], device)
-    return stats, peak
+    for r in range(rounds):
+        for s in sides if r % 2 == 0 else sides[::-1]:
+            if s.error:
+                continue
+            it = iter(batches)
+            try:
+                s.times += time_calls(lambda s=s, it=it: s.step(next(it)), k, device)
+            except Exception as e:
+                _log_failure(f"e2e {s.impl} step")
+                s.error = _short(e)
+    for s in sides:
+        if s.error:
+            continue
+        cycle = lambda s=s: [s.step(b) for b in batches]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            start = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            cycle()
+            torch.cuda.synchronize(device)
+            above = torch.cuda.max_memory_allocated(device) - start
+        else:
+            above = peak_memory(cycle, device)
+        s.peak = None if above is None else s.resident + int(above)
+    return sides, failed
+
+
+def _peak_kind(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "cuda allocator: resident (weights+grads+optimizer state) + step peak above it"
+    return "cpu: resident tensor bytes (weights+grads+optimizer state) + profiler step peak above it"
 
 
 def _rates(stats: dict, batches: list[dict], flops_per_step: float, peaks: dict) -> dict[str, float]:
@@ -285,6 +379,61 @@ def _rates(stats: dict, batches: list[dict], flops_per_step: float, peaks: dict)
         "mfu": flops_per_step / sec / (peaks["matmul_tflops"] * 1e12),
         "pct_peak_flops": 100 * flops_per_step / sec / (peaks["matmul_tflops"] * 1e12),
     }
+
+
+def _records(
+    scenario: str,
+    sides: list[_Side],
+    failed: dict[str, str],
+    order: list[str],
+    baseline: str,
+    shape: dict,
+    batches: list[dict],
+    flops_fn: Callable[[nn.Module], float],
+    peaks: dict,
+    device: torch.device,
+    note: str,
+) -> list[dict]:
+    by_impl = {s.impl: s for s in sides}
+    dtype = "bf16-autocast" if device.type == "cuda" else "float32"
+    group: list[dict] = []
+    for impl in order:
+        s = by_impl.get(impl)
+        why = failed.get(impl) or (s.error if s else "not built")
+        if s is None or s.error or not s.times:
+            group.append(
+                not_available(PART, scenario, impl, why, shape, scenario=scenario, target=TARGETS[scenario])
+            )
+            continue
+        stats = summarize(s.times)
+        rec = make_record(
+            PART,
+            scenario,
+            impl,
+            shape,
+            dtype,
+            stats,
+            s.peak,
+            device=device,
+            note=note,
+            target=TARGETS[scenario],
+            scenario=scenario,
+            **s.extra,
+        )
+        rec["peak_mem_kind"] = _peak_kind(device)
+        rec["resident_bytes"] = s.resident
+        rec["trainable_params"] = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
+        rec.update(_rates(stats, batches, flops_fn(s.model), peaks))
+        if impl == "fastft":
+            import fastft
+
+            rec["backend_report"] = fastft.report()
+        group.append(rec)
+    add_ratios(group, [baseline], time_field="mean_ms")
+    for r in group:
+        if r["impl"] != baseline and r["status"] == "ok":
+            r["target_met"] = _target_met(scenario, r, device)
+    return group
 
 
 def _apply_fastft(model: nn.Module, lora: dict | None) -> tuple[list[str], list[str]]:
@@ -315,6 +464,26 @@ def _apply_fastft(model: nn.Module, lora: dict | None) -> tuple[list[str], list[
         except Exception as e:
             problems.append(f"patch(attention={attention}, loss={loss}): {_short(e)}")
     return parts, problems
+
+
+def _fastft_side(model: nn.Module, lora: dict | None, device: torch.device, lr: float):
+    """(model, optimizer, extra) for the fastft side; raises if no fastft part applies."""
+    parts, problems = _apply_fastft(model, lora)
+    if lora is not None and not any(p.startswith("lora") for p in parts):
+        raise RuntimeError("fastft LoRA unavailable: " + "; ".join(problems))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt, why = _fastft_optimizer(trainable, lr)
+    if opt is None:
+        problems.append(why)
+        opt = _torch_adamw(trainable, device, lr)
+    else:
+        parts.append("FusedAdamW")
+    if not parts:
+        raise RuntimeError("no fastft part could be applied: " + "; ".join(problems))
+    extra: dict[str, Any] = {"fastft_parts": parts}
+    if problems:
+        extra["fastft_missing"] = problems
+    return model, opt, extra
 
 
 def _target_met(scenario: str, rec: dict, device: torch.device) -> bool | None:
@@ -384,82 +553,45 @@ def _make_step(model: nn.Module, opt: torch.optim.Optimizer, device: torch.devic
 def bench_bert(device: torch.device, quick: bool, peaks: dict) -> list[dict]:
     sz = bert_sizes(device, quick)
     records: list[dict] = []
-    lr = 2e-5
     for dist in sz["dists"]:
-        batches, source = _bert_batches(sz, dist, device, 30522)
-        lens = [int(n) for b in batches for n in b["attention_mask"].sum(1).tolist()]
-        shape = {"model": sz["label"], "B": sz["batch"], "lengths": dist, "max_len": sz["max_len"]}
-        note = (
-            f"bert_cls: random-init {sz['label']} ({sz['config']}), batch {sz['batch']}, {source}, "
-            "padded to the longest in each batch"
-        )
-        group: list[dict] = []
-        for impl in ("hf", "fastft"):
-            try:
-                model, cfg = _build_bert(sz, device)
-                extra: dict[str, Any] = {}
-                if impl == "hf":
-                    opt = _torch_adamw(model.parameters(), device, lr)
-                    extra["config"] = "sdpa + torch AdamW" + (" (fused)" if device.type == "cuda" else "")
-                else:
-                    parts, problems = _apply_fastft(model, None)
-                    opt, why = _fastft_optimizer(model.parameters(), lr)
-                    if opt is None:
-                        problems.append(why)
-                        opt = _torch_adamw(model.parameters(), device, lr)
-                    else:
-                        parts.append("FusedAdamW")
-                    extra["fastft_parts"] = parts
-                    if problems:
-                        extra["fastft_missing"] = problems
-                    if not parts:
-                        raise RuntimeError("no fastft part could be applied: " + "; ".join(problems))
-                flops = matmul_param_flops_per_token(model) * (sum(lens) / len(batches)) + attention_flops(
-                    lens, cfg.num_hidden_layers, cfg.hidden_size, causal=False
-                ) / len(batches)
-                stats, peak = _time_steps(_make_step(model, opt, device), batches, device, sz["rounds"])
-                rec = make_record(
-                    PART,
-                    "bert_cls",
-                    impl,
-                    shape,
-                    "bf16-autocast" if device.type == "cuda" else "float32",
-                    stats,
-                    peak,
-                    device=device,
-                    note=note,
-                    target=TARGETS["bert_cls"],
-                    scenario="bert_cls",
-                    **extra,
-                )
-                rec.update(_rates(stats, batches, flops, peaks))
-                if impl == "fastft":
-                    import fastft
-
-                    rec["backend_report"] = fastft.report()
-                group.append(rec)
-            except Exception as e:
-                _log_failure("e2e bert_cls %s")
-                group.append(
-                    not_available(
-                        PART,
-                        "bert_cls",
-                        impl,
-                        _short(e),
-                        shape,
-                        scenario="bert_cls",
-                        target=TARGETS["bert_cls"],
-                    )
-                )
-            finally:
-                model = opt = None
-                _free(device)
-        add_ratios(group, ["hf"], time_field="mean_ms")
-        for r in group:
-            if r["impl"] != "hf" and r["status"] == "ok":
-                r["target_met"] = _target_met("bert_cls", r, device)
-        records += group
+        records += _bench_bert_dist(sz, dist, device, peaks)
     return records
+
+
+def _bench_bert_dist(sz: dict, dist: str, device: torch.device, peaks: dict) -> list[dict]:
+    lr = 2e-5
+    batches, source = _bert_batches(sz, dist, device, 30522)
+    lens = [int(n) for b in batches for n in b["attention_mask"].sum(1).tolist()]
+    shape = {"model": sz["label"], "B": sz["batch"], "lengths": dist, "max_len": sz["max_len"]}
+    note = (
+        f"bert_cls: random-init {sz['label']} ({sz['config']}), batch {sz['batch']}, {source}, "
+        "padded to the longest in each batch"
+    )
+    cfg_holder: dict = {}
+
+    def hf():
+        model, cfg_holder["cfg"] = _build_bert(sz, device)
+        extra = {"config": "sdpa + torch AdamW" + (" (fused)" if device.type == "cuda" else " (foreach)")}
+        return model, _torch_adamw(model.parameters(), device, lr), extra
+
+    def ours():
+        model, cfg_holder["cfg"] = _build_bert(sz, device)
+        return _fastft_side(model, None, device, lr)
+
+    def flops(model: nn.Module) -> float:
+        cfg = cfg_holder["cfg"]
+        per_tok = matmul_param_flops_per_token(model)
+        attn = attention_flops(lens, cfg.num_hidden_layers, cfg.hidden_size, causal=False)
+        return (per_tok * sum(lens) + attn) / len(batches)
+
+    sides, failed = _compare([("hf", hf), ("fastft", ours)], batches, device, sz["rounds"])
+    try:
+        return _records(
+            "bert_cls", sides, failed, ["hf", "fastft"], "hf", shape, batches, flops, peaks, device, note
+        )
+    finally:
+        sides = None
+        _free(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,86 +626,59 @@ def bench_gpt2_lora(device: torch.device, quick: bool, peaks: dict) -> list[dict
         f"{'/'.join(GPT2_LORA_TARGETS)}, packed blocks of {sz['seq']} tokens"
     )
     lr = 2e-4
-    group: list[dict] = []
-    for impl in ("hf_peft", "fastft"):
-        model = opt = None
-        try:
-            model, cfg = _build_gpt2(sz, device)
-            extra: dict[str, Any] = {}
-            if impl == "hf_peft":
-                import peft
+    cfg_holder: dict = {}
 
-                pcfg = peft.LoraConfig(
-                    r=16,
-                    lora_alpha=32,
-                    lora_dropout=0.0,
-                    target_modules=GPT2_LORA_TARGETS,
-                    fan_in_fan_out=True,
-                    task_type="CAUSAL_LM",
-                )
-                with _quiet_warnings():
-                    model = peft.get_peft_model(model, pcfg)
-                opt = _torch_adamw([p for p in model.parameters() if p.requires_grad], device, lr)
-                extra["config"] = "PEFT LoRA + sdpa + torch AdamW" + (
-                    " (fused)" if device.type == "cuda" else ""
-                )
-            else:
-                lora = dict(r=16, alpha=32, target_modules=GPT2_LORA_TARGETS)
-                parts, problems = _apply_fastft(model, lora)
-                if not any(p.startswith("lora") for p in parts):
-                    raise RuntimeError("fastft LoRA unavailable: " + "; ".join(problems))
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                opt, why = _fastft_optimizer(trainable, lr)
-                if opt is None:
-                    problems.append(why)
-                    opt = _torch_adamw(trainable, device, lr)
-                else:
-                    parts.append("FusedAdamW")
-                extra["fastft_parts"] = parts
-                if problems:
-                    extra["fastft_missing"] = problems
-            extra["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            flops = matmul_param_flops_per_token(model) * sz["batch"] * sz["seq"] + attention_flops(
-                lens, cfg.n_layer, cfg.n_embd, causal=True
-            ) / len(batches)
-            stats, peak = _time_steps(_make_step(model, opt, device), batches, device, sz["rounds"])
-            rec = make_record(
-                PART,
-                "gpt2_lora",
-                impl,
-                shape,
-                "bf16-autocast" if device.type == "cuda" else "float32",
-                stats,
-                peak,
-                device=device,
-                note=note,
-                target=TARGETS["gpt2_lora"],
-                scenario="gpt2_lora",
-                **extra,
+    def hf_peft():
+        import peft
+
+        model, cfg_holder["cfg"] = _build_gpt2(sz, device)
+        pcfg = peft.LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules=GPT2_LORA_TARGETS,
+            fan_in_fan_out=True,
+            task_type="CAUSAL_LM",
+        )
+        with _quiet_warnings():
+            model = peft.get_peft_model(model, pcfg)
+        opt = _torch_adamw([p for p in model.parameters() if p.requires_grad], device, lr)
+        return (
+            model,
+            opt,
+            {"config": "PEFT LoRA + sdpa + torch AdamW" + (" (fused)" if device.type == "cuda" else "")},
+        )
+
+    def ours():
+        model, cfg_holder["cfg"] = _build_gpt2(sz, device)
+        return _fastft_side(model, dict(r=16, alpha=32, target_modules=GPT2_LORA_TARGETS), device, lr)
+
+    sides, failed = _compare([("hf_peft", hf_peft), ("fastft", ours)], batches, device, sz["rounds"])
+    try:
+        cfg = cfg_holder.get("cfg")
+
+        def flops(model: nn.Module) -> float:
+            per_tok = matmul_param_flops_per_token(model)
+            return (per_tok * sum(lens) + attention_flops(lens, cfg.n_layer, cfg.n_embd, causal=True)) / len(
+                batches
             )
-            rec.update(_rates(stats, batches, flops, peaks))
-            group.append(rec)
-        except Exception as e:
-            _log_failure("e2e gpt2_lora %s")
-            group.append(
-                not_available(
-                    PART,
-                    "gpt2_lora",
-                    impl,
-                    _short(e),
-                    shape,
-                    scenario="gpt2_lora",
-                    target=TARGETS["gpt2_lora"],
-                )
-            )
-        finally:
-            model = opt = None
-            _free(device)
-    add_ratios(group, ["hf_peft"], time_field="mean_ms")
-    for r in group:
-        if r["impl"] != "hf_peft" and r["status"] == "ok":
-            r["target_met"] = _target_met("gpt2_lora", r, device)
-    return group
+
+        return _records(
+            "gpt2_lora",
+            sides,
+            failed,
+            ["hf_peft", "fastft"],
+            "hf_peft",
+            shape,
+            batches,
+            flops,
+            peaks,
+            device,
+            note,
+        )
+    finally:
+        sides = None
+        _free(device)
 
 
 @contextlib.contextmanager
@@ -837,15 +942,24 @@ SCENARIOS: dict[str, Callable[[torch.device, bool, dict], list[dict]]] = {
 
 
 def run(device: torch.device, quick: bool = False, scenarios: list[str] | None = None) -> list[dict]:
-    """All end-to-end scenarios that fit ``device`` (``cpu_train`` only on CPU)."""
+    """All end-to-end scenarios that fit ``device`` (``cpu_train`` only on CPU), or ``scenarios``
+    (also settable as ``FASTFT_BENCH_E2E=bert_cls,gpt2_lora``)."""
     peaks = measure_peaks(device, quick=quick)
+    env = os.environ.get("FASTFT_BENCH_E2E", "").strip()
+    if scenarios is None and env:
+        scenarios = [s.strip() for s in env.split(",") if s.strip()]
+        unknown = [s for s in scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(
+                f"FASTFT_BENCH_E2E: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}"
+            )
     names = scenarios or (list(SCENARIOS) if device.type == "cpu" else ["bert_cls", "gpt2_lora"])
     records: list[dict] = []
     for name in names:
         try:
             records += SCENARIOS[name](device, quick, peaks)
         except Exception as e:  # a scenario's setup failed: record it, keep going
-            _log_failure("e2e %s")
+            _log_failure(f"e2e {name}")
             records.append(not_available(PART, name, "fastft", _short(e), scenario=name))
         sync(device)
     return records

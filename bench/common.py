@@ -55,6 +55,7 @@ import torch
 __all__ = [
     "RESULTS_DIR",
     "bench_fn",
+    "time_calls",
     "quantile",
     "summarize",
     "rotating",
@@ -144,6 +145,13 @@ def _time_calls_cuda(fn: Callable[[], Any], n: int) -> list[float]:
         e.record()
     torch.cuda.synchronize()
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def time_calls(fn: Callable[[], Any], n: int, device: torch.device | str) -> list[float]:
+    """Milliseconds of each of ``n`` back-to-back calls of ``fn()`` (no warm-up): CUDA events on
+    CUDA, ``perf_counter`` on CPU. For interleaving several implementations in rounds."""
+    timer = _time_calls_cuda if torch.device(device).type == "cuda" else _time_calls_cpu
+    return timer(fn, n)
 
 
 def bench_fn(
@@ -255,7 +263,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str, *, relative: 
 
     CPU: always relative (the CPU allocator has no counter of what is alive): the peak of the
     running sum of torch CPU allocations minus frees during the call, from ``torch.profiler``
-    memory events. ``None`` if the profiler cannot give it (never a guess).
+    memory events (``fn`` runs twice; the second call is measured, see ``_cpu_peak_profiler``).
+    ``None`` if the profiler cannot give it (never a guess).
     Call it after :func:`bench_fn` so one-time allocations (caches, compilation) are not counted.
     """
     device = torch.device(device)
@@ -270,32 +279,54 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str, *, relative: 
     return _cpu_peak_profiler(fn)
 
 
+_MARK = "fastft_bench_measured"
+
+
 def _cpu_peak_profiler(fn: Callable[[], Any]) -> int | None:
-    # The profiler's event tree holds one Allocation event per CPU-allocator malloc/free (size
-    # signed) with a timestamp; their running sum over time is the memory held above the start.
-    # (The per-op ``cpu_memory_usage`` of FunctionEvents nests and cannot give a peak.)
-    from torch.profiler import ProfilerActivity, profile
+    # The profiler's event tree holds one Allocation event per CPU-allocator malloc/free (signed
+    # size) with a timestamp; their running sum over time is the memory held above the start.
+    # (The per-op ``cpu_memory_usage`` of FunctionEvents nests and cannot give a peak.) The
+    # profiler cannot size a free of a block allocated before it started (it warns "unknown
+    # size" and drops the event), which would overstate the peak of e.g. a training step that
+    # frees last step's gradients: so ``fn`` runs twice under the profiler and only the second,
+    # marked call is measured -- its frees are of blocks the profiler saw being allocated.
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     try:
         from torch._C._profiler import _EventType
 
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
+            with record_function(_MARK):
+                fn()
         events: list[tuple[int, int]] = []
+        window: tuple[int, int] | None = None
         stack = list(prof.profiler.kineto_results.experimental_event_tree())
         while stack:
             node = stack.pop()
             if node.tag == _EventType.Allocation:
                 events.append((node.start_time_ns, int(node.extra_fields.alloc_size)))
+            elif window is None and node.name == _MARK:
+                window = (node.start_time_ns, node.end_time_ns)
             stack.extend(node.children)
     except Exception:  # private profiler API changed: say "unknown" rather than guess
         return None
+    if window is None:
+        return None
     events.sort(key=lambda t: t[0])
-    cur = peak = 0
-    for _, b in events:
+    cur = 0
+    base = peak = None
+    for t, b in events:
+        if t < window[0]:
+            cur += b
+            continue
+        if t > window[1]:
+            break
+        if base is None:
+            base = peak = cur
         cur += b
         peak = max(peak, cur)
-    return int(peak)
+    return 0 if base is None else int(peak - base)
 
 
 # --------------------------------------------------------------------------------------------
@@ -615,37 +646,48 @@ def _mib(b: Any) -> str:
     return "–" if b is None else f"{b / 2**20:.1f}"
 
 
+def _ratios_text(r: dict[str, Any], prefix: str) -> str:
+    out = []
+    for k, v in r.items():
+        if k.startswith(prefix) and isinstance(v, (int, float)):
+            out.append(f"{v:.2f}× vs {k[len(prefix) :]}")
+    return "; ".join(out)
+
+
 def markdown_table(records: list[dict[str, Any]]) -> str:
-    """A markdown table of result rows, with one speedup and one memory-ratio column per baseline."""
+    """A markdown table of result rows: time, peak memory, throughput, and the speedup
+    (baseline time / this time) and memory ratio (this peak / baseline peak) against every
+    baseline the row has ratios for (``speedup_vs_<b>``, ``mem_ratio_vs_<b>`` from :func:`add_ratios`)."""
     if not records:
         return "_no results_\n"
-    ratio_keys = sorted({k for r in records for k in r if k.startswith("speedup_vs_")})
-    bases = [k[len("speedup_vs_") :] for k in ratio_keys]
-    has_tp = any(r.get("tflops") is not None or r.get("gbps") is not None for r in records)
-    has_rate = any(r.get("samples_per_s") is not None for r in records)
+    ok = [r for r in records if r.get("status", "ok") == "ok"]
+    has_rate = any(r.get("samples_per_s") is not None for r in ok)
+    has_tp = any(r.get("samples_per_s") is None and (r.get("tflops") or r.get("gbps")) for r in ok)
+    has_ratio = any(k.startswith(("speedup_vs_", "mem_ratio_vs_")) for r in ok for k in r)
     has_target = any(r.get("target") for r in records)
     head = ["name", "shape", "dtype", "impl", "median ms", "p20–p80 ms", "peak MiB"]
     if has_rate:
         head += ["samples/s", "tokens/s", "MFU %"]
     if has_tp:
-        head += ["TFLOP/s or GB/s", "% peak"]
-    for b in bases:
-        head += [f"× vs {b}", f"mem vs {b}"]
+        head += ["TFLOP/s or GB/s", "% of peak"]
+    if has_ratio:
+        head += ["speedup", "memory"]
     if has_target:
         head += ["target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
-        if r.get("status", "ok") != "ok":
-            row = [r.get("name", ""), r.get("shape_str", ""), _fmt(r.get("dtype")), r.get("impl", "")]
-            row += [f"{r.get('status')}: {r.get('reason', '')}".replace("|", "/")]
-            row += [""] * (len(head) - len(row))
-            lines.append("| " + " | ".join(row) + " |")
-            continue
         row = [
             str(r.get("name", "")),
             str(r.get("shape_str", "")),
             _fmt(r.get("dtype")),
             str(r.get("impl", "")),
+        ]
+        if r.get("status", "ok") != "ok":
+            row += [f"**{r.get('status')}**: {r.get('reason', '')}".replace("|", "/").replace("\n", " ")]
+            row += [""] * (len(head) - len(row))
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        row += [
             _fmt(r.get("median_ms"), ".4g"),
             f"{_fmt(r.get('p20_ms'), '.4g')}–{_fmt(r.get('p80_ms'), '.4g')}",
             _mib(r.get("peak_mem_bytes")),
@@ -659,17 +701,18 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             ]
         if has_tp:
             if r.get("tflops") is not None:
-                row += [f"{r['tflops']:.3g} TF", _fmt(r.get("pct_peak_flops"), ".1f")]
+                row += [f"{r['tflops']:.3g} TFLOP/s", _fmt(r.get("pct_peak_flops"), ".1f")]
             elif r.get("gbps") is not None:
                 row += [f"{r['gbps']:.3g} GB/s", _fmt(r.get("pct_peak_bw"), ".1f")]
             else:
                 row += ["–", "–"]
-        for b in bases:
-            s, m = r.get(f"speedup_vs_{b}"), r.get(f"mem_ratio_vs_{b}")
-            row += [f"{s:.2f}×" if s is not None else "", f"{m:.2f}×" if m is not None else ""]
+        if has_ratio:
+            row += [_ratios_text(r, "speedup_vs_"), _ratios_text(r, "mem_ratio_vs_")]
         if has_target:
             met = r.get("target_met")
-            row += [str(r.get("target") or ""), "" if met is None else ("yes" if met else "no")]
+            judged = any(k.startswith("speedup_vs_") for k in r)  # targets apply to the rows with ratios
+            target = str(r.get("target") or "") if judged else ""
+            row += [target, "" if met is None else ("yes" if met else "**no**")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -691,8 +734,9 @@ def markdown_report(data: dict[str, Any]) -> str:
             f"({peaks['matmul_dtype']}, n={peaks['matmul_n']}), copy {peaks['copy_gbps']:.3g} GB/s."
         )
     out.append(
-        "\nTimes are per call (median, p20–p80). `× vs b` = b's time / this time (>1: faster); "
-        "`mem vs b` = this peak / b's peak (<1: leaner). Peak memory kinds: see bench/README.md."
+        "\nTimes are per call (median, p20–p80 over the timed calls). speedup `x× vs b` = b's time / this "
+        "time (>1: faster; end to end: mean step time); memory `x× vs b` = this peak / b's peak (<1: leaner). "
+        "What each number means: bench/README.md."
     )
     for part, body in data.get("parts", {}).items():
         recs = body.get("records", [])
