@@ -1,0 +1,140 @@
+"""Fused linear + cross-entropy (chunked GEMMs + the CE kernel) vs a float64 torch reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastft
+from fastft.functional import linear_cross_entropy
+from fastft.nn import LinearCrossEntropyLoss
+from fastft.ops.cross_entropy import choose_chunk_rows
+from tests.compare import assert_close, assert_within_torch_error, randn
+
+
+def _inputs(N, H, V, device, dtype=torch.float32, bias=True, ignore=True):
+    h = randn(N, H, device=device, dtype=dtype)
+    w = randn(V, H, device=device, dtype=dtype, scale=H**-0.5 * 2)
+    b = randn(V, device=device, dtype=dtype) if bias else None
+    t = torch.randint(0, V, (N,), device=device)
+    if ignore and N > 2:
+        t[1::3] = -100
+    return h, w, b, t
+
+
+def _grads(fn, tensors, g):
+    leaves = [x.detach().requires_grad_() if x is not None else None for x in tensors]
+    loss = fn(*leaves)
+    grads = torch.autograd.grad(loss, [x for x in leaves if x is not None], g.to(loss.dtype))
+    return loss, grads
+
+
+@pytest.mark.parametrize(
+    "N,H,V,chunk",
+    [(1, 8, 2, None), (37, 16, 1000, 8), (13, 8, 3, 5), (5, 8, 50257, 2)],
+)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_ce_fp32_matches_float64(device, N, H, V, chunk, reduction):
+    for bias, eps in ((True, 0.0), (False, 0.1)):
+        h, w, b, t = _inputs(N, H, V, device, bias=bias)
+        g = randn(N, device=device) if reduction == "none" else torch.tensor(1.3, device=device)
+        ours = lambda h, w, b=None: linear_cross_entropy(
+            h, w, t, b, reduction=reduction, label_smoothing=eps, chunk_size=chunk
+        )
+        ref = lambda h, w, b=None: F.cross_entropy(
+            F.linear(h, w, b), t, reduction=reduction, label_smoothing=eps
+        )
+        with fastft.backend("triton"):
+            loss, grads = _grads(ours, (h, w, b), g)
+        loss64, grads64 = _grads(ref, [x.double() if x is not None else None for x in (h, w, b)], g.double())
+        assert loss.shape == loss64.shape and loss.dtype == torch.float32
+        assert_close(loss, loss64, torch.float32, name="loss")
+        for name, a, r in zip(("hidden", "weight", "bias"), grads, grads64):
+            assert_close(a, r, torch.float32, name=f"grad {name} bias={bias} eps={eps}")
+
+
+def test_linear_ce_frozen_parts_and_leading_dims(device):
+    """Frozen weight (LoRA-style) or frozen hidden: only the needed grads; (B, S, H) input."""
+    B, S, H, V = 2, 7, 8, 300
+    h, w, b, t = _inputs(B * S, H, V, device)
+    h, t = h.reshape(B, S, H), t.reshape(B, S)
+    hh = h.detach().requires_grad_()
+    with fastft.backend("triton"):
+        loss = linear_cross_entropy(hh, w, t, b, chunk_size=4)  # w, b frozen
+        loss.backward()
+        ww = w.detach().requires_grad_()
+        loss2 = linear_cross_entropy(h, ww, t, chunk_size=6)
+        loss2.backward()
+    h64 = h.double().requires_grad_()
+    ref = F.cross_entropy(F.linear(h64, w.double(), b.double()).reshape(-1, V), t.reshape(-1))
+    ref.backward()
+    assert_close(loss, ref, torch.float32)
+    assert_close(hh.grad, h64.grad, torch.float32)
+    w64 = w.double().requires_grad_()
+    ref2 = F.cross_entropy(F.linear(h.double(), w64).reshape(-1, V), t.reshape(-1))
+    ref2.backward()
+    assert_close(ww.grad, w64.grad, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_linear_ce_low_precision_within_torch_error(device, dtype):
+    N, H, V = 29, 32, 2000
+    h, w, b, t = _inputs(N, H, V, device, dtype=dtype)
+    g = torch.tensor(1.0, device=device)
+    with fastft.backend("triton"):
+        loss, grads = _grads(lambda h, w, b: linear_cross_entropy(h, w, t, b), (h, w, b), g)
+    ref = lambda h, w, b: F.cross_entropy(F.linear(h, w, b), t)
+    lt, gts = _grads(ref, (h, w, b), g)  # torch in the same dtype
+    l64, g64 = _grads(ref, (h.double(), w.double(), b.double()), g.double())
+    assert loss.dtype == dtype and all(x.dtype == dtype for x in grads)
+    assert_within_torch_error(loss, lt, l64, name=f"loss {dtype}")
+    for name, a, tt, r in zip(("hidden", "weight", "bias"), grads, gts, g64):
+        assert_within_torch_error(a, tt, r, name=f"grad {name} {dtype}")
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor (in elements) any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(o, torch.Tensor):
+                self.largest = max(self.largest, o.numel())
+        return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_linear_ce_never_materialises_full_logits(device, backend):
+    N, H, V, chunk = 64, 8, 700, 16
+    h, w, b, t = _inputs(N, H, V, device)
+    h.requires_grad_()
+    w.requires_grad_()
+    with fastft.backend(backend), _LargestTensor() as mode:
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk).backward()
+    assert mode.largest <= max(chunk * V, V * H), f"a tensor of {mode.largest} elements (N*V = {N * V})"
+    assert h.grad is not None and w.grad is not None
+
+
+def test_choose_chunk_rows_bounds_memory():
+    N, H, V = 16384, 768, 50257
+    rows = choose_chunk_rows(N, H, V, 2)
+    assert 64 <= rows < N and rows % 64 == 0
+    assert rows * V * 2 <= max(2 * N * H * 2, 64 << 20)
+    assert choose_chunk_rows(10, 8, 50, 4) == 10  # small problems: one chunk
+    assert choose_chunk_rows(3, 4, 10**9, 2) == 1
+
+
+def test_linear_ce_module_and_bad_input(device):
+    h, w, b, t = _inputs(6, 8, 20, device)
+    with fastft.backend("triton"):
+        loss = LinearCrossEntropyLoss(reduction="sum")(h, w, t, b)
+    ref = F.cross_entropy(F.linear(h.double(), w.double(), b.double()), t, reduction="sum")
+    assert_close(loss, ref, torch.float32)
+    with pytest.raises(ValueError, match="weight must be"):
+        linear_cross_entropy(h, w[:, :5], t)
+    with pytest.raises(TypeError, match="share a dtype"):
+        linear_cross_entropy(h.double(), w, t)
