@@ -372,7 +372,7 @@ def _detect_problem(task: str, values: list) -> str:
         return task
     if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
         return "multi_label_classification"
-    if values and all(_is_number(v) for v in values) and any(float(v) != int(v) for v in values):
+    if values and all(_is_number(v) for v in values) and any(not float(v).is_integer() for v in values):
         return "regression"
     return "single_label_classification"
 
@@ -419,7 +419,7 @@ def _encode_labels(values: list, problem_type: str, num_labels: int | None, labe
         return enc, k, dict(label2id), {i: n for n, i in label2id.items()}
 
     # single-label classification
-    ints = all(_is_number(v) and float(v) == int(v) for v in values) or all(
+    ints = all(_is_number(v) and float(v).is_integer() for v in values) or all(
         isinstance(v, (bool, np.bool_)) for v in values
     )
     if label2id is None:
@@ -571,7 +571,8 @@ def _content_hash(ds, columns: list[str]) -> str:
     h = hashlib.sha256()
     for c in columns:
         h.update(c.encode())
-        h.update(json.dumps(ds[c], default=str).encode())
+        # to_pylist: the full column (``ds[c]`` is a lazy Column whose str() is abbreviated).
+        h.update(json.dumps(ds.data.column(c).to_pylist(), default=str).encode())
     return h.hexdigest()
 
 
@@ -837,6 +838,7 @@ def prepare_data(cfg: Any, tokenizer: Any, output_dir: str | None = None) -> Pre
         report["split"] = "given train/validation/test files"
 
     # Sample limits (seeded random subsets), then augmentation of the train split only.
+    test_is_val = raws["test"] is raws["validation"]
     for s, limit, salt in (
         ("train", _get(cfg, "max_train_samples"), 1),
         ("validation", _get(cfg, "max_eval_samples"), 2),
@@ -845,6 +847,13 @@ def prepare_data(cfg: Any, tokenizer: Any, output_dir: str | None = None) -> Pre
         idx = _subset(len(raws[s]), limit, seed, salt)
         if idx is not None:
             raws[s] = raws[s].take(idx)
+    if test_is_val:
+        raws["test"] = raws["validation"]
+    train_texts = set(zip(raws["train"].texts, raws["train"].pairs or [None] * len(raws["train"])))
+    report["eval_rows_also_in_train"] = {
+        s: sum(k in train_texts for k in zip(raws[s].texts, raws[s].pairs or [None] * len(raws[s])))
+        for s in ("validation", "test")
+    }
     aug = _get(cfg, "augment")
     report["augmented_rows"] = 0
     if aug:

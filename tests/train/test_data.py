@@ -377,6 +377,23 @@ def test_tokenization_is_cached(tmp_path, tok, monkeypatch):
     assert max(third.splits["train"]["length"]) <= 8
 
 
+def test_tokenization_cache_key_sees_every_row(tmp_path, tok):
+    import datasets
+
+    texts = [f"text number {i}" for i in range(50)]
+    ds = datasets.Dataset.from_dict({"text": texts, "labels": [i % 2 for i in range(50)]})
+    _, hit = D._tokenize(ds, tok, "text", None, 16, False, str(tmp_path))
+    _, hit2 = D._tokenize(ds, tok, "text", None, 16, False, str(tmp_path))
+    assert (hit, hit2) == (False, True)
+    changed = datasets.Dataset.from_dict(
+        {"text": texts[:30] + ["other"] + texts[31:], "labels": ds["labels"]}
+    )
+    out, hit3 = D._tokenize(changed, tok, "text", None, 16, False, str(tmp_path))
+    assert not hit3 and out[30]["input_ids"] == tok("other")["input_ids"]
+    relabelled = datasets.Dataset.from_dict({"text": texts, "labels": [1 - i % 2 for i in range(50)]})
+    assert not D._tokenize(relabelled, tok, "text", None, 16, False, str(tmp_path))[1]
+
+
 # ------------------------------------------------------------------------------------------ batching
 @pytest.fixture(scope="module")
 def split(tmp_path_factory, tok):
