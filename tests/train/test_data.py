@@ -356,6 +356,37 @@ def test_causal_lm_text_only_and_collator_masks_padding(tmp_path, tok):
         assert (lab[real] != tok.unk_token_id).all()  # labels keep the original tokens under token dropout
 
 
+def test_gpt2_like_tokenizer_eos_left_padding_without_pad_token(tmp_path):
+    """No pad token (pad falls back to EOS), left padding, EOS appended for causal LM, real EOS stays a target."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    gtok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>", padding_side="left"
+    )
+    assert gtok.pad_token_id is None
+    import datasets
+
+    texts = ["good bad", "plot great awful good bad", "bad"]
+    tok_ds, _ = D._tokenize(
+        datasets.Dataset.from_dict({"text": texts}), gtok, "text", None, 4, True, str(tmp_path)
+    )
+    assert tok_ds["input_ids"] == [[2, 3, 0], [6, 4, 5, 2], [3, 0]]  # EOS appended unless truncated
+    b = next(
+        iter(make_dataloader(tok_ds, gtok, batch_size=3, shuffle=False, seed=0, problem_type="causal_lm"))
+    )
+    assert b["input_ids"].tolist() == [[0, 2, 3, 0], [6, 4, 5, 2], [0, 0, 3, 0]]
+    assert b["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]
+    assert b["labels"].tolist() == [[-100, 2, 3, 0], [6, 4, 5, 2], [-100, -100, 3, 0]]
+    # and through prepare_data: every untruncated text ends with EOS
+    path = write(tmp_path / "lm.jsonl", [{"text": " ".join(WORDS[i : i + 3])} for i in range(12)])
+    out = prepare_data(make_cfg(tmp_path, train_file=path, task="causal_lm", max_length=8), gtok)
+    assert all(ids[-1] == 0 and len(ids) == 4 for s in out.splits.values() for ids in s["input_ids"])
+
+
 # ------------------------------------------------------------------------------------------ tokenization
 def test_tokenization_is_cached(tmp_path, tok, monkeypatch):
     path = write(tmp_path / "d.csv", rows(60))
