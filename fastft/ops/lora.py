@@ -90,21 +90,30 @@ def _fwd_op(
     scaling: float,
     dropout_p: float,
     conv1d: bool,
-    use_kernel: bool,
-) -> tuple[Tensor, Tensor]:
-    """(M, K) -> (y (M, N), u = drop(x)·Aᵀ (M, r)); ``u`` is kept for the backward."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(M, K) -> (y (M, N), u = drop(x)·Aᵀ (M, r), path flag); u and the flag go to the backward.
+
+    The path is chosen here, when the op runs (not while torch.compile traces the caller), and
+    recorded in a 0-dim CPU int8 flag so that the backward takes the same path even outside the
+    ``fastft.backend(...)`` block (the two paths draw different dropout masks).
+    """
     s = int(seed.item()) if dropout_p > 0.0 else 0
+    use_kernel = _backend.use_triton(_OP, x, unsupported=_unsupported(x, weight, lora_a))
+    flag = torch.tensor(int(use_kernel), dtype=torch.int8)
     if use_kernel:
         from fastft.kernels.lora import lora_forward
 
-        return lora_forward(x, weight, bias, lora_a, lora_b, scaling, dropout_p, s, conv1d)
-    return _ref_forward(x, weight, bias, lora_a, lora_b, scaling, dropout_p, s, conv1d)
+        y, u = lora_forward(x, weight, bias, lora_a, lora_b, scaling, dropout_p, s, conv1d)
+    else:
+        y, u = _ref_forward(x, weight, bias, lora_a, lora_b, scaling, dropout_p, s, conv1d)
+    return y, u, flag
 
 
 @_fwd_op.register_fake
-def _(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, conv1d, use_kernel):
+def _(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, conv1d):
     n = weight.shape[1] if conv1d else weight.shape[0]
-    return x.new_empty(x.shape[0], n), x.new_empty(x.shape[0], lora_a.shape[0])
+    flag = torch.empty((), dtype=torch.int8, device="cpu")
+    return x.new_empty(x.shape[0], n), x.new_empty(x.shape[0], lora_a.shape[0]), flag
 
 
 @torch.library.custom_op("fastft::lora_linear_bwd", mutates_args=())
@@ -116,10 +125,10 @@ def _bwd_op(
     lora_b: Tensor,
     u: Tensor,
     seed: Tensor,
+    flag: Tensor,
     scaling: float,
     dropout_p: float,
     conv1d: bool,
-    use_kernel: bool,
     need_dx: bool,
     need_dw: bool,
     need_db: bool,
@@ -128,7 +137,7 @@ def _bwd_op(
     """Returns (dx, dW, db, dA, dB); a gradient that is not needed comes back as an empty tensor."""
     s = int(seed.item()) if dropout_p > 0.0 else 0
     dy = dy.contiguous()
-    if use_kernel:
+    if bool(flag.item()):
         from fastft.kernels.lora import lora_backward
 
         dx, da, dbb = lora_backward(
@@ -151,10 +160,10 @@ def _(
     lora_b,
     u,
     seed,
+    flag,
     scaling,
     dropout_p,
     conv1d,
-    use_kernel,
     need_dx,
     need_dw,
     need_db,
@@ -170,15 +179,15 @@ def _(
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, a, b, seed, scaling, p, conv1d, use_kernel = inputs
-    _, u = output
-    ctx.save_for_backward(x, weight, a, b, u, seed)
-    ctx.cfg = (scaling, p, conv1d, use_kernel)
+    x, weight, bias, a, b, seed, scaling, p, conv1d = inputs
+    _, u, flag = output
+    ctx.save_for_backward(x, weight, a, b, u, seed, flag)
+    ctx.cfg = (scaling, p, conv1d)
 
 
-def _backward(ctx, dy, _du):
-    x, weight, a, b, u, seed = ctx.saved_tensors
-    scaling, p, conv1d, use_kernel = ctx.cfg
+def _backward(ctx, dy, _du, _dflag):
+    x, weight, a, b, u, seed, flag = ctx.saved_tensors
+    scaling, p, conv1d = ctx.cfg
     need = ctx.needs_input_grad
     need_ab = bool(need[3] or need[4])
     dx, dw, db, da, dbb = _bwd_op(
@@ -189,27 +198,17 @@ def _backward(ctx, dy, _du):
         b,
         u,
         seed,
+        flag,
         scaling,
         p,
         conv1d,
-        use_kernel,
         bool(need[0]),
         bool(need[1]),
         bool(need[2]),
         need_ab,
     )
-    return (
-        dx if need[0] else None,
-        dw if need[1] else None,
-        db if need[2] else None,
-        da if need[3] else None,
-        dbb if need[4] else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    grads = (dx, dw, db, da, dbb)
+    return (*(g if n else None for g, n in zip(grads, need[:5])), None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -279,12 +278,9 @@ def lora_linear(
 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    use_kernel = _backend.use_triton(_OP, x2, unsupported=_unsupported(x2, weight, lora_a))
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)
     else:
         seed = torch.zeros(1, dtype=torch.int64)
-    y, _ = _fwd_op(
-        x2, weight, bias, lora_a, lora_b, seed, float(scaling), float(dropout_p), conv1d, use_kernel
-    )
+    y, _, _ = _fwd_op(x2, weight, bias, lora_a, lora_b, seed, float(scaling), float(dropout_p), conv1d)
     return y.reshape(*lead, n)
