@@ -47,6 +47,7 @@ __all__ = [
     "all_reduce_mean",
     "broadcast_object",
     "gather_for_metrics",
+    "eval_row_mask",
     "barrier",
     "main_process_first",
     "cleanup",
@@ -420,6 +421,18 @@ def gather_for_metrics(
         raise ValueError(f"gather_for_metrics: {missing} of {total} rows were evaluated by no rank")
     out = cat[first]
     return out.to(t.device)
+
+
+def eval_row_mask(state: DistState, step: int, n_rows: int, batch_size: int, total: int) -> torch.Tensor:
+    """Which rows of this rank's ``step``-th eval batch are real samples (not shard padding).
+
+    For ``make_dataloader``'s layout (rank r holds global batches r, r+W, ... of ``batch_size``
+    rows; the order is padded with repeated rows up to a multiple of W batches): a row is real iff
+    its position in the global order is below ``total``. Use it to keep duplicates out of summed
+    eval losses / token counts (set their labels to -100, or mask their per-row loss). Bool (n_rows,).
+    """
+    first = (step * state.world_size + state.rank) * batch_size
+    return (torch.arange(n_rows) + first) < total
 
 
 def barrier(state: DistState | None = None) -> None:

@@ -212,6 +212,11 @@ def _run(rank: int, out: str) -> None:
         world_size=WORLD,
     )
     local = torch.cat([b["input_ids"][:, 0] for b in loader]).float()
+    real = [
+        b["input_ids"][:, 0][D.eval_row_mask(st, j, b["input_ids"].shape[0], 2, total)].tolist()
+        for j, b in enumerate(loader)
+    ]
+    res["eval_real_rows"] = sorted(D.broadcast_object(real, st, src=0) + D.broadcast_object(real, st, src=1))
     res["gather_loader"] = D.gather_for_metrics(local, st, total, batch_size=2).tolist()
     # ranks with different row counts and different trailing dims (padded with pad_value)
     uneven = torch.full((3 if rank == 0 else 2, 2 + rank), float(rank + 1))
