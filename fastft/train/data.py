@@ -47,6 +47,7 @@ import logging
 import math
 import os
 import re
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -543,9 +544,28 @@ def _write_json_atomic(path: str, obj: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ tokenization
+_TOK_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _tokenizer_hash(tokenizer) -> str:
-    h = hashlib.sha256()
-    h.update(type(tokenizer).__name__.encode())
+    """Identity of what the tokenizer produces (vocab, normalizer, specials); memoised per object
+    (hashing a 30k vocab costs ~0.2 s) and re-computed when its vocab size or specials change."""
+    light = json.dumps(
+        [
+            type(tokenizer).__name__,
+            len(tokenizer),
+            str(tokenizer.all_special_tokens),
+            getattr(tokenizer, "add_bos_token", None),
+            getattr(tokenizer, "add_eos_token", None),
+        ]
+    )
+    try:
+        memo = _TOK_HASHES.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        memo = None
+    if memo is not None and memo[0] == light:
+        return memo[1]
+    h = hashlib.sha256(light.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         spec = json.loads(backend.to_str())
@@ -555,16 +575,12 @@ def _tokenizer_hash(tokenizer) -> str:
         h.update(json.dumps(spec, sort_keys=True).encode())
     else:
         h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
-    h.update(
-        json.dumps(
-            [
-                str(tokenizer.all_special_tokens),
-                getattr(tokenizer, "add_bos_token", None),
-                getattr(tokenizer, "add_eos_token", None),
-            ]
-        ).encode()
-    )
-    return h.hexdigest()
+    digest = h.hexdigest()
+    try:
+        _TOK_HASHES[tokenizer] = (light, digest)
+    except TypeError:
+        pass
+    return digest
 
 
 def _content_hash(ds, columns: list[str]) -> str:
