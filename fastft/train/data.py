@@ -172,15 +172,36 @@ def _sub(cache_dir: str | None, name: str) -> str | None:
     return os.path.join(cache_dir, name) if cache_dir else None
 
 
+def _hub_unreachable() -> bool:
+    """True when the hub's host does not even resolve: fail at once instead of after ~30 s of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:  # pragma: no cover - hub client layout changed
+        host = "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return True
+    return False
+
+
 def _load_hub(name: str, cache_dir: str | None) -> dict:
     import datasets
 
     try:
+        if not datasets.config.HF_HUB_OFFLINE and _hub_unreachable():
+            raise ConnectionError("hub host does not resolve")
         dd = datasets.load_dataset(name, cache_dir=_sub(cache_dir, "datasets"))
     except Exception as e:
         raise DataError(
             f"cannot load hub dataset {name!r} ({type(e).__name__}; offline?): use --train-file with a local "
-            "csv/tsv/json/jsonl/parquet file, or --dataset rotten_tomatoes"
+            "csv/tsv/json/jsonl/parquet file, or --dataset rotten_tomatoes (for a copy downloaded earlier, "
+            "set HF_DATASETS_OFFLINE=1)"
         ) from e
     if not isinstance(dd, datasets.DatasetDict):
         return {"train": dd}
