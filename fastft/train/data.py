@@ -929,6 +929,14 @@ def prepare_data(cfg: Any, tokenizer: Any, output_dir: str | None = None) -> Pre
         splits[s], cache_hits[s] = _tokenize(ds, tokenizer, text_col, pair_col, max_length, causal, cache_dir)
         built[id(raw)] = splits[s]
     report["tokenization_cache_hit"] = cache_hits
+    if problem_type == "single_label_classification":
+        report["label_counts"] = {
+            s: {id2label[k]: v for k, v in sorted(Counter(raws[s].labels).items())} for s in splits
+        }
+    elif problem_type == "multi_label_classification":
+        report["label_counts"] = {
+            s: dict(zip(label2id, np.asarray(raws[s].labels).sum(0).astype(int).tolist())) for s in splits
+        }
     report["split_sizes"] = {s: len(d) for s, d in splits.items()}
     report["problem_type"] = problem_type
     report["max_length"] = max_length

@@ -550,6 +550,9 @@ def test_rotten_tomatoes_default(tmp_path, tok):
     sizes = [len(saved[s]) for s in ("train", "validation", "test")]
     assert abs(sizes[0] / sum(sizes) - 0.7) < 0.01 and abs(sizes[2] / sum(sizes) - 0.1) < 0.01
     assert out.report["dropped_duplicate"] > 0
+    for s in out.splits:
+        counts = out.report["label_counts"][s]
+        assert counts["fresh"] == sum(out.splits[s]["labels"]) and sum(counts.values()) == len(out.splits[s])
 
 
 # ------------------------------------------------------------------------------------------ prepare_file
