@@ -40,7 +40,7 @@ def discover() -> list[str]:
 def run_part(part: str, device: torch.device, quick: bool) -> list[dict]:
     """``bench.bench_<part>.run(device, quick)``; failures become one "not available" row."""
     try:
-        mod = importlib.import_module(f"bench.bench_{part}")
+        mod = importlib.import_module(part if "." in part else f"bench.bench_{part}")
     except Exception as e:
         return [common.not_available(part, part, "-", f"import failed: {type(e).__name__}: {e}"[:300])]
     if not hasattr(mod, "run"):
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         print("\n".join(available))
         return None
     parts = [s.strip() for s in args.parts.split(",") if s.strip()] if args.parts else available
-    unknown = [s for s in parts if s not in available]
+    # a dotted name is a module outside bench/ with the same run(device, quick) (e.g. a test's part)
+    unknown = [s for s in parts if s not in available and "." not in s]
     if unknown:
         p.error(f"unknown part(s) {', '.join(unknown)}; present: {', '.join(available)}")
     device = common.resolve_device(args.device)
@@ -95,7 +96,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         t0 = time.perf_counter()
         print(f"== {part} ...", flush=True)
         records = run_part(part, device, args.quick)
-        path = common.write_results(part, records, device=device, out_dir=args.out, peaks=peaks)
+        name = part
+        if "." in part:  # an outside module: file its rows under the part they name
+            name = records[0].get("part", part.rsplit(".", 1)[-1]) if records else part.rsplit(".", 1)[-1]
+        path = common.write_results(name, records, device=device, out_dir=args.out, peaks=peaks)
         bad = sum(r.get("status") != "ok" for r in records)
         print(f"   {len(records)} rows ({bad} not available) in {time.perf_counter() - t0:.0f}s", flush=True)
     if path is not None:

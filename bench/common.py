@@ -433,11 +433,12 @@ def measure_peaks(device: torch.device | str, *, quick: bool = False) -> dict[st
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device, dtype)
     b = torch.randn(n, n, generator=g).to(device, dtype)
-    mm = bench_fn(functools.partial(torch.mm, a, b), device=device)
+    counts = {"warmup": 1, "rep": 5} if quick else {}
+    mm = bench_fn(functools.partial(torch.mm, a, b), device=device, **counts)
     a = b = None  # free before allocating the copy buffers
     src = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
     dst = torch.empty_like(src)
-    cp = bench_fn(functools.partial(dst.copy_, src), device=device)
+    cp = bench_fn(functools.partial(dst.copy_, src), device=device, **counts)
     src = dst = None
     res = {
         "matmul_dtype": str(dtype).replace("torch.", ""),
@@ -643,7 +644,7 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
 
 
 def _mib(b: Any) -> str:
-    return "–" if b is None else f"{b / 2**20:.1f}"
+    return "–" if b is None else f"{b / 2**20:.3g}"
 
 
 def _ratios_text(r: dict[str, Any], prefix: str) -> str:
@@ -689,7 +690,9 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             continue
         row += [
             _fmt(r.get("median_ms"), ".4g"),
-            f"{_fmt(r.get('p20_ms'), '.4g')}–{_fmt(r.get('p80_ms'), '.4g')}",
+            "–"
+            if r.get("p20_ms") is None
+            else f"{_fmt(r.get('p20_ms'), '.4g')}–{_fmt(r.get('p80_ms'), '.4g')}",
             _mib(r.get("peak_mem_bytes")),
         ]
         if has_rate:

@@ -101,67 +101,77 @@ def kernel_plots(data: dict[str, Any], stem: Path) -> list[Path]:
     return out
 
 
+def _baseline_of(group: list[dict]) -> dict | None:
+    """The row the others are compared to (named in their ``speedup_vs_<impl>`` keys)."""
+    names = {k[len("speedup_vs_") :] for r in group for k in r if k.startswith("speedup_vs_")}
+    return next((r for r in group if r["impl"] in names), None)
+
+
 def e2e_plot(data: dict[str, Any], stem: Path) -> Path | None:
+    """Bar chart per scenario: throughput and peak memory relative to that scenario's baseline
+    (baseline = 1), with the absolute values written on the bars."""
     body = data.get("parts", {}).get("e2e")
     if not body:
         return None
     recs = [r for r in body.get("records", []) if r.get("status", "ok") == "ok" and r.get("samples_per_s")]
-    if not recs:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        shape = r.get("shape")
+        extra = f"\n({shape.get('lengths')})" if isinstance(shape, dict) and shape.get("lengths") else ""
+        groups[f"{r['name']}{extra}"].append(r)
+    groups = {g: rs for g, rs in groups.items() if _baseline_of(rs) is not None}
+    if not groups:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in recs:
-        shape = r.get("shape")
-        extra = f" ({shape.get('lengths')})" if isinstance(shape, dict) and shape.get("lengths") else ""
-        groups[f"{r['name']}{extra}"].append(r)
-    impls = sorted({r["impl"] for r in recs}, key=lambda s: (s == "fastft", s))
-    has_mem = any(r.get("peak_mem_bytes") for r in recs)
-    ncols = 2 if has_mem else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.5), squeeze=False)
-    width = 0.8 / max(len(impls), 1)
+    panels = [("samples_per_s", "throughput vs baseline (samples/s)", "{:.3g}/s")]
+    if any(r.get("peak_mem_bytes") for rs in groups.values() for r in rs):
+        panels.append(("peak_mem_bytes", "peak memory vs baseline", "{:.0f} MiB"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
     names = list(groups)
-    for j, (field, ylabel) in enumerate(
-        (("samples_per_s", "samples/s"), ("peak_mem_bytes", "peak MiB"))[:ncols]
-    ):
-        ax = axes[0][j]
-        for i, impl in enumerate(impls):
-            xs, ys, texts = [], [], []
-            for k, g in enumerate(names):
-                r = next((r for r in groups[g] if r["impl"] == impl), None)
-                if r is None or r.get(field) is None:
+    width = 0.38
+    for ax, (field, title, fmt) in zip(axes[0], panels):
+        for k, g in enumerate(names):
+            base = _baseline_of(groups[g])
+            ordered = [base] + [r for r in groups[g] if r is not base]
+            for i, r in enumerate(ordered):
+                v, bv = r.get(field), base.get(field)
+                if not v or not bv:
                     continue
-                v = r[field] / 2**20 if field == "peak_mem_bytes" else r[field]
-                xs.append(k + (i - (len(impls) - 1) / 2) * width)
-                ys.append(v)
-                ratio = next(
-                    (r[key] for key in r if key.startswith("speedup_vs_" if j == 0 else "mem_ratio_vs_")),
-                    None,
+                x = k + (i - (len(ordered) - 1) / 2) * width
+                color = "tab:gray" if r is base else "tab:green"
+                bar = ax.bar(
+                    [x],
+                    [v / bv],
+                    width=width * 0.95,
+                    color=color,
+                    label="baseline (HF)" if r is base else "fastft",
                 )
-                texts.append(f"{ratio:.2f}×" if isinstance(ratio, (int, float)) else "")
-            bars = ax.bar(xs, ys, width=width, label=impl)
-            for b, t in zip(bars, texts):
-                if t:
-                    ax.annotate(
-                        t,
-                        (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center",
-                        va="bottom",
-                        fontsize=8,
-                    )
+                shown = v / 2**20 if field == "peak_mem_bytes" else v
+                ax.annotate(
+                    f"{r['impl']}\n" + fmt.format(shown),
+                    (x, bar[0].get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax.axhline(1.0, color="black", lw=0.6)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, fontsize=8, rotation=10)
-        ax.set_ylabel(ylabel)
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_title(title, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.margins(y=0.2)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=8)
     kinds = sorted({r.get("peak_mem_kind") for r in recs if r.get("peak_mem_kind")})
     fig.suptitle(
-        f"end to end: one training step — {data.get('environment', {}).get('device', '')}\n"
-        f"(ratio to baseline on the bars; memory: {', '.join(kinds)})",
-        fontsize=9,
+        f"end to end, one training step: {data.get('environment', {}).get('device', '')}\n"
+        f"memory: {'; '.join(kinds)}",
+        fontsize=8,
     )
     fig.tight_layout()
     path = stem.with_name(f"{stem.name}-e2e.png")
