@@ -437,6 +437,30 @@ def choose_chunk_rows(n_rows: int, hidden: int, vocab: int, elem_size: int) -> i
     return int(max(1, min(n_rows, rows)))
 
 
+_MM_DTYPE_OUT: bool | None = None  # does this torch/device have addmm(..., out_dtype=fp32)?
+
+
+def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with ``acc`` fp32 and a, b possibly 16-bit.
+
+    On CUDA, cuBLAS accumulates straight into the fp32 buffer (``aten::addmm.dtype_out``, torch
+    >= 2.8), so each chunk's contribution is not rounded to 16 bits; elsewhere the chunk product
+    is formed in the input dtype and added in fp32.
+    """
+    global _MM_DTYPE_OUT
+    if acc.dtype == a.dtype:
+        acc.addmm_(a, b)
+        return
+    if acc.is_cuda and _MM_DTYPE_OUT is not False:
+        try:
+            torch.ops.aten.addmm.dtype_out(acc, a, b, acc.dtype, out=acc)
+            _MM_DTYPE_OUT = True
+            return
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _MM_DTYPE_OUT = False
+    acc += a @ b
+
+
 def _linear_ce_loop(hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk):
     """Chunked linear + CE. Returns (loss_rows fp32, grad_hidden, grad_weight, grad_bias).
 
@@ -466,10 +490,7 @@ def _linear_ce_loop(hidden, weight, target, bias, ignore_index, eps, scale, need
         if need_h:
             torch.mm(g, weight, out=gh[start:end])
         if need_w:
-            if gw.dtype == g.dtype:
-                gw.addmm_(g.t(), h)
-            else:
-                gw += g.t() @ h
+            _accumulate_mm(gw, g.t(), h)
         if need_b:
             gb += g.sum(dim=0, dtype=acc)
         del logits, g
