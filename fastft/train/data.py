@@ -1152,8 +1152,9 @@ def make_dataloader(
     * Order: :func:`global_batch_order` of ``(seed, epoch)`` (length-grouped when ``shuffle`` and
       ``group_by_length``; file order when not ``shuffle``). Rank ``r`` takes global batches
       ``r, r + W, r + 2W, ...``; with W > 1 the order is padded by repeating rows so every rank
-      gets the same number of full batches (for eval: gather each step across ranks in rank order
-      and drop everything beyond ``len(ds)``: that is exactly the dataset order).
+      gets the same number of full batches. For eval this layout is NOT contiguous per rank:
+      ``fastft.distributed.gather_for_metrics(t, state, len(ds), batch_size=batch_size)`` restores
+      the dataset order (without ``batch_size`` rows would be mis-ordered and the wrong ones cut).
     * ``skip_batches``: drop this rank's first batches (already consumed before a resume); the
       remaining batches are bitwise the same as in an uninterrupted epoch. ``len(loader)`` is the
       number of batches this loader yields.
@@ -1185,5 +1186,6 @@ def make_dataloader(
     if problem_type == "causal_lm" and "labels" in keep:
         keep.remove("labels")
     collate = _Collator(tokenizer, problem_type, pad_to_max_length, max_length, token_dropout, seed, epoch)
-    view = _Batches(ds.select_columns(keep), [batches[i] for i in ids], ids, collate)
+    # with_format(None): python lists whatever format the caller set on the dataset.
+    view = _Batches(ds.select_columns(keep).with_format(None), [batches[i] for i in ids], ids, collate)
     return torch.utils.data.DataLoader(view, batch_size=None, shuffle=False, num_workers=0)
