@@ -21,7 +21,7 @@ Decisions (documented here because users see their effects):
   exactly ``num_labels`` distinct values), else ``DataError``.
   ``num_labels`` is 1 for regression and 0 for causal_lm.
 * **Cleaning** (each split): rows with empty text (or empty pair text) and rows without a label
-  are dropped; then duplicates (same stripped text, + pair) keeping the first. Counted in ``report``.
+  are dropped; then duplicates (same stripped text, + pair) keeping the first (and its label). Counted in ``report``.
 * **Splits.** One split given -> seeded, stratified (by label for single-label classification)
   ``split_ratios`` train/validation/test split; with ``split_group_column`` whole groups go to one
   split (stratified by each group's majority label, so ratios and balance are approximate).
