@@ -294,9 +294,13 @@ def _needs_grad(*tensors) -> bool:
 
 
 def _finish(loss: torch.Tensor, lead_shape, code: int, dtype: torch.dtype, keep_fp32: bool) -> torch.Tensor:
+    """Shape the loss; return it in ``dtype`` like torch, or fp32 when asked or under autocast
+    (torch autocasts cross_entropy to fp32)."""
     if code == 0:
         loss = loss.reshape(lead_shape)
-    return loss if keep_fp32 else loss.to(dtype)
+    if keep_fp32 or torch.is_autocast_enabled(loss.device.type):
+        return loss
+    return loss.to(dtype)
 
 
 def cross_entropy(
@@ -468,6 +472,15 @@ def _linear_ce_loop(hidden, weight, target, bias, ignore_index, eps, scale, need
     turns them into dlogits in place (scaled by ``scale``), then grad_h_c = dlogits @ W and
     grad_W += dlogits^T @ h_c, grad_b += sum(dlogits). grad_W/grad_b accumulate in fp32.
     """
+    with torch.autocast(hidden.device.type, enabled=False):  # dtypes were settled by the caller
+        return _linear_ce_loop_impl(
+            hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk
+        )
+
+
+def _linear_ce_loop_impl(
+    hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk
+):
     N = hidden.shape[0]
     V = weight.shape[0]
     compute = need_h or need_w or need_b
@@ -663,6 +676,13 @@ def linear_cross_entropy(
         )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must be ({weight.shape[0]},); got {tuple(bias.shape)}")
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        # like F.linear under autocast: the GEMMs run in the autocast dtype (the casts are autograd
+        # ops, so fp32 master weights still get their gradient); the loss math stays fp32
+        cast = torch.get_autocast_dtype(dev)
+        hidden, weight = hidden.to(cast), weight.to(cast)
+        bias = bias.to(cast) if bias is not None else None
     if hidden.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
         raise TypeError(
             f"hidden ({hidden.dtype}), weight ({weight.dtype}) and bias must share a dtype; cast them first"

@@ -138,3 +138,27 @@ def test_linear_ce_module_and_bad_input(device):
         linear_cross_entropy(h, w[:, :5], t)
     with pytest.raises(TypeError, match="share a dtype"):
         linear_cross_entropy(h.double(), w, t)
+
+
+def test_linear_ce_under_autocast(device):
+    """Under autocast the GEMMs run in the autocast dtype (like F.linear); fp32 weights get fp32 grads."""
+    N, H, V = 20, 16, 300
+    h, w, b, t = _inputs(N, H, V, device, bias=False)
+    dt = torch.bfloat16
+    with torch.autocast(device.type, dtype=dt), fastft.backend("triton"):
+        loss, grads = _grads(
+            lambda h, w: linear_cross_entropy(h, w, t), (h, w), torch.tensor(1.0, device=device)
+        )
+    with torch.autocast(device.type, dtype=dt):
+        lt, gts = _grads(
+            lambda h, w: F.cross_entropy(F.linear(h, w), t), (h, w), torch.tensor(1.0, device=device)
+        )
+    l64, g64 = _grads(
+        lambda h, w: F.cross_entropy(F.linear(h, w), t),
+        (h.to(dt).double(), w.to(dt).double()),
+        torch.tensor(1.0),
+    )
+    assert loss.dtype == torch.float32 and all(x.dtype == torch.float32 for x in grads)
+    assert_within_torch_error(loss, lt, l64, name="loss")
+    for a, tt, r in zip(grads, gts, g64):
+        assert_within_torch_error(a.to(dt), tt.to(dt), r, name="grad")
