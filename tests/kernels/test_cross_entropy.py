@@ -157,3 +157,42 @@ def test_ce_bad_input_errors(device):
         cross_entropy(x, torch.zeros(3, dtype=torch.long, device=device))
     with pytest.raises(TypeError, match="class indices"):
         cross_entropy(x, torch.zeros(4, device=device))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("V", [128256, 262144])
+def test_ce_large_vocab_gpu(V):
+    device = torch.device("cuda")
+    N = 64
+    x = randn(N, V, device=device, dtype=torch.bfloat16, scale=2.0).requires_grad_()
+    t = _targets(N, V, device)
+    loss = cross_entropy(x, t, label_smoothing=0.1)
+    (gx,) = torch.autograd.grad(loss, x)
+    xt = x.detach().requires_grad_()
+    lt = F.cross_entropy(xt, t, label_smoothing=0.1)
+    (gt,) = torch.autograd.grad(lt, xt)
+    x64 = x.detach().double().requires_grad_()
+    ref = _ref(x64, t, "mean", 0.1)
+    (gref,) = torch.autograd.grad(ref, x64)
+    assert_within_torch_error(loss, lt, ref, name="loss")
+    assert_within_torch_error(gx, gt, gref, name="grad")
+
+
+@pytest.mark.gpu
+def test_ce_int64_offsets_gpu():
+    """N * V > 2^31: rows past the int32 range are computed right (in place, to fit in memory)."""
+    device = torch.device("cuda")
+    N, V = 8400, 262144
+    assert N * V > 2**31
+    x = torch.randn(N, V, device=device, dtype=torch.bfloat16)
+    tail = x[-3:].double().clone()
+    t = torch.randint(0, V, (N,), device=device)
+    leaf = torch.zeros((), device=device, requires_grad=True)
+    logits = x + leaf  # non-leaf, consumed only here; its storage receives the gradient
+    del x
+    loss = cross_entropy(logits, t, reduction="none", inplace_backward=True)
+    tail64 = tail.requires_grad_()
+    ref = F.cross_entropy(tail64, t[-3:], reduction="none")
+    (gref,) = torch.autograd.grad(ref.sum(), tail64)
+    assert_close(loss[-3:], ref, torch.float32, scale=10)
+    assert_close(logits[-3:].detach(), gref, torch.bfloat16, name="grad rows beyond 2^31 elements")
