@@ -1,0 +1,66 @@
+"""``python -m bench`` end to end on a tiny part, and a part's own CLI (``main_for``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import common
+from tests.bench import tiny_part
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_python_m_bench_quick_runs_into_a_tmp_dir(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # the bench times the real CPU paths, not the interpreter
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--parts",
+            "tests.bench.tiny_part",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    js = [f for f in files if f.endswith(".json")]
+    assert len(js) == 1 and js[0].startswith("cpu-")
+    data = json.loads((tmp_path / js[0]).read_text())
+    assert data["peaks"]["matmul_tflops"] > 0 and data["peaks"]["copy_gbps"] > 0
+    rows = data["parts"]["tiny"]["records"]
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    fast = [r for r in rows if r["impl"] == "fast"]
+    assert all(r["speedup_vs_slow"] > 0 and r["gbps"] > 0 and r["pct_peak_bw"] > 0 for r in fast)
+    md = (tmp_path / js[0].replace(".json", ".md")).read_text()
+    assert "## tiny" in md and "× vs slow" in md and "![" in md
+    assert any(f.endswith("-tiny-rowsum.png") for f in files)
+
+
+def test_unknown_part_is_a_usage_error(tmp_path, capsys):
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--parts", "nope", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "unknown part" in capsys.readouterr().err
+
+
+def test_main_for_gives_a_part_its_cli(tmp_path, capsys):
+    path = common.main_for(tiny_part.run, "tiny", ["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    assert path.parent == tmp_path and path.exists() and path.with_suffix(".md").exists()
+    assert "| rowsum |" in capsys.readouterr().out
