@@ -31,7 +31,7 @@ import torch
 
 from fastft import _backend
 
-__all__ = ["cross_entropy", "kd_loss", "linear_cross_entropy"]
+__all__ = ["cross_entropy", "kd_loss", "linear_cross_entropy", "linear_kd_loss"]
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -188,23 +188,23 @@ def _ce_rows(x, target, ignore_index, eps, scale, compute_grad, grad_out=None):
     return loss, g
 
 
-def _kd_rows(s, t, target, temperature, alpha, ignore_index, scale, compute_grad):
+def _kd_rows(s, t, target, temperature, alpha, ignore_index, scale, compute_grad, grad_out=None):
+    """KD loss rows (+ student grad, written into ``grad_out`` when given; it may alias ``s``)."""
     if _backend.use_triton("kd_loss", s, unsupported=_kernel_unsupported(s, t)):
         from fastft.kernels.cross_entropy import kd_forward
 
-        grad = torch.empty_like(s) if compute_grad else None
+        if compute_grad and grad_out is None:
+            grad_out = torch.empty_like(s)
         loss = kd_forward(
-            s,
-            t,
-            target,
-            temperature=temperature,
-            alpha=alpha,
-            ignore_index=ignore_index,
-            scale=scale,
-            grad_out=grad,
-        )
-        return loss, grad
-    return _kd_rows_torch(s, t, target, temperature, alpha, ignore_index, scale, compute_grad)
+            s, t, target, temperature=temperature, alpha=alpha, ignore_index=ignore_index,
+            scale=scale, grad_out=grad_out if compute_grad else None,
+        )  # fmt: skip
+        return loss, grad_out if compute_grad else None
+    loss, g = _kd_rows_torch(s, t, target, temperature, alpha, ignore_index, scale, compute_grad)
+    if g is not None and grad_out is not None:
+        grad_out.copy_(g)
+        g = grad_out
+    return loss, g
 
 
 _EMPTY = lambda ref: ref.new_empty(0)  # stands in for "no gradient computed" in op outputs
@@ -465,50 +465,52 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     acc += a @ b
 
 
-def _linear_ce_loop(hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk):
-    """Chunked linear + CE. Returns (loss_rows fp32, grad_hidden, grad_weight, grad_bias).
+def _linear_loop(hidden, weight, bias, rows_fn, scale, need_h, need_w, need_b, chunk):
+    """Chunked linear + loss. Returns (loss_rows, grad_hidden, grad_weight, grad_bias).
 
-    For each chunk of rows: logits = h_c @ W^T + b (one GEMM, in the input dtype), the CE kernel
-    turns them into dlogits in place (scaled by ``scale``), then grad_h_c = dlogits @ W and
-    grad_W += dlogits^T @ h_c, grad_b += sum(dlogits). grad_W/grad_b accumulate in fp32.
+    For each chunk of rows: logits = h_c @ W^T + b (one GEMM, in the input dtype); ``rows_fn``
+    (the CE or KD kernel) turns them into per-row losses and, in place, into dlogits scaled by
+    ``scale``; then grad_h_c = dlogits @ W, grad_W += dlogits^T @ h_c, grad_b += sum(dlogits).
+    grad_W/grad_b accumulate in fp32 and are returned unrounded (the caller rounds once, after
+    applying the upstream gradient).
     """
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes were settled by the caller
-        return _linear_ce_loop_impl(
-            hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk
-        )
-
-
-def _linear_ce_loop_impl(
-    hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk
-):
-    N = hidden.shape[0]
-    V = weight.shape[0]
-    compute = need_h or need_w or need_b
-    acc = _acc(hidden.dtype)
-    loss = hidden.new_empty(N, dtype=acc)
-    gh = torch.empty_like(hidden) if need_h else None
-    gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-    gb = torch.zeros(V, dtype=acc, device=weight.device) if need_b else None
-    for start in range(0, N, chunk):
-        end = min(start + chunk, N)
-        h = hidden[start:end]
-        logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
-        sc = scale if scale is None or scale.dim() == 0 else scale[start:end]
-        # the chunk of logits is our own buffer: the CE kernel writes dlogits over it
-        loss[start:end], g = _ce_rows(
-            logits, target[start:end], ignore_index, eps, sc, compute, grad_out=logits
-        )
-        if not compute:
-            continue
-        if need_h:
-            torch.mm(g, weight, out=gh[start:end])
-        if need_w:
-            _accumulate_mm(gw, g.t(), h)
-        if need_b:
-            gb += g.sum(dim=0, dtype=acc)
-        del logits, g
-    # grad_weight/grad_bias stay in the accumulation dtype: the caller rounds once, after scaling
+        N = hidden.shape[0]
+        compute = need_h or need_w or need_b
+        acc = _acc(hidden.dtype)
+        loss = hidden.new_empty(N, dtype=acc)
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        gb = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        for start in range(0, N, chunk):
+            end = min(start + chunk, N)
+            h = hidden[start:end]
+            logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
+            sc = scale if scale is None or scale.dim() == 0 else scale[start:end]
+            # the chunk of logits is our own buffer: the kernel writes dlogits over it
+            loss[start:end], g = rows_fn(start, end, logits, sc, compute)
+            if not compute:
+                continue
+            if need_h:
+                torch.mm(g, weight, out=gh[start:end])
+            if need_w:
+                _accumulate_mm(gw, g.t(), h)
+            if need_b:
+                gb += g.sum(dim=0, dtype=acc)
+            del logits, g
     return loss, gh, gw, gb
+
+
+def _ce_rows_fn(target, ignore_index, eps):
+    def rows(start, end, logits, sc, compute):
+        return _ce_rows(logits, target[start:end], ignore_index, eps, sc, compute, grad_out=logits)
+
+    return rows
+
+
+def _linear_ce_loop(hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk):
+    rows = _ce_rows_fn(target, ignore_index, eps)
+    return _linear_loop(hidden, weight, bias, rows, scale, need_h, need_w, need_b, chunk)
 
 
 def _grads_or_empty(ref, gh, gw, gb):
@@ -702,4 +704,214 @@ def linear_cross_entropy(
     loss, *_ = _linear_ce_op(
         h, weight, t, bias, int(ignore_index), float(label_smoothing), code, chunk, need_h, need_w, need_b
     )
+    return _finish(loss, lead, code, hidden.dtype, fp32_loss)
+
+
+# ----------------------------------------------------------------------------- linear + KD
+def _kd_rows_fn(teacher_hidden, teacher_weight, teacher_bias, target, temperature, alpha, ignore_index):
+    def rows(start, end, logits, sc, compute):
+        th = teacher_hidden[start:end]
+        with torch.no_grad():
+            tl = (
+                torch.addmm(teacher_bias, th, teacher_weight.t())
+                if teacher_bias is not None
+                else th @ teacher_weight.t()
+            )
+        tgt = target[start:end] if target is not None else None
+        return _kd_rows(logits, tl, tgt, temperature, alpha, ignore_index, sc, compute, grad_out=logits)
+
+    return rows
+
+
+@torch.library.custom_op("fastft::linear_kd_loss", mutates_args=())
+def _linear_kd_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    target: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    teacher_bias: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+    ignore_index: int,
+    reduction: int,
+    chunk: int,
+    need_h: bool,
+    need_w: bool,
+    need_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad_hidden, grad_weight (fp32), grad_bias (fp32)); like ``fastft::linear_cross_entropy``."""
+    eager = reduction != 0
+    scale = _scale_tensor(target, hidden.shape[0], ignore_index, reduction, hidden)
+    rows = _kd_rows_fn(teacher_hidden, teacher_weight, teacher_bias, target, temperature, alpha, ignore_index)
+    loss, gh, gw, gb = _linear_loop(
+        hidden, weight, bias, rows, scale, need_h and eager, need_w and eager, need_b and eager, chunk
+    )
+    return (_reduce(loss, target, ignore_index, reduction), *_grads_or_empty(hidden, gh, gw, gb))
+
+
+@_linear_kd_op.register_fake
+def _(hidden, weight, teacher_hidden, teacher_weight, target, bias, teacher_bias, temperature, alpha,
+      ignore_index, reduction, chunk, need_h, need_w, need_b):  # fmt: skip
+    return _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b)
+
+
+def _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b):
+    loss = hidden.new_empty((hidden.shape[0],) if reduction == 0 else (), dtype=_acc(hidden.dtype))
+    eager = reduction != 0
+    return (
+        loss,
+        torch.empty_like(hidden) if need_h and eager else hidden.new_empty(0),
+        torch.empty_like(weight, dtype=_acc(weight.dtype)) if need_w and eager else hidden.new_empty(0),
+        bias.new_empty(bias.shape, dtype=_acc(bias.dtype))
+        if bias is not None and need_b and eager
+        else hidden.new_empty(0),
+    )
+
+
+@torch.library.custom_op("fastft::linear_kd_loss_backward", mutates_args=())
+def _linear_kd_bwd_op(
+    grad_rows: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    target: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    teacher_bias: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+    ignore_index: int,
+    chunk: int,
+    need_h: bool,
+    need_w: bool,
+    need_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of ``reduction="none"``: recompute each chunk with dlogits scaled per row."""
+    rows = _kd_rows_fn(teacher_hidden, teacher_weight, teacher_bias, target, temperature, alpha, ignore_index)
+    _, gh, gw, gb = _linear_loop(hidden, weight, bias, rows, grad_rows, need_h, need_w, need_b, chunk)
+    gw = gw.to(weight.dtype) if gw is not None else None
+    gb = gb.to(bias.dtype) if gb is not None else None
+    return _grads_or_empty(hidden, gh, gw, gb)
+
+
+@_linear_kd_bwd_op.register_fake
+def _(grad_rows, hidden, weight, teacher_hidden, teacher_weight, target, bias, teacher_bias, temperature, alpha,
+      ignore_index, chunk, need_h, need_w, need_b):  # fmt: skip
+    return (
+        torch.empty_like(hidden) if need_h else hidden.new_empty(0),
+        torch.empty_like(weight) if need_w else hidden.new_empty(0),
+        bias.new_empty(bias.shape) if bias is not None and need_b else hidden.new_empty(0),
+    )
+
+
+def _lkd_setup(ctx, inputs, output):
+    (hidden, weight, th, tw, target, bias, tb, T, alpha, ii, reduction, chunk, need_h, need_w, need_b) = (
+        inputs
+    )
+    ctx.args = (T, alpha, ii, chunk, need_h, need_w, need_b)
+    ctx.reduction = reduction
+    ctx.has_bias = bias is not None
+    ctx.w_dtype = weight.dtype
+    if reduction == 0:
+        ctx.save_for_backward(hidden, weight, th, tw, target, bias, tb)
+    else:
+        ctx.save_for_backward(*output[1:])
+
+
+def _lkd_backward(ctx, grad_loss, _g1, _g2, _g3):
+    T, alpha, ii, chunk, need_h, need_w, need_b = ctx.args
+    if ctx.reduction == 0:
+        gh, gw, gb = _linear_kd_bwd_op(
+            grad_loss, *ctx.saved_tensors, T, alpha, ii, chunk, need_h, need_w, need_b
+        )
+    else:
+        gh, gw, gb = ctx.saved_tensors
+        gh = gh * grad_loss
+        gw = (gw * grad_loss).to(ctx.w_dtype) if need_w else gw
+        gb = (gb * grad_loss).to(ctx.w_dtype) if need_b and ctx.has_bias else gb
+    return (
+        gh if need_h else None,
+        gw if need_w else None,
+        None,
+        None,
+        None,
+        gb if need_b and ctx.has_bias else None,
+        *([None] * 9),
+    )
+
+
+_linear_kd_op.register_autograd(_lkd_backward, setup_context=_lkd_setup)
+
+
+def linear_kd_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    *,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    fp32_loss: bool = False,
+) -> torch.Tensor:
+    """:func:`kd_loss` of ``hidden @ weight.T + bias`` (student) against
+    ``teacher_hidden @ teacher_weight.T + teacher_bias`` without materialising either logits.
+
+    Shapes: hidden ``(..., H)``, weight ``(V, H)``; teacher_hidden ``(..., Ht)`` with the same
+    leading dims, teacher_weight ``(V, Ht)``; target ``(...)`` or None. Same math, reduction and
+    ignore_index semantics as :func:`kd_loss`; gradients flow to hidden/weight/bias only (the
+    teacher is a constant). Chunked like :func:`linear_cross_entropy`, with two logits buffers.
+    """
+    code = _reduction_code(reduction)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"weight must be (V, H) with H = {hidden.shape[-1]}; got {tuple(weight.shape)}")
+    if teacher_weight.dim() != 2 or teacher_weight.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"teacher_weight must be (V={weight.shape[0]}, Ht); got {tuple(teacher_weight.shape)}"
+        )
+    if teacher_hidden.shape[:-1] != hidden.shape[:-1] or teacher_hidden.shape[-1] != teacher_weight.shape[1]:
+        raise ValueError(
+            f"teacher_hidden {tuple(teacher_hidden.shape)} must be {tuple(hidden.shape[:-1])} + "
+            f"({teacher_weight.shape[1]},)"
+        )
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        cast = torch.get_autocast_dtype(dev)
+        hidden, weight = hidden.to(cast), weight.to(cast)
+        bias = bias.to(cast) if bias is not None else None
+    if hidden.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise TypeError(f"hidden ({hidden.dtype}), weight ({weight.dtype}) and bias must share a dtype")
+    # the teacher's logits are computed in the student's dtype (the kernel reads both rows alike)
+    th = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]).to(hidden.dtype).contiguous()
+    tw = teacher_weight.detach().to(hidden.dtype)
+    tb = teacher_bias.detach().to(hidden.dtype) if teacher_bias is not None else None
+    lead = hidden.shape[:-1]
+    h = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    t = target.reshape(-1) if target is not None else None
+    _check_rows(h, t, "hidden")
+    V, H = weight.shape
+    chunk = (
+        int(chunk_size)
+        if chunk_size
+        else choose_chunk_rows(h.shape[0], max(H, th.shape[1]), 2 * V, h.element_size())
+    )
+    grad_on = torch.is_grad_enabled()
+    need_h = grad_on and hidden.requires_grad
+    need_w = grad_on and weight.requires_grad
+    need_b = grad_on and bias is not None and bias.requires_grad
+    loss, *_ = _linear_kd_op(
+        h, weight, th, tw, t, bias, tb, float(temperature), float(alpha), int(ignore_index), code, chunk,
+        need_h, need_w, need_b,
+    )  # fmt: skip
     return _finish(loss, lead, code, hidden.dtype, fp32_loss)

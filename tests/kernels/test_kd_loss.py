@@ -127,3 +127,38 @@ def test_kd_bad_input(device):
         kd_loss(s, randn(3, 5, device=device))
     with pytest.raises(ValueError, match="temperature"):
         kd_loss(s, s, temperature=0.0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("with_target", [True, False])
+def test_linear_kd_matches_float64(device, reduction, with_target):
+    """Fused linear + KD (student head and teacher head, chunked) vs kd_loss on float64 logits."""
+    from fastft.functional import linear_kd_loss
+
+    N, H, Ht, V = 13, 8, 12, 300
+    h = randn(N, H, device=device).requires_grad_()
+    w = randn(V, H, device=device, scale=0.3).requires_grad_()
+    b = randn(V, device=device).requires_grad_()
+    th, tw = randn(N, Ht, device=device), randn(V, Ht, device=device, scale=0.3)
+    target = torch.randint(0, V, (N,), device=device) if with_target else None
+    if with_target:
+        target[3] = -100
+    g = randn(N, device=device) if reduction == "none" else torch.tensor(1.3, device=device)
+    with fastft.backend("triton"):
+        loss = linear_kd_loss(
+            h, w, th, tw, target, b, reduction=reduction, chunk_size=4, temperature=1.7, alpha=0.3
+        )
+        grads = torch.autograd.grad(loss, (h, w, b), g)
+    leaves = [x.detach().double().requires_grad_() for x in (h, w, b)]
+    ref = _formula(
+        F.linear(leaves[0], leaves[1], leaves[2]),
+        F.linear(th.double(), tw.double()),
+        target,
+        1.7,
+        0.3,
+        reduction,
+    )
+    grefs = torch.autograd.grad(ref, leaves, g.double())
+    assert_close(loss, ref, torch.float32, name="loss")
+    for name, a, r in zip(("hidden", "weight", "bias"), grads, grefs):
+        assert_close(a, r, torch.float32, name=f"grad {name}")
