@@ -245,9 +245,15 @@ def apply(model: nn.Module, family) -> Callable[[], None] | None:
             if call is None or output is None:
                 return None
             if call.kind == "causal":
-                if call.loss is None:
-                    raise RuntimeError("fastft loss patch: the model never called its lm_head")
-                return _rebuild(output, loss=call.loss, logits=None)
+                if call.loss is not None:
+                    return _rebuild(output, loss=call.loss, logits=None)
+                # the patched head was not the one called (e.g. replaced after patching): HF
+                # computed the logits, so take the loss from them with HF's semantics
+                loss = causal_lm_loss(
+                    output.logits, call.labels, module.config.vocab_size, call.num_items_in_batch,
+                    call.ignore_index, call.shift_labels,
+                )  # fmt: skip
+                return _rebuild(output, loss=loss)
             loss = sequence_classification_loss(call.labels, output.logits, module.config)
             return _rebuild(output, loss=loss)
 

@@ -123,3 +123,17 @@ def test_patch_is_idempotent_and_reversible():
     other = build("AutoModelForCausalLM", tiny_gpt2_config())
     fastft.patch(model, attention=False)
     assert "_loss_function" not in other.__dict__ and "forward" not in other.lm_head.__dict__
+
+
+def test_head_replaced_after_patch_falls_back_to_logits():
+    """If the output embedding is swapped after patching, the loss still matches HF (from the logits)."""
+    model = build("AutoModelForCausalLM", tiny_gpt2_config())
+    batch = _batch(True)
+    ref = model(**batch)
+    patched = fastft.patch(copy.deepcopy(model), attention=False)
+    new_head = torch.nn.Linear(32, 128, bias=False)
+    new_head.weight = patched.lm_head.weight
+    patched.lm_head = new_head
+    out = patched(**batch)
+    assert out.logits is not None
+    assert_close(out.loss, ref.loss, torch.float32)
