@@ -277,7 +277,11 @@ class _CrossEntropyInplace(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _scaled_grad(ctx, grad_loss), None, None, None, None
+        # the saved gradient already lives in the caller's logits: scale it there too, so the
+        # whole loss costs no N x V buffer (a second backward through it fails the version check)
+        (grad,) = ctx.saved_tensors
+        grad.mul_(grad_loss[:, None] if ctx.reduction == 0 else grad_loss)
+        return grad, None, None, None, None
 
 
 def _flatten(logits: torch.Tensor, target: torch.Tensor | None):
@@ -333,6 +337,10 @@ def cross_entropy(
     x, t = _flatten(logits, target)
     _check_rows(x, t)
     need = _needs_grad(logits)
+    if inplace_backward and need and logits.is_leaf:
+        raise ValueError(
+            "inplace_backward=True would overwrite a leaf tensor; pass the logits an op produced"
+        )
     if inplace_backward and need and not torch.compiler.is_compiling():
         loss = _CrossEntropyInplace.apply(x, t, int(ignore_index), float(label_smoothing), code)
     else:

@@ -155,6 +155,10 @@ def test_ce_bad_input_errors(device):
         cross_entropy(x, torch.zeros(4, dtype=torch.long, device=device), reduction="avg")
     with pytest.raises(ValueError, match="target must have shape"):
         cross_entropy(x, torch.zeros(3, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="leaf"):
+        cross_entropy(
+            x.clone().requires_grad_(), torch.zeros(4, dtype=torch.long, device=device), inplace_backward=True
+        )
     with pytest.raises(TypeError, match="class indices"):
         cross_entropy(x, torch.zeros(4, device=device))
 
