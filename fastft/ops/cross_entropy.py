@@ -427,8 +427,9 @@ def kd_loss(
     s, t = _flatten(student_logits, target)
     te, _ = _flatten(teacher_logits.detach(), None)
     _check_rows(s, t, "student_logits")
-    if te.dtype != s.dtype:
-        te = te.to(s.dtype)
+    if te.dtype not in _FLOATS:
+        raise TypeError(f"teacher_logits must be floating; got {te.dtype}")
+    # the teacher keeps its own dtype (e.g. fp32 teacher, bf16 student): both are read in fp32
     need = _needs_grad(student_logits)
     loss, _ = _kd_op(s, te, t, float(temperature), float(alpha), int(ignore_index), code, need)
     return _finish(loss, lead, code, student_logits.dtype, fp32_loss)

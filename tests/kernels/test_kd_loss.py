@@ -162,3 +162,17 @@ def test_linear_kd_matches_float64(device, reduction, with_target):
     assert_close(loss, ref, torch.float32, name="loss")
     for name, a, r in zip(("hidden", "weight", "bias"), grads, grefs):
         assert_close(a, r, torch.float32, name=f"grad {name}")
+
+
+def test_kd_mixed_dtypes(device):
+    """A bf16 student against an fp32 teacher: the teacher is not rounded to bf16 first."""
+    N, V = 6, 500
+    s = randn(N, V, device=device, dtype=torch.bfloat16)
+    t = randn(N, V, device=device, scale=3.0)
+    target = torch.randint(0, V, (N,), device=device)
+    loss, gs = _run(s, t, target, 2.0, 0.5, "sum", torch.tensor(1.0, device=device))
+    s64 = s.double().requires_grad_()
+    ref = _formula(s64, t.double(), target, 2.0, 0.5, "sum")
+    (gref,) = torch.autograd.grad(ref, s64)
+    assert_close(loss.float(), ref, torch.bfloat16)
+    assert_close(gs, gref, torch.bfloat16)
