@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <ATen/core/Tensor.h>
+
 #include "adamw.h"
 
 extern "C" {
@@ -26,6 +28,50 @@ TORCH_LIBRARY(fastft, m) {
   m.def("adamw_update_(" FASTFT_ADAMW_ARGS ", Tensor stats, " FASTFT_ADAMW_KWARGS ") -> (Tensor, Tensor)");
   // grad_sumsq + adamw_update_ in one call. Returns (grad_norm, found_inf), 0-dim fp32.
   m.def("fused_adamw_(" FASTFT_ADAMW_ARGS ", " FASTFT_ADAMW_KWARGS ") -> (Tensor, Tensor)");
+}
+
+namespace {
+
+// Fallback for every backend without a kernel (Meta, SparseCPU, CUDA in a CPU-only build, mixed lists that
+// dispatch to one of those...): validate first, so the user sees which argument is wrong rather than the
+// dispatcher's list of backends, then say what is missing.
+[[noreturn]] void no_kernel(const char* op, const at::Device& dev) {
+  TORCH_CHECK(false, op, ": no kernel for ", dev, " tensors in this build of fastft._C",
+              dev.is_cuda() ? " (rebuild on a machine with the CUDA toolkit, or set FASTFT_BUILD_CUDA=1)" : "");
+}
+
+at::Tensor grad_sumsq_fallback(at::TensorList grads) {
+  fastft::check_grads("fastft::grad_sumsq", grads);
+  no_kernel("fastft::grad_sumsq", grads.empty() ? at::Device(at::kCPU) : grads[0].device());
+}
+
+std::tuple<at::Tensor, at::Tensor> adamw_update_fallback(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList state_steps, c10::ArrayRef<double> lrs, c10::ArrayRef<double> beta1s,
+    c10::ArrayRef<double> beta2s, c10::ArrayRef<double> epss, c10::ArrayRef<double> weight_decays,
+    const at::Tensor& stats, std::optional<double> max_norm, const fastft::OptTensor& grad_scale,
+    const fastft::OptTensor& found_inf) {
+  fastft::check_adamw_args("fastft::adamw_update_", params, grads, exp_avgs, exp_avg_sqs, state_steps,
+                           {lrs, beta1s, beta2s, epss, weight_decays}, grad_scale, found_inf);
+  no_kernel("fastft::adamw_update_", params.empty() ? stats.device() : params[0].device());
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_adamw_fallback(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList state_steps, c10::ArrayRef<double> lrs, c10::ArrayRef<double> beta1s,
+    c10::ArrayRef<double> beta2s, c10::ArrayRef<double> epss, c10::ArrayRef<double> weight_decays,
+    std::optional<double> max_norm, const fastft::OptTensor& grad_scale, const fastft::OptTensor& found_inf) {
+  fastft::check_adamw_args("fastft::fused_adamw_", params, grads, exp_avgs, exp_avg_sqs, state_steps,
+                           {lrs, beta1s, beta2s, epss, weight_decays}, grad_scale, found_inf);
+  no_kernel("fastft::fused_adamw_", params.empty() ? at::Device(at::kCPU) : params[0].device());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastft, CompositeExplicitAutograd, m) {
+  m.impl("grad_sumsq", &grad_sumsq_fallback);
+  m.impl("adamw_update_", &adamw_update_fallback);
+  m.impl("fused_adamw_", &fused_adamw_fallback);
 }
 
 TORCH_LIBRARY_IMPL(fastft, CPU, m) {

@@ -114,6 +114,13 @@ class FusedAdamW(Optimizer):
             )
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if not p.is_floating_point():
+                    raise ValueError(
+                        f"FusedAdamW: param {pi} of group {gi} has dtype {p.dtype}; only floating-point "
+                        "params can be optimized (pass only model.parameters() that require grad)"
+                    )
         self.max_grad_norm = max_grad_norm
         self.grad_norm: torch.Tensor | None = None
         self._found_inf: torch.Tensor | None = None

@@ -1,0 +1,121 @@
+"""One optimizer step (global grad-norm clipping + AdamW) over BERT-base's real parameter shapes.
+
+Implementations, all on the same params/grads (fp32, 109.5M elements in 201 tensors):
+  * ``fastft``        -- ``fastft.optim.FusedAdamW(max_grad_norm=...)``: one fused op;
+  * ``torch_fused``   -- ``clip_grad_norm_(foreach=True)`` + ``torch.optim.AdamW(fused=True)``;
+  * ``torch_foreach`` -- ``clip_grad_norm_(foreach=True)`` + ``torch.optim.AdamW(foreach=True)``.
+
+Memory-traffic floor of one step (what any implementation must move): read p, g, m, v and write
+p, m, v for the update, plus one read of g for the global norm (it must be known before the first
+update) = (2*|p| + 2*|g| + 4*|m|... ) -> 32 B/element for fp32. ``gbps`` is that floor divided by
+the measured time (so it is comparable across impls; torch moves more: the clip also reads and
+writes g, 40 B/element). Timing: the three impls run interleaved in rounds (so background load hits
+them alike), every call timed on its own (device-synchronised), warm-up excluded, median reported.
+The clip threshold sits just under the grad norm so clipping is active without torch's in-place
+clip shrinking the grads toward denormals over hundreds of calls.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from bench.common import add_ratios, main_for, make_record, measure_peaks, summarize, sync, time_calls
+
+PART = "adamw"
+BASELINES = ("torch_fused", "torch_foreach")
+
+
+def bert_base_shapes(
+    vocab: int = 30522,
+    hidden: int = 768,
+    layers: int = 12,
+    inter: int = 3072,
+    max_pos: int = 512,
+    type_vocab: int = 2,
+    num_labels: int = 2,
+) -> list[tuple[int, ...]]:
+    """Parameter shapes of ``BertForSequenceClassification`` (bert-base-uncased), in module order."""
+    h = hidden
+    shapes: list[tuple[int, ...]] = [(vocab, h), (max_pos, h), (type_vocab, h), (h,), (h,)]
+    for _ in range(layers):
+        shapes += [(h, h), (h,)] * 4  # query, key, value, attention.output.dense
+        shapes += [(h,), (h,)]  # attention.output.LayerNorm
+        shapes += [(inter, h), (inter,), (h, inter), (h,)]  # intermediate, output.dense
+        shapes += [(h,), (h,)]  # output.LayerNorm
+    shapes += [(h, h), (h,), (num_labels, h), (num_labels,)]  # pooler, classifier
+    return shapes
+
+
+def _clip_step(params, opt, max_norm):
+    def fn():
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        opt.step()
+
+    return fn
+
+
+def run(device: torch.device, quick: bool = False) -> list[dict]:
+    from fastft.optim import FusedAdamW
+
+    device = torch.device(device)
+    shapes = bert_base_shapes() if not quick else bert_base_shapes(vocab=2000, layers=2)
+    dtype = torch.float32
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device))
+        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(device)
+        params.append(p)
+    numel = sum(p.numel() for p in params)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])).item()
+    max_norm = 0.9999 * norm
+    esz = params[0].element_size()
+    floor_bytes = numel * (4 * esz + 2 * esz + 2 * 4 * 2)  # r p,g,m,v + w p,m,v + norm read of g
+
+    impls = {
+        "fastft": (lambda o: o.step, FusedAdamW(params, lr=1e-4, weight_decay=0.01, max_grad_norm=max_norm)),
+        "torch_fused": (None, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=True)),
+        "torch_foreach": (None, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, foreach=True)),
+    }
+    fns = {k: (mk(o) if mk else _clip_step(params, o, max_norm)) for k, (mk, o) in impls.items()}
+    for fn in fns.values():  # warm-up: state allocation, first-touch page faults, thread pools
+        for _ in range(2):
+            fn()
+    sync(device)
+    rounds, per_round = (3, 2) if quick else (10, 3)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):  # interleaved so that background load hits every impl alike
+        for k, fn in fns.items():
+            times[k] += time_calls(fn, per_round, device)
+    peaks = measure_peaks(device, quick=quick)
+    records = []
+    for k in fns:
+        stats = summarize(times[k])
+        rec = make_record(
+            PART,
+            "bert_base_step",
+            k,
+            {"params": numel, "tensors": len(shapes)},
+            dtype,
+            stats,
+            None,
+            nbytes=floor_bytes,
+            device=device,
+            peaks=peaks,
+            gbps_floor=floor_bytes / (stats["median_ms"] * 1e-3) / 1e9,
+            threads=torch.get_num_threads(),
+        )
+        records.append(rec)
+    del impls, fns
+    gc.collect()
+    return add_ratios(records, baselines=BASELINES)
+
+
+def main() -> None:
+    main_for(run, PART)
+
+
+if __name__ == "__main__":
+    main()
