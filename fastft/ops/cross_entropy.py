@@ -5,16 +5,17 @@ Public functions (re-exported by :mod:`fastft.functional`):
 * :func:`cross_entropy` -- like ``F.cross_entropy`` on ``(N, V)`` / ``(..., V)`` logits.
 * :func:`kd_loss` -- (1-alpha) CE + alpha T^2 KL(softmax(teacher/T) || softmax(student/T)).
 * :func:`linear_cross_entropy` -- CE of ``hidden @ weight.T + bias`` without ever holding the
-  full ``(tokens, V)`` logits.
+  full ``(tokens, V)`` logits (chunks of rows: GEMM -> CE kernel in place -> two GEMMs).
+* :func:`linear_kd_loss` -- the same for KD, from the student's and the teacher's hidden states.
 
-Design (shared by all three): the gradient with respect to the logits is computed in the
+Design (shared by all): the gradient with respect to the logits is computed in the
 *forward* pass, in the same pass over the row that computes the loss (the softmax is needed for
 both), already multiplied by the reduction's scale (1/n_valid for ``mean``). Backward is then only
 a multiplication by the upstream gradient. No fp32 copy of the probabilities is kept: the saved
 gradient has the logits' dtype. Statistics are accumulated in fp32 whatever the input dtype.
 
 Every op is a ``torch.library.custom_op`` (``fastft::cross_entropy``, ``fastft::kd_loss``,
-``fastft::linear_cross_entropy`` and its backward) with ``register_autograd`` and
+``fastft::linear_cross_entropy``, ``fastft::linear_kd_loss`` and their backwards) with ``register_autograd`` and
 ``register_fake``, so ``torch.compile`` (fullgraph) treats it as one opaque node. Inside, each
 call picks the Triton kernel or the plain-torch reference through
 :func:`fastft._backend.use_triton`; both compute the same math in fp32.
@@ -24,7 +25,11 @@ Conventions (all match ``torch.nn.functional.cross_entropy``):
 * ``reduction="mean"`` divides by the number of non-ignored rows. If every row is ignored the
   loss is ``nan`` (0/0) and the gradient is zero, exactly like torch.
 * ``label_smoothing=eps``: loss = (1-eps) * nll + eps * mean_j(-log p_j); ignored rows excluded.
-* The loss has the logits' (hidden's) dtype, like torch; it is computed in fp32.
+* The loss has the logits' (hidden's) dtype, like torch (fp32 under autocast, or with
+  ``fp32_loss=True``); it is always computed in fp32.
+* Low precision: the gradient is rounded to the logits' dtype once, in the forward; an upstream
+  gradient that is not a power of two rounds it a second time in backward (<= 1 ulp instead of
+  torch's 1/2 ulp). Training's upstream gradient is 1 (or a power-of-two loss scale): exact.
 """
 
 import torch
