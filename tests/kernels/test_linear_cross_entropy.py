@@ -156,7 +156,7 @@ def test_linear_ce_under_autocast(device):
     l64, g64 = _grads(
         lambda h, w: F.cross_entropy(F.linear(h, w), t),
         (h.to(dt).double(), w.to(dt).double()),
-        torch.tensor(1.0),
+        torch.tensor(1.0, device=device),
     )
     assert loss.dtype == torch.float32 and all(x.dtype == torch.float32 for x in grads)
     assert_within_torch_error(loss, lt, l64, name="loss")
