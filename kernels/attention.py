@@ -71,12 +71,13 @@ def _attention_dropout_keep(seed_bh, offs_m, offs_n, rng_stride, dropout_p):
 @triton.jit
 def _attention_seq_bounds(CU, b, seqlen_q, seqlen_k, VARLEN: tl.constexpr):
     """(start, seqlen_q, seqlen_k) of sequence ``b``: from cu_seqlens when VARLEN, else (0, Sq, Sk)."""
+    start = 0
     if VARLEN:
         start = tl.load(CU + b).to(tl.int64)
-        end = tl.load(CU + b + 1).to(tl.int64)
-        n = (end - start).to(tl.int32)
-        return start, n, n
-    return tl.zeros((), dtype=tl.int64), seqlen_q, seqlen_k
+        n = (tl.load(CU + b + 1).to(tl.int64) - start).to(tl.int32)
+        seqlen_q = n
+        seqlen_k = n
+    return start, seqlen_q, seqlen_k
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -12,10 +12,19 @@ Two transformers hooks, both public registries that HF's own backends use:
   head masks, attention-weight outputs, position bias, soft-capping, sliding windows, sinks) goes to
   HF's own ``sdpa_attention_forward`` with the reason logged once.
 
-On the Triton path a padded batch is **unpadded**: the real tokens' q/k/v are packed once per layer
-(the indices are computed once per forward, cached on the mask tensor), attention runs varlen, and
-the result is scattered back. Padded query rows then get output 0 (they attend to nothing); real
-tokens' outputs are the same as with HF's sdpa (padding keys are masked there too).
+Unpadding, at two levels (real tokens' results are the same as HF's sdpa; padding positions are not
+part of the contract -- their hidden states become 0 instead of HF's values):
+
+* **model level** (BERT and GPT-2 families; ``FASTFT_UNPAD_MODEL=0`` disables): a pre-hook on the first
+  block packs the hidden states of a padded batch to (1, T, D) real tokens once per forward, every block
+  (attention, MLP, LayerNorm) then runs on real tokens only, the attention runs varlen on the packed
+  q/k/v, and a hook on the last block scatters the result back to (B, S, D) for the pooler/heads.
+  Skipped while a KV cache is used for generation (eval mode). Intermediate ``hidden_states`` captured
+  by ``output_hidden_states=True`` are then packed (1, T, D) too.
+* **attention level** (any family, Triton path; ``FASTFT_ATTN_UNPAD=0`` disables): a padded batch's
+  q/k/v are packed per layer, attention runs varlen, the output is scattered back.
+
+The unpadding indices are computed once per mask tensor and kept on it (one host sync per forward).
 
 ``apply(model, family)`` switches *this instance*: the model gets a private copy of its config
 (shared configs would otherwise leak the switch into other instances) with
@@ -28,7 +37,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -107,18 +115,29 @@ def _mask_reason(args, kwargs, mu) -> str | None:
 # ----------------------------------------------------------------------------------------------------------
 # attention hook
 # ----------------------------------------------------------------------------------------------------------
-_unpad_cache: tuple[Any, int, tuple] | None = None
+_STATE_ATTR = "_fastft_unpad_state"
 
 
-def _cached_unpad(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """unpad_indices(mask), computed once per mask tensor (all layers of one forward share it)."""
-    global _unpad_cache
-    c = _unpad_cache
-    if c is not None and c[0]() is mask and c[1] == mask._version:
-        return c[2]
+def _unpad_state(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """unpad_indices(mask) -> (indices, cu_seqlens, max_seqlen), computed once per mask tensor.
+
+    Every layer of one forward (and a gradient-checkpointing recompute) gets the same mask object, so
+    the state lives on the mask itself (invalidated if the mask is modified in place).
+    """
+    st = getattr(mask, _STATE_ATTR, None)
+    if st is not None and st[0] == mask._version:
+        return st[1]
     res = unpad_indices(mask)
-    _unpad_cache = (weakref.ref(mask), mask._version, res)
+    setattr(mask, _STATE_ATTR, (mask._version, res))
     return res
+
+
+def _is_packed(hidden: torch.Tensor, mask: torch.Tensor) -> bool:
+    """True when ``hidden`` (1, T, ...) holds the T real tokens of the (B, S) ``mask`` (model-level unpadding)."""
+    if hidden.shape[0] != 1 or mask.dim() != 2 or getattr(mask, _STATE_ATTR, None) is None:
+        return False
+    total = _unpad_state(mask)[0].numel()
+    return hidden.shape[1] == total and tuple(mask.shape) != (1, total)
 
 
 def _feature_reason(kwargs: dict) -> str | None:
@@ -153,6 +172,22 @@ def fastft_attention_forward(
     is_causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     sq, sk = query.shape[2], key.shape[2]
     reason = _feature_reason(kwargs)
+    if (
+        attention_mask is not None
+        and attention_mask.dim() == 2
+        and _is_packed(query.transpose(1, 2), attention_mask)
+    ):
+        # The whole block stack runs unpadded (model-level unpadding): q/k/v are (1, H, T, D).
+        if reason is not None:
+            raise RuntimeError(
+                f"fastft attention: {reason} needs padded batches; set FASTFT_UNPAD_MODEL=0 before fastft.patch"
+            )
+        _, cu_seqlens, max_seqlen = _unpad_state(attention_mask)
+        out = varlen_attention(
+            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_seqlens, max_seqlen,
+            is_causal=is_causal, dropout_p=dropout, scale=scaling,
+        )  # fmt: skip
+        return out[None], None
     if reason is None and attention_mask is not None and attention_mask.dim() != 2:
         reason = "a 4D/custom attention mask"
     if reason is None and is_causal and sq != sk:
@@ -193,13 +228,82 @@ def fastft_attention_forward(
 
 def _unpadded_attention(query, key, value, mask, dropout, scaling, is_causal) -> torch.Tensor:
     b, h, s, d = query.shape
-    indices, cu_seqlens, max_seqlen = _cached_unpad(mask)
+    indices, cu_seqlens, max_seqlen = _unpad_state(mask)
     pack = lambda x: x.transpose(1, 2).reshape(b * s, x.shape[1], d).index_select(0, indices)
     out = varlen_attention(
         pack(query), pack(key), pack(value), cu_seqlens, max_seqlen, is_causal=is_causal, dropout_p=dropout,
         scale=scaling,
     )  # fmt: skip
     return pad_input(out, indices, b, s)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model-level unpadding (BERT / GPT-2 block stacks)
+# ----------------------------------------------------------------------------------------------------------
+#: Run the transformer blocks of BERT/GPT-2 on the real tokens only (``FASTFT_UNPAD_MODEL=0`` disables).
+UNPAD_MODEL = os.environ.get("FASTFT_UNPAD_MODEL", "1") != "0"
+_UNPAD_FAMILIES = (
+    "bert",
+    "gpt2",
+)  # blocks are position-free given the mask; Llama's rotary tables are (B, S)
+
+
+def _block_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    """(hidden_states, the (B, S)-shaped 2D bool padding mask among the block's inputs, a KV cache is present)."""
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    mask = None
+    cache = False
+    for a in (*args[1:], *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            if a.dtype == torch.bool and a.dim() == 2 and mask is None:
+                mask = a
+        elif a is not None and type(a).__name__.endswith("Cache"):
+            cache = True
+    return hidden, mask, cache
+
+
+def _pack_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
+    """First block: (B, S, D) hidden states -> (1, T, D) real tokens (the mask stays, for the attention)."""
+    hidden, mask, cache = _block_inputs(args, kwargs)
+    if hidden is None or mask is None or hidden.dim() != 3 or tuple(mask.shape) != tuple(hidden.shape[:2]):
+        return None
+    if cache and not module.training:
+        return None  # a KV cache for generation must keep the padded layout
+    b, s, d = hidden.shape
+    indices, _, _ = _unpad_state(mask)
+    packed = hidden.reshape(b * s, d).index_select(0, indices)[None]
+    if args:
+        return (packed, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": packed}
+
+
+def _unpack_hook(module: nn.Module, args: tuple, kwargs: dict, output):
+    """Last block: (1, T, D) -> (B, S, D) with zeros at padding, for whatever follows the blocks."""
+    hidden, mask, _ = _block_inputs(args, kwargs)
+    out = output[0] if isinstance(output, tuple) else output
+    if mask is None or not isinstance(out, torch.Tensor) or out.dim() != 3 or not _is_packed(out, mask):
+        return None
+    indices, _, _ = _unpad_state(mask)
+    padded = pad_input(out[0], indices, mask.shape[0], mask.shape[1])
+    return (padded, *output[1:]) if isinstance(output, tuple) else padded
+
+
+def _install_unpadding(model: nn.Module, family) -> Callable[[], None] | None:
+    if not UNPAD_MODEL or family is None or family.name not in _UNPAD_FAMILIES:
+        return None
+    from fastft.patching.families import blocks
+
+    try:
+        layers = blocks(model, family)
+    except ValueError:
+        return None
+    if not layers:
+        return None
+    handles = [
+        layers[0].register_forward_pre_hook(_pack_pre_hook, with_kwargs=True),
+        layers[-1].register_forward_hook(_unpack_hook, with_kwargs=True),
+    ]
+    return lambda: [h.remove() for h in handles]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,9 +326,26 @@ def register() -> None:
 
 
 def apply(model: nn.Module, family) -> Callable[[], None] | None:
-    """Switch this model instance to attention "fastft"; returns the undo callable (None if not applicable)."""
+    """Switch this model instance to attention "fastft" (and, for BERT/GPT-2, run its blocks unpadded).
+
+    Returns the undo callable, or None if nothing was changed.
+    """
     if family is not None and not family.attention_interface:
         return None
+    undo_switch = _switch(model)
+    if undo_switch is None:
+        return None
+    undo_unpad = _install_unpadding(model, family)
+
+    def undo() -> None:
+        if undo_unpad is not None:
+            undo_unpad()
+        undo_switch()
+
+    return undo
+
+
+def _switch(model: nn.Module) -> Callable[[], None] | None:
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(model, "set_attn_implementation"):
         log.info(

@@ -149,3 +149,48 @@ def test_attn_implementation_name_usable_at_construction():
         ref(input_ids=ids, attention_mask=mask).last_hidden_state[0],
         torch.float32,
     )
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_model_level_unpadding_runs_blocks_on_real_tokens(family):
+    """The blocks see (1, T, D) packed hidden states; results match sdpa; undo removes the hooks."""
+    from fastft.patching.families import FAMILIES as TABLE
+    from fastft.patching.families import blocks
+
+    make_cfg, auto, pad_id = FAMILIES[family]
+    ref = build(auto, make_cfg(num_labels=3))
+    pat = build(auto, make_cfg(num_labels=3))
+    fastft.patch(pat, loss=False)
+    fam = next(f for f in TABLE if f.name == family)
+    seen = []
+    handle = blocks(pat, fam)[1].register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
+    ids, mask = batch(pad_id)
+    lp, gp = outputs(pat, ids, mask)
+    lr, gr = outputs(ref, ids, mask)
+    handle.remove()
+    assert seen == [(1, int(mask.sum()), 32)]
+    assert_close(lp, lr, torch.float32, name="logits")
+    for a, b in zip(gp, gr):
+        assert_close(a, b, torch.float32, scale=10, name="grad")
+    fastft.unpatch(pat)
+    seen.clear()
+    handle = blocks(pat, fam)[1].register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
+    pat(input_ids=ids, attention_mask=mask)
+    handle.remove()
+    assert seen == [(3, 12, 32)]
+
+
+def test_model_level_unpadding_with_gradient_checkpointing():
+    """Checkpointed blocks recompute on the packed tokens in backward (the state lives on the mask)."""
+    ref = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=3))
+    pat = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=3))
+    fastft.patch(pat, loss=False)
+    for m in (ref, pat):
+        (getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable)()
+        m.train()
+    ids, mask = batch(0)
+    lp, gp = outputs(pat, ids, mask)
+    lr, gr = outputs(ref, ids, mask)
+    assert_close(lp, lr, torch.float32, name="logits")
+    for a, b in zip(gp, gr):
+        assert_close(a, b, torch.float32, scale=10, name="grad")
