@@ -756,7 +756,7 @@ def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict
     tokenizer = transformers.AutoTokenizer.from_pretrained(base.tokenizer or base.model)
     shape.update(batch_size=base.batch_size, max_length=base.max_length, lr=base.lr)
     note = (
-        f"cpu_train: TrainConfig defaults (model {os.path.basename(os.path.dirname(base.model))}, "
+        f"cpu_train: TrainConfig defaults (model {_model_name(base.model)}, "
         f"batch {base.batch_size}, lr {base.lr}, max_length {base.max_length}, group_by_length "
         f"{base.group_by_length}) for {steps['max_steps']} steps; the HF Trainer gets the same model, "
         "splits and hyperparameters (its default random sampler, dynamic padding); time = each trainer's "
@@ -863,6 +863,12 @@ def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict
                     s is not None and s >= 1.3 and r["accuracy_delta_vs_hf_trainer"] >= -0.01
                 )
     return records
+
+
+def _model_name(path: str) -> str:
+    if "minilm" in path.lower():
+        return "all-MiniLM-L6-v2"
+    return os.path.basename(os.path.normpath(path))
 
 
 def _find_runtime(result: Any) -> float | None:

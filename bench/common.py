@@ -26,10 +26,11 @@ inputs to exceed the L2 size.
 Peak memory (:func:`peak_memory`): on CUDA the allocator's own ``max_memory_allocated`` after a
 reset (absolute: includes every tensor alive before the call, e.g. weights). The CPU allocator
 keeps no peak counter, so on CPU it is reconstructed from ``torch.profiler``'s memory events
-(``profile_memory=True``): the running sum of allocations minus frees during the call, i.e. the
-peak of memory *allocated during the call* above what was alive before it. It sees only torch's
-CPU allocator (not Python objects, and not oneDNN's private scratch buffers). Records say which
-kind they hold in ``peak_mem_kind``.
+(``profile_memory=True``): the running sum of allocations minus frees during the call (the
+call runs twice under the profiler and the second one is measured), i.e. the peak of memory
+*allocated during the call* above what was alive before it. It sees only torch's CPU allocator
+(not Python objects, and not oneDNN's private scratch buffers). Records say which kind they hold
+in ``peak_mem_kind``.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def _time_calls_cpu(fn: Callable[[], Any], n: int) -> list[float]:
 
 
 def _time_calls_cuda(fn: Callable[[], Any], n: int) -> list[float]:
+    # Events go on the current stream of the current device: callers select the device first.
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     torch.cuda.synchronize()
@@ -147,11 +149,18 @@ def _time_calls_cuda(fn: Callable[[], Any], n: int) -> list[float]:
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
+def _timed_on(device: torch.device, fn: Callable[[], Any], n: int) -> list[float]:
+    return time_calls(fn, n, device)
+
+
 def time_calls(fn: Callable[[], Any], n: int, device: torch.device | str) -> list[float]:
     """Milliseconds of each of ``n`` back-to-back calls of ``fn()`` (no warm-up): CUDA events on
     CUDA, ``perf_counter`` on CPU. For interleaving several implementations in rounds."""
-    timer = _time_calls_cuda if torch.device(device).type == "cuda" else _time_calls_cpu
-    return timer(fn, n)
+    device = torch.device(device)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return _time_calls_cuda(fn, n)
+    return _time_calls_cpu(fn, n)
 
 
 def bench_fn(
@@ -176,7 +185,7 @@ def bench_fn(
     """
     device = torch.device(device)
     kind = "cuda" if device.type == "cuda" else "cpu"
-    timer = _time_calls_cuda if kind == "cuda" else _time_calls_cpu
+    timer = functools.partial(_timed_on, device)
     warm_budget, rep_budget = _BUDGET[kind]
     if budget_s is not None:
         rep_budget = budget_s
@@ -666,9 +675,12 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     has_tp = any(r.get("samples_per_s") is None and (r.get("tflops") or r.get("gbps")) for r in ok)
     has_ratio = any(k.startswith(("speedup_vs_", "mem_ratio_vs_")) for r in ok for k in r)
     has_target = any(r.get("target") for r in records)
+    has_acc = any(r.get("accuracy") is not None for r in ok)
     head = ["name", "shape", "dtype", "impl", "median ms", "p20–p80 ms", "peak MiB"]
     if has_rate:
         head += ["samples/s", "tokens/s", "MFU %"]
+    if has_acc:
+        head += ["accuracy"]
     if has_tp:
         head += ["TFLOP/s or GB/s", "% of peak"]
     if has_ratio:
@@ -702,6 +714,8 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
                 _fmt(r.get("tokens_per_s"), ".4g"),
                 _fmt(100 * mfu, ".2f") if mfu is not None else "–",
             ]
+        if has_acc:
+            row += [_fmt(r.get("accuracy"), ".4f")]
         if has_tp:
             if r.get("tflops") is not None:
                 row += [f"{r['tflops']:.3g} TFLOP/s", _fmt(r.get("pct_peak_flops"), ".1f")]
