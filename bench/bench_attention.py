@@ -223,7 +223,70 @@ def run(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
                 torch.cuda.empty_cache()
     add_ratios(records, baselines=SDPA_IMPLS)
     _best_sdpa(records)
+    records.extend(run_model(device, quick))
     return records
+
+
+def run_model(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
+    """A whole BERT encoder, fwd+bwd, on a real-length batch: HF sdpa vs fastft.patch with and without
+    model-level unpadding (the blocks run on the real tokens only). Attention-only numbers above miss the
+    MLP/LayerNorm work that padding also costs."""
+    from transformers import BertConfig, BertModel
+
+    from fastft.patching import attention as attn_patch
+
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if cuda:
+        cfg = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+        B, S, label = (8, 512, "bert-base") if quick else (32, 512, "bert-base")
+    else:
+        cfg = dict(
+            hidden_size=384,
+            num_hidden_layers=2 if quick else 6,
+            num_attention_heads=12,
+            intermediate_size=1536,
+        )
+        B, S, label = (4, 256, "minilm-2L") if quick else (16, 256, "minilm-6L")
+    config = BertConfig(vocab_size=30522, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, attn_implementation="sdpa", **cfg)  # fmt: skip
+    lens = imdb_like_lengths(B, S, seed=1)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (B, S), generator=g).to(device)
+    mask = (torch.arange(S)[None, :] < torch.tensor(lens)[:, None]).long().to(device)
+    shape = {"model": label, "B": B, "S": S, "lengths": "imdb", "mean_len": round(sum(lens) / B, 1),
+             "pad_frac": round(1 - sum(lens) / (B * S), 3)}  # fmt: skip
+    records = []
+    for impl in ("hf_sdpa", "fastft_patch", "fastft_patch_no_unpad"):
+        torch.manual_seed(0)
+        model = BertModel(config).to(device, dtype).train()
+        if impl != "hf_sdpa":
+            saved = attn_patch.UNPAD_MODEL
+            attn_patch.UNPAD_MODEL = impl == "fastft_patch"
+            try:
+                fastft.patch(model, loss=False)
+            finally:
+                attn_patch.UNPAD_MODEL = saved
+
+        def step(model=model):
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            (out.float() * mask[..., None]).sum().backward()
+
+        try:
+            with fastft.backend("auto"):
+                stats = bench_fn(step, device=device)
+                mem = peak_memory(step, device)
+            path = fastft.report().get("attention") if impl != "hf_sdpa" else "sdpa"
+            records.append(make_record(PART, f"{label}-encoder-fwd+bwd", impl, shape, dtype, stats, mem,
+                                       device=device, path=path, mode="fwd+bwd"))  # fmt: skip
+        except Exception as e:
+            records.append(
+                not_available(PART, f"{label}-encoder-fwd+bwd", impl, f"{type(e).__name__}: {e}"[:200])
+            )
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+    return add_ratios(records, baselines=("hf_sdpa",))
 
 
 def _impls(q, k, v, do, mask, causal, varlen, cuda) -> dict[str, Any]:
