@@ -351,11 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         return cmd_predict(args)
     except user_errors as e:
-        print(
-            f"fastft {args.command}: error: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
-            file=sys.stderr,
-            flush=True,
-        )
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        print(f"fastft {args.command}: error: {msg}", file=sys.stderr, flush=True)
         return 2
     except TrainingError as e:
         print(f"fastft {args.command}: failed: {e}", file=sys.stderr, flush=True)

@@ -101,12 +101,20 @@ def _set(model: nn.Module, trainable: Iterable[str] | None, frozen: Iterable[str
 
 def apply_freeze(model: nn.Module, n_layers: int) -> None:
     """Freeze the embeddings and the bottom ``n_layers`` blocks; everything else trains."""
-    depths = param_depths(model)
-    n = len(blocks(model))
-    if n_layers > n:
-        raise ValueError(f"--freeze-layers {n_layers} > the model's {n} blocks; pass at most {n}")
-    # depth of bottom block i is n - i; frozen: i < n_layers  <=>  depth > n - n_layers; embeddings n+1.
-    _set(model, None, [name for name, d in depths.items() if d > n - n_layers])
+    fam = _family(model)
+    layers = blocks(model, fam)
+    if n_layers > len(layers):
+        raise ValueError(
+            f"--freeze-layers {n_layers} > the model's {len(layers)} blocks; pass at most {len(layers)}"
+        )
+    frozen: set[int] = set()
+    for blk in layers[:n_layers]:
+        frozen |= {id(p) for p in blk.parameters()}
+    for path in fam.embeddings:
+        m = get_path(backbone(model), path)
+        if m is not None:
+            frozen |= {id(p) for p in m.parameters()}
+    _set(model, None, [name for name, p in model.named_parameters() if id(p) in frozen])
 
 
 def apply_head_only(model: nn.Module) -> None:

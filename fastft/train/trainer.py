@@ -1155,13 +1155,10 @@ class Trainer:
         if cfg.strategy == "lora":
             import fastft
 
-            raw.load_state_dict(full_sd)
+            # hook (dist owner): under FSDP2 the LoRA model must be materialised from full_sd first
             fastft.save_adapter(raw, os.path.join(out, "adapter"))
-            fastft.merge_lora(raw)
-            from fastft.lora import remove_lora
-
-            remove_lora(raw)
-            full_sd = raw.state_dict()
+            # merge_and_unload: the original modules come back with B·A folded in -> a plain HF model
+            fastft.merge_lora(raw, keep_adapter=False)
         if self.cfg.gradient_checkpointing and hasattr(raw, "gradient_checkpointing_disable"):
             raw.gradient_checkpointing_disable()
         if hasattr(raw.config, "use_cache") and self.problem_type == "causal_lm":
@@ -1195,6 +1192,10 @@ class Trainer:
 
     # ==============================================================================================
     # signals: SIGTERM / Ctrl-C save a checkpoint at the next step boundary and exit cleanly
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask the loop to save a checkpoint and return after the current step (what SIGTERM does)."""
+        self._stop_signal = signum
 
     def _install_signal_handlers(self) -> None:
         import threading
