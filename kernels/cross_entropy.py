@@ -62,6 +62,10 @@ def _config(V: int, elem_size: int) -> tuple[int, int]:
     return block, warps
 
 
+#: Rows with V <= _SMALL_V go to the tiled kernel (whole rows, _SMALL_TILE elements per program).
+_SMALL_V = 1024
+_SMALL_TILE = 4096
+
 # ----------------------------------------------------------------------------- forward kernels
 
 
@@ -134,6 +138,64 @@ def _cross_entropy_fwd_kernel(
                     g = g - eps / V
                 g = tl.where(cols == tgt, g - (1.0 - eps), g) * scale
                 tl.store(g_row + cols, g.to(GRAD.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cross_entropy_fwd_small_kernel(
+    X,
+    stride_x,
+    TARGET,
+    LOSS,
+    GRAD,
+    stride_g,
+    SCALE,
+    N,
+    V,
+    ignore_index,
+    eps,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    SCALE_MODE: tl.constexpr,
+):
+    """Small vocabularies (classification heads, V <= BLOCK_V): a tile of BLOCK_N whole rows per
+    program, one read of each row. Same pointers, strides and math as
+    :func:`_cross_entropy_fwd_kernel`; ``N`` bounds the last tile.
+    """
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    cols = tl.arange(0, BLOCK_V)
+    row_ok = rows < N
+    mask = row_ok[:, None] & (cols[None, :] < V)
+    tgt = tl.load(TARGET + rows, mask=row_ok, other=ignore_index).to(tl.int64)
+    valid = tgt != ignore_index
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+    m = tl.max(x, axis=1)
+    m = tl.where(m == float("-inf"), 0.0, m)  # padding rows (all masked): keep them finite
+    e = tl.exp(x - m[:, None])
+    ssum = tl.where(row_ok, tl.sum(e, axis=1), 1.0)
+    lse = m + tl.log(ssum)
+    is_t = cols[None, :] == tgt[:, None]
+    xt = tl.sum(tl.where(is_t & mask, x, 0.0), axis=1)
+    if HAS_SMOOTHING:
+        sx = tl.sum(tl.where(mask, x, 0.0), axis=1)
+        loss = lse - (1.0 - eps) * xt - eps * (sx / V)
+    else:
+        loss = lse - xt
+    tl.store(LOSS + rows, tl.where(valid, loss, 0.0), mask=row_ok)
+    if COMPUTE_GRAD:
+        if SCALE_MODE == 0:
+            scale = tl.full([BLOCK_N], 1.0, tl.float32)
+        elif SCALE_MODE == 1:
+            scale = tl.full([BLOCK_N], 1.0, tl.float32) * tl.load(SCALE).to(tl.float32)
+        else:
+            scale = tl.load(SCALE + rows, mask=row_ok, other=0.0).to(tl.float32)
+        scale = tl.where(valid, scale, 0.0)
+        g = e / ssum[:, None]
+        if HAS_SMOOTHING:
+            g = g - eps / V
+        g = tl.where(is_t, g - (1.0 - eps), g) * scale[:, None]
+        tl.store(GRAD + rows[:, None] * stride_g + cols[None, :], g.to(GRAD.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -296,6 +358,18 @@ def cross_entropy_forward(
         return loss
     g = _grad_arg(grad_out, x)
     sc, mode = _scale_args(scale, N, x.device)
+    if V <= _SMALL_V:
+        block_v = next_pow2(V)
+        block_n = max(1, min(_SMALL_TILE // block_v, next_pow2(N)))
+        _cross_entropy_fwd_small_kernel[(triton.cdiv(N, block_n),)](
+            x, x.stride(0), target, loss,
+            g if g is not None else x, g.stride(0) if g is not None else 0,
+            sc if sc is not None else loss,
+            N, V, int(ignore_index), float(label_smoothing),
+            BLOCK_N=block_n, BLOCK_V=block_v, HAS_SMOOTHING=label_smoothing != 0.0,
+            COMPUTE_GRAD=g is not None, SCALE_MODE=mode, num_warps=4,
+        )  # fmt: skip
+        return loss
     block, warps = _config(V, x.element_size())
     _cross_entropy_fwd_kernel[(N,)](
         x, x.stride(0), target, loss,

@@ -10,7 +10,20 @@ from tests.compare import assert_close, assert_within_torch_error, randn
 
 REDUCTIONS = ("mean", "sum", "none")
 # (N, V): V from 2 to GPT-2's 50257; N = 1, odd, larger (small N for the big vocabularies)
-SHAPES = [(1, 2), (37, 2), (5, 3), (67, 3), (1, 1000), (33, 1000), (3, 32000), (2, 50257)]
+# V <= 1024 takes the tiled small-vocabulary kernel ((300, 20): several tiles, the last partial);
+# above, the row-looping kernel ((5, 1025): just over the switch, a partial second block).
+SHAPES = [
+    (1, 2),
+    (37, 2),
+    (5, 3),
+    (67, 3),
+    (300, 20),
+    (1, 1000),
+    (33, 1000),
+    (5, 1025),
+    (3, 32000),
+    (2, 50257),
+]
 
 
 def _targets(n: int, v: int, device, ignore: str = "some", ignore_index: int = -100) -> torch.Tensor:
