@@ -137,3 +137,18 @@ def test_head_replaced_after_patch_falls_back_to_logits():
     out = patched(**batch)
     assert out.logits is not None
     assert_close(out.loss, ref.loss, torch.float32)
+
+
+@pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])
+def test_patched_bert_other_problem_types_match_hf(problem):
+    num_labels = 1 if problem == "regression" else 3
+    model = build(
+        "AutoModelForSequenceClassification", tiny_bert_config(num_labels=num_labels, problem_type=problem)
+    )
+    batch = _batch(False)
+    g = torch.Generator().manual_seed(3)
+    if problem == "regression":
+        batch["labels"] = torch.randn(3, generator=g)
+    else:
+        batch["labels"] = (torch.rand(3, 3, generator=g) > 0.5).float()
+    _compare(model, batch)
