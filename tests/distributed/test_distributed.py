@@ -107,11 +107,33 @@ def test_optimizer_state_matches_and_resumes_in_one_process(two_ranks, single, s
     assert results[0][f"{strategy}_resume_maxdiff"] == 0.0
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_lora_and_patched_parts_inside_the_wrappers(two_ranks, strategy):
+    """fastft LoRA + patched attention and loss: same LoRA factors and grad norms as one process."""
+    out, results = two_ranks
+    torch.manual_seed(0)
+    model = W.make_lora_model(seed=0)
+    opt = W.make_optimizer(model)
+    ref_norms = W.train_steps(model, opt, W.make_data(W.STEPS), rank=0, world=1)
+    torch.testing.assert_close(
+        torch.tensor(results[0][f"{strategy}_lora_norms"]), torch.tensor(ref_norms), rtol=1e-5, atol=0
+    )
+    sd = _load(os.path.join(out, f"{strategy}-lora.safetensors"))
+    ref = model.state_dict()
+    assert sorted(sd) == sorted(ref)
+    lora_b = [k for k in ref if "lora_B" in k]
+    assert lora_b and all(ref[k].abs().sum() > 0 for k in lora_b), "LoRA B starts at 0 and must have trained"
+    for k, v in ref.items():
+        assert_close(sd[k], v, torch.float32, name=f"{strategy}:{k}")
+
+
 def test_only_rank0_gets_the_fsdp_state_dict(two_ranks):
     out, results = two_ranks
     assert results[1]["fsdp_nonmain_sd_len"] == 0
     written = sorted(f for f in os.listdir(out) if f.endswith((".safetensors", ".pt")))
-    assert written == ["ddp-model.safetensors", "ddp-optim.pt", "fsdp-model.safetensors", "fsdp-optim.pt"]
+    assert written == [
+        f"{s}-{f}" for s in ("ddp", "fsdp") for f in ("lora.safetensors", "model.safetensors", "optim.pt")
+    ]
 
 
 def test_no_sync_skips_the_all_reduce(two_ranks):

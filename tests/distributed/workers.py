@@ -46,6 +46,16 @@ def make_model(seed: int = 0):
     return build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=3), seed=seed)
 
 
+def make_lora_model(seed: int = 0):
+    """The tiny BERT with fastft LoRA (r=4) and fastft's patched attention and loss."""
+    import fastft
+
+    model = make_model(seed)
+    fastft.add_lora(model, r=4, alpha=8)
+    fastft.patch(model)
+    return model
+
+
 def make_data(steps: int = STEPS):
     """Global batches with padded, variable-length rows: (input_ids, attention_mask, labels) per step."""
     g = torch.Generator().manual_seed(1234)
@@ -62,7 +72,12 @@ def make_data(steps: int = STEPS):
 def make_optimizer(model):
     from fastft.optim import FusedAdamW
 
-    return FusedAdamW(model.parameters(), lr=LR, weight_decay=0.01, max_grad_norm=MAX_GRAD_NORM)
+    return FusedAdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=LR,
+        weight_decay=0.01,
+        max_grad_norm=MAX_GRAD_NORM,
+    )
 
 
 def train_steps(model, opt, batches, rank: int, world: int, sync_ctx=None) -> list[float]:
@@ -160,6 +175,20 @@ def _run(rank: int, out: str) -> None:
         if st.is_main:
             res[f"{strategy}_resume_norms"] = [n1, n2]
             res[f"{strategy}_resume_maxdiff"] = max((sd1[k] - sd2[k]).abs().max().item() for k in sd1)
+
+    # LoRA + patched attention / loss inside DDP and FSDP2 (rank 1 starts from other LoRA factors).
+    from fastft.patching import patched_parts
+
+    for strategy in ("ddp", "fsdp"):
+        model = D.wrap_model(make_lora_model(seed=rank), st, strategy)
+        assert patched_parts(D.unwrap_model(model)) == ["attention", "loss"]
+        opt = make_optimizer(model)
+        res[f"{strategy}_lora_norms"] = train_steps(
+            model, opt, batches[:STEPS], rank, WORLD, lambda a, m=model: D.no_sync(m, a)
+        )
+        sd = D.full_state_dict(model, st)
+        if st.is_main:
+            _save_sd(os.path.join(out, f"{strategy}-lora.safetensors"), sd)
 
     # DDP's no_sync really skips the all-reduce: after one no_sync backward the ranks' grads differ,
     # after a synced backward they agree.
