@@ -243,11 +243,11 @@ def run_model(device: torch.device, quick: bool = False) -> list[dict[str, Any]]
     else:
         cfg = dict(
             hidden_size=384,
-            num_hidden_layers=2 if quick else 6,
+            num_hidden_layers=2,
             num_attention_heads=12,
             intermediate_size=1536,
         )
-        B, S, label = (4, 256, "minilm-2L") if quick else (16, 256, "minilm-6L")
+        B, S, label = (2, 512, "minilm-2L") if quick else (4, 512, "minilm-2L")
     config = BertConfig(vocab_size=30522, max_position_embeddings=512, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0, attn_implementation="sdpa", **cfg)  # fmt: skip
     lens = imdb_like_lengths(B, S, seed=1)
