@@ -9,8 +9,9 @@ each kernel, one line per implementation) and ``<stem>-e2e.png`` (end-to-end bar
 samples/s and peak memory per scenario and implementation, ratio to the baseline on the bars).
 
 The x axis of a kernel plot is the first of the record fields ``x``, ``seq_len``, ``tokens``,
-``numel`` or, in a dict ``shape``, ``S``/``T``/``N``/``seq``/``seq_len``/``tokens`` -- bench parts
-choose it by what they put there. Rows without one are only tabled.
+``numel`` or, in a dict ``shape``, the first of ``S``, ``T``, ``tokens``, ``seq_len``, ``seq``, ``M``,
+``N``, ``numel``, ``params`` -- bench parts choose it by what they put there. Rows whose names differ
+only by that value (``bert-S128-fwd``, ``bert-S512-fwd``) share a plot. Rows without one are only tabled.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from bench.common import RESULTS_DIR, load_results, markdown_report
 
 X_FIELDS = ("x", "seq_len", "tokens", "numel")
-X_SHAPE_KEYS = ("S", "T", "N", "seq", "seq_len", "tokens")
+X_SHAPE_KEYS = ("S", "T", "tokens", "seq_len", "seq", "M", "N", "numel", "params")
 
 
 def x_of(rec: dict[str, Any]) -> tuple[str, float] | None:
@@ -44,6 +45,15 @@ def x_of(rec: dict[str, Any]) -> tuple[str, float] | None:
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_")
+
+
+def _series_name(rec: dict[str, Any]) -> str:
+    """The row's name with its x value taken out: ``bert-S128-fwd`` -> ``bert-S*-fwd``."""
+    x = x_of(rec)
+    name = str(rec.get("name", ""))
+    if x is None or not float(x[1]).is_integer():
+        return name
+    return re.sub(rf"(?<![0-9]){int(x[1])}(?![0-9])", "*", name)
 
 
 def _series_key(rec: dict[str, Any], xkey: str) -> str:
@@ -69,7 +79,7 @@ def kernel_plots(data: dict[str, Any], stem: Path) -> list[Path]:
         by_name: dict[str, list[dict]] = defaultdict(list)
         for r in body.get("records", []):
             if r.get("status", "ok") == "ok" and r.get("median_ms") is not None and x_of(r) is not None:
-                by_name[r["name"]].append(r)
+                by_name[_series_name(r)].append(r)
         for name, recs in by_name.items():
             xkey = x_of(recs[0])[0]
             # one line per (impl, other shape entries, dtype)
