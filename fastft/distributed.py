@@ -522,11 +522,25 @@ def optim_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: 
     osd = optimizer.state_dict()
     if not is_fsdp(model):
         return osd
+    ordered = [p for g in optimizer.param_groups for p in g["params"]]
+    layout = [(pid, key) for pid in sorted(osd["state"]) for key in sorted(osd["state"][pid])]
+    # Every rank must gather the same tensors in the same order, else full_tensor() would hang.
+    if broadcast_object(layout, state) != layout:
+        raise RuntimeError(
+            "optim_state_dict: the ranks hold different optimizer state entries (a rank skipped a "
+            "parameter with an empty shard?); the optimizer must keep state for every parameter on every rank"
+        )
     full: dict[int, dict[str, Any]] = {}
     for pid in sorted(osd["state"]):
         entry = {}
         for key in sorted(osd["state"][pid]):
             v = osd["state"][pid][key]
+            p = ordered[pid]
+            if _is_dtensor(p) and torch.is_tensor(v) and not _is_dtensor(v) and v.dim() > 0:
+                raise RuntimeError(
+                    f"optim_state_dict: state {key!r} of a sharded parameter is a plain tensor of shape "
+                    f"{tuple(v.shape)}; keep FSDP2 optimizer state as DTensors (e.g. torch.zeros_like(param))"
+                )
             if _is_dtensor(v):
                 v = v.full_tensor()  # collective: same order on every rank (sorted ids and keys)
             if torch.is_tensor(v) and state.is_main:
