@@ -87,7 +87,7 @@ def kernel_plots(data: dict[str, Any], stem: Path) -> list[Path]:
             for r in recs:
                 lines[f"{r['impl']} {_series_key(r, xkey)}".strip()].append(r)
             if not any(len(v) > 1 for v in lines.values()):
-                continue  # a single point per line says nothing a table does not
+                continue  # a single point per line: shown in the part's speedup chart instead
             fig, ax = plt.subplots(figsize=(7, 4.5))
             for label, rs in sorted(lines.items()):
                 rs = sorted(rs, key=lambda r: x_of(r)[1])
@@ -105,10 +105,50 @@ def kernel_plots(data: dict[str, Any], stem: Path) -> list[Path]:
             ax.legend(fontsize=7)
             fig.tight_layout()
             path = stem.with_name(f"{stem.name}-{_slug(part)}-{_slug(name)}.png")
-            fig.savefig(path, dpi=110)
+            fig.savefig(path, dpi=110, bbox_inches="tight")
             plt.close(fig)
             out.append(path)
+        sp = speedup_plot(part, body.get("records", []), stem, device)
+        if sp is not None:
+            out.append(sp)
     return out
+
+
+def speedup_plot(part: str, records: list[dict], stem: Path, device: str, limit: int = 48) -> Path | None:
+    """Horizontal bars of every ``speedup_vs_<b>`` of the part's fastft rows (log scale, 1 = parity)."""
+    bars = []
+    for r in records:
+        if r.get("status", "ok") != "ok" or not str(r.get("impl", "")).startswith("fastft"):
+            continue
+        for k, v in r.items():
+            if k.startswith("speedup_vs_") and isinstance(v, (int, float)) and v > 0:
+                bars.append(
+                    (f"{r['name']} [{r.get('shape_str', '')}] {r['impl']} vs {k[len('speedup_vs_') :]}", v)
+                )
+    if not bars:
+        return None
+    bars = bars[:limit]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 1.4 + 0.22 * len(bars)))
+    ys = range(len(bars))
+    ax.barh(list(ys), [v for _, v in bars], color=["tab:green" if v >= 1 else "tab:red" for _, v in bars])
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([label for label, _ in bars], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_xlabel("speedup (baseline time / this time; >1 is faster)")
+    ax.set_title(f"{part}: speedups\n{device}", fontsize=9)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    path = stem.with_name(f"{stem.name}-{_slug(part)}-speedup.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _baseline_of(group: list[dict]) -> dict | None:
@@ -185,7 +225,7 @@ def e2e_plot(data: dict[str, Any], stem: Path) -> Path | None:
     )
     fig.tight_layout()
     path = stem.with_name(f"{stem.name}-e2e.png")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
