@@ -782,19 +782,23 @@ def markdown_report(data: dict[str, Any]) -> str:
 
 
 def main_for(run: Callable[..., list[dict[str, Any]]], part: str, argv: list[str] | None = None) -> Path:
-    """Command line of ``python -m bench.bench_<part>``: ``--quick``, ``--device``, ``--out``.
+    """Command line of ``python -m bench.bench_<part>``: ``--quick``, ``--device``, ``--out``, ``--no-plots``.
 
-    Runs ``run(device, quick)``, writes the JSON (+ markdown) and prints the table.
+    Runs ``run(device, quick)``, writes the JSON, the markdown and the plots, and prints the table.
     """
     p = argparse.ArgumentParser(prog=f"python -m bench.bench_{part}", description=f"fastft benchmark: {part}")
     p.add_argument("--quick", action="store_true", help="small shapes / few repeats (smoke run)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda if present)")
     p.add_argument("--out", default=None, help="output folder (default: bench/results)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     peaks = measure_peaks(device, quick=args.quick)
     records = run(device, quick=args.quick)
     path = write_results(part, records, device=device, out_dir=args.out, peaks=peaks)
     sys.stdout.write(markdown_table(records))
-    print(f"\nwrote {path}")
+    from bench import report  # imports this module: load it only here
+
+    files = report.make_report(path, plots=not args.no_plots)
+    print(f"\nwrote {path}" + "".join(f"\n      {f}" for f in files))
     return path

@@ -61,6 +61,8 @@ def test_unknown_part_is_a_usage_error(tmp_path, capsys):
 
 
 def test_main_for_gives_a_part_its_cli(tmp_path, capsys):
-    path = common.main_for(tiny_part.run, "tiny", ["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    path = common.main_for(
+        tiny_part.run, "tiny", ["--quick", "--device", "cpu", "--out", str(tmp_path), "--no-plots"]
+    )
     assert path.parent == tmp_path and path.exists() and path.with_suffix(".md").exists()
     assert "| rowsum |" in capsys.readouterr().out
