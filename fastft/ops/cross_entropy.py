@@ -117,7 +117,7 @@ def _ce_rows_torch(x, target, ignore_index, eps, scale, compute_grad):
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if not compute_grad:
         return loss, None
-    g = torch.exp(xf - lse[:, None])
+    g = torch.sub(xf, lse[:, None]).exp_()
     if eps != 0.0:
         g -= eps / V
     g.scatter_add_(1, tgt[:, None], torch.full_like(xt, -(1.0 - eps))[:, None])
@@ -170,8 +170,9 @@ def _kernel_unsupported(*tensors: torch.Tensor) -> str | None:
     return None
 
 
-def _ce_rows(x, target, ignore_index, eps, scale, compute_grad, grad_out=None):
-    """Loss rows (+ grad, written into ``grad_out`` when given, which may alias ``x``)."""
+def _ce_rows(x, target, ignore_index, eps, scale, compute_grad, grad_out=None, must_write=False):
+    """Loss rows (+ grad). The kernel writes the grad into ``grad_out`` when given (it may alias
+    ``x``); the torch path returns a fresh tensor unless ``must_write`` (saves a copy)."""
     if _backend.use_triton("cross_entropy", x, unsupported=_kernel_unsupported(x)):
         from fastft.kernels.cross_entropy import cross_entropy_forward
 
@@ -187,14 +188,14 @@ def _ce_rows(x, target, ignore_index, eps, scale, compute_grad, grad_out=None):
         )
         return loss, grad_out if compute_grad else None
     loss, g = _ce_rows_torch(x, target, ignore_index, eps, scale, compute_grad)
-    if g is not None and grad_out is not None:
+    if g is not None and grad_out is not None and must_write:
         grad_out.copy_(g)
         g = grad_out
     return loss, g
 
 
 def _kd_rows(s, t, target, temperature, alpha, ignore_index, scale, compute_grad, grad_out=None):
-    """KD loss rows (+ student grad, written into ``grad_out`` when given; it may alias ``s``)."""
+    """KD loss rows (+ student grad; the kernel writes it into ``grad_out`` when given, which may alias ``s``)."""
     if _backend.use_triton("kd_loss", s, unsupported=_kernel_unsupported(s, t)):
         from fastft.kernels.cross_entropy import kd_forward
 
@@ -205,11 +206,7 @@ def _kd_rows(s, t, target, temperature, alpha, ignore_index, scale, compute_grad
             scale=scale, grad_out=grad_out if compute_grad else None,
         )  # fmt: skip
         return loss, grad_out if compute_grad else None
-    loss, g = _kd_rows_torch(s, t, target, temperature, alpha, ignore_index, scale, compute_grad)
-    if g is not None and grad_out is not None:
-        grad_out.copy_(g)
-        g = grad_out
-    return loss, g
+    return _kd_rows_torch(s, t, target, temperature, alpha, ignore_index, scale, compute_grad)
 
 
 _EMPTY = lambda ref: ref.new_empty(0)  # stands in for "no gradient computed" in op outputs
@@ -274,7 +271,9 @@ class _CrossEntropyInplace(torch.autograd.Function):
     def forward(ctx, logits, target, ignore_index, label_smoothing, reduction):
         scale = _scale_tensor(target, logits.shape[0], ignore_index, reduction, logits)
         with torch.no_grad():
-            loss, grad = _ce_rows(logits, target, ignore_index, label_smoothing, scale, True, grad_out=logits)
+            loss, grad = _ce_rows(
+                logits, target, ignore_index, label_smoothing, scale, True, grad_out=logits, must_write=True
+            )
         torch.autograd.graph.increment_version(logits)
         ctx.reduction = reduction
         ctx.save_for_backward(grad.detach())
