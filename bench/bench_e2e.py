@@ -813,11 +813,11 @@ def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict
         out = trainer.train()
         wall = time.perf_counter() - t0
         acc = _accuracy(model, val, tokenizer, cfg.eval_batch_size)
-        records.append(
-            _train_record(
-                name, "hf_trainer", shape, wall, out.metrics.get("train_runtime"), acc, cfg, note, peaks
-            )
+        rec = _train_record(
+            name, "hf_trainer", shape, wall, out.metrics.get("train_runtime"), acc, cfg, note, peaks
         )
+        rec["steps_done"] = int(out.global_step)
+        records.append(rec)
     except Exception as e:
         _log_failure("e2e cpu_train hf")
         records.append(
@@ -836,6 +836,7 @@ def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict
         model = _load_trained(cfg.output_dir)
         acc = _accuracy(model, val, tokenizer, cfg.eval_batch_size) if model is not None else None
         rec = _train_record(name, "fastft", shape, wall, _find_runtime(result), acc, cfg, note, peaks)
+        rec["steps_done"] = (result or {}).get("global_step")
         rec["train_result"] = {
             k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))
         }

@@ -633,6 +633,9 @@ def write_results(
     data["environment"] = env
     if peaks:
         data["peaks"] = peaks
+    # every row carries the facts needed to read it alone (the part's environment has the rest)
+    stamp = {k: env.get(k) for k in ("device", "torch", "triton", "transformers", "git_commit", "date")}
+    records = [{**r, "env": {**stamp, **r.get("env", {})}} for r in records]
     data["parts"][part] = {"environment": env, "peaks": peaks, "records": records}
     tmp = path.with_suffix(".json.tmp")
     with open(tmp, "w") as f:
