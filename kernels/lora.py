@@ -3,15 +3,18 @@
 Design (one GEMM kernel serves the forward and the input gradient):
 
 * ``_lora_gemm_kernel`` computes, per (BLOCK_M, BLOCK_O) tile,
-  ``out = X·Wmat + bias + s·(Xd·Down)·Up [⊙ keep/(1-p)]``. The rank-r product ``Xd·Down`` is
+  ``out = X·Wmat + bias + s·(X·Down)·Up [⊙ keep/(1-p)]``. The rank-r product ``X·Down`` is
   accumulated in the *same* K loop from the X tile already in registers (X is read once), and the
   low-rank update is added in the epilogue, so ``y`` is written once and never re-read. The
   ``(M, r)`` intermediate is stored by the ``pid_o == 0`` programs for the backward. Recomputing
   it per output tile costs r/BLOCK_O extra MMA work (12% at r=16, BLOCK_O=128).
-  - forward:  X = x, Wmat = Wᵀ, Down = Aᵀ, Up = Bᵀ, dropout on the rank-r input (DROP_IN);
+  - forward:  X = x, Wmat = Wᵀ, Down = Aᵀ, Up = Bᵀ (input dropout: u comes from ``_lora_down_kernel``);
   - backward: X = dy, Wmat = W, Down = B, Up = A, dropout mask on the low-rank output (DROP_OUT),
     which is the same (row, k) mask as the forward's: ``dx = dy·W + s·((dy·B)·A) ⊙ keep/(1-p)``.
   Both weight layouts are handled by strides (``nn.Linear`` (N, K), ``Conv1D`` (K, N)): no copies.
+* ``_lora_down_kernel`` computes ``u = drop(x)·Aᵀ`` (or ``t = dy·B``) on its own when it is not
+  fused: with dropout (the Philox mask is then drawn once per element of x instead of once per
+  output tile) and for r > FUSE_MAX_RANK.
 * ``_lora_bwd_factor_kernel`` computes a factor gradient ``s·Tᵀ·Xd`` (r, L), reducing over M in
   SPLIT chunks into an fp32 workspace (deterministic, no atomics); ``dA = s·tᵀ·drop(x)`` with
   t = dy·B from the GEMM, ``dB = s·(uᵀ·dy)ᵀ``.
@@ -32,6 +35,9 @@ from fastft.kernels._utils import INTERPRET, dot_dtype, next_pow2, tl_dtype
 __all__ = ["lora_forward", "lora_backward", "lora_keep_mask"]
 
 MAX_RANK = 128
+#: up to this rank the rank-r product is recomputed inside the main GEMM (r/BLOCK_O extra MMA work);
+#: above it (and with input dropout) a separate pass computes it once.
+FUSE_MAX_RANK = 32
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -59,12 +65,12 @@ def _mask_kernel(OUT, M, K, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexp
 def _gemm_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_L": 32, "GROUP_M": 4}, num_warps=4)]
-    # Hopper, pruned: big tiles for the compute-bound main GEMM, a narrower one for small O
+    # Hopper, pruned with sm_90a AOT compiles (ptxas -v): these use wgmma + a 3-4 stage cp.async
+    # pipeline without register spills at r <= 128; 128x256 tiles and BLOCK_L=32 with 4 warps spill.
     cfgs = []
     for bm, bo, bl, w, s in [
         (128, 128, 64, 8, 3),
-        (128, 256, 64, 8, 3),
-        (128, 128, 32, 4, 4),
+        (128, 128, 64, 8, 4),
         (64, 128, 64, 4, 4),
         (128, 64, 64, 4, 4),
     ]:
@@ -76,21 +82,28 @@ def _gemm_configs():
     return cfgs
 
 
-def _factor_config(M: int, L: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_L, SPLIT, num_warps) of the factor-gradient reduction (bandwidth-bound)."""
+def _skinny_config(dtype: torch.dtype, r_pad: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_L, num_warps, num_stages) of the bandwidth-bound rank-r kernels (down, factor).
+
+    Wide BLOCK_L only for 16-bit inputs at r <= 32: fp32 or larger ranks spill registers with it.
+    """
     if INTERPRET:
-        return 32, 32, max(1, min(2, triton.cdiv(M, 32))), 4
-    bm, bl = 64, 128
-    n_l = triton.cdiv(L, bl)
-    # ~4 waves of programs on 132 SMs, each reducing >= 4 row blocks
-    split = max(1, min(triton.cdiv(528, n_l), triton.cdiv(M, 4 * bm)))
-    return bm, bl, split, 4
+        return 32, 32, 4, 1
+    wide = dtype != torch.float32 and r_pad <= 32
+    return 64, 128 if wide else 64, 8, 3
+
+
+def _factor_split(M: int, L: int, bm: int, bl: int) -> int:
+    """Row chunks of the factor-gradient reduction: ~4 waves of programs on 132 SMs, >= 4 row blocks each."""
+    if INTERPRET:
+        return max(1, min(2, triton.cdiv(M, bm)))
+    return max(1, min(triton.cdiv(528, triton.cdiv(L, bl)), triton.cdiv(M, 4 * bm)))
 
 
 # ----------------------------------------------------------------------------- forward kernel
 
 
-@triton.autotune(configs=_gemm_configs(), key=["L", "O", "R_PAD", "DROP_IN", "DROP_OUT"])
+@triton.autotune(configs=_gemm_configs(), key=["L", "O", "R_PAD", "DROP_OUT", "FUSE_DOWN"])
 @triton.jit
 def _lora_gemm_kernel(
     X,
@@ -120,9 +133,8 @@ def _lora_gemm_kernel(
     p,
     scaling,
     HAS_BIAS: tl.constexpr,
-    DROP_IN: tl.constexpr,
     DROP_OUT: tl.constexpr,
-    STORE_U: tl.constexpr,
+    FUSE_DOWN: tl.constexpr,
     DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     R_PAD: tl.constexpr,
@@ -131,7 +143,7 @@ def _lora_gemm_kernel(
     BLOCK_L: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    """``OUT = X·Wmat + BIAS + scaling·(Xd·Down)·Up`` (⊙ keep/(1-p) if DROP_OUT); ``U = Xd·Down``.
+    """``OUT = X·Wmat + BIAS + scaling·U·Up`` (the low-rank term ⊙ keep/(1-p) if DROP_OUT).
 
     X: (M, L) input, strides (stride_xm, stride_xl).
     W: Wmat (L, O) addressed as ``W + l*stride_wl + o*stride_wo`` (a view of the frozen weight).
@@ -139,9 +151,10 @@ def _lora_gemm_kernel(
     DOWN: Down (L, R) addressed with (stride_dl, stride_dj).
     UP: Up (R, O) addressed with (stride_uj, stride_uo).
     OUT: (M, O) output, strides (stride_om, stride_oo), X's dtype.
-    U: (M, R) rank-r intermediate (strides stride_tm, stride_tj), written by pid_o == 0 if STORE_U.
-    DROP_IN: Xd = X ⊙ keep(m, l)/(1-p) in the low-rank path; DROP_OUT: the low-rank output is masked
-    with keep(m, o)/(1-p). keep(m, c) = rand(seed, m*C + c) >= p with C = L (DROP_IN) or O (DROP_OUT).
+    U: (M, R) rank-r intermediate U = X·Down, strides (stride_tm, stride_tj). FUSE_DOWN: computed in
+       the main loop from the X tiles already loaded and stored by the pid_o == 0 programs; else read
+       (precomputed by ``_lora_down_kernel``, e.g. with the input dropout applied).
+    DROP_OUT: the low-rank term is masked with keep(m, o)/(1-p), keep(m, o) = rand(seed, m*O + o) >= p.
     DOT: dtype fed to tl.dot; PRECISION: tl.dot input_precision for fp32 ("ieee" or "tf32").
     R_PAD: R rounded up to a power of two >= 16 (tl.dot minimum).
     """
@@ -178,26 +191,22 @@ def _lora_gemm_kernel(
             mask=mask_l[:, None] & mask_o[None, :],
             other=0.0,
         )
-        d = tl.load(
-            DOWN + offs_l[:, None] * stride_dl + offs_j[None, :] * stride_dj,
-            mask=mask_l[:, None] & mask_j[None, :],
-            other=0.0,
-        )
         x = x.to(DOT)
         acc = tl.dot(x, w.to(DOT), acc, input_precision=PRECISION)
-        if DROP_IN:
-            x = tl.where(_keep(seed, offs_m, offs_l, L, p), x, 0.0)
-        u = tl.dot(x, d.to(DOT), u, input_precision=PRECISION)
-    if DROP_IN:
-        u = u * (1.0 / (1.0 - p))
-    u_lp = u.to(U.dtype.element_ty)  # rounded like torch's (M, r) intermediate in the input dtype
-    if STORE_U:
-        if pid_o == 0:
-            tl.store(
-                U + offs_m64[:, None] * stride_tm + offs_j[None, :] * stride_tj,
-                u_lp,
-                mask=mask_m[:, None] & mask_j[None, :],
+        if FUSE_DOWN:
+            d = tl.load(
+                DOWN + offs_l[:, None] * stride_dl + offs_j[None, :] * stride_dj,
+                mask=mask_l[:, None] & mask_j[None, :],
+                other=0.0,
             )
+            u = tl.dot(x, d.to(DOT), u, input_precision=PRECISION)
+    u_ptr = U + offs_m64[:, None] * stride_tm + offs_j[None, :] * stride_tj
+    if FUSE_DOWN:
+        u_lp = u.to(U.dtype.element_ty)  # rounded like torch's (M, r) intermediate in the input dtype
+        if pid_o == 0:
+            tl.store(u_ptr, u_lp, mask=mask_m[:, None] & mask_j[None, :])
+    else:
+        u_lp = tl.load(u_ptr, mask=mask_m[:, None] & mask_j[None, :], other=0.0)
     up = tl.load(
         UP + offs_j[:, None] * stride_uj + offs_o[None, :] * stride_uo,
         mask=mask_j[:, None] & mask_o[None, :],
@@ -213,6 +222,67 @@ def _lora_gemm_kernel(
         OUT + offs_m64[:, None] * stride_om + offs_o[None, :] * stride_oo,
         acc.to(OUT.dtype.element_ty),
         mask=mask_m[:, None] & mask_o[None, :],
+    )
+
+
+@triton.jit
+def _lora_down_kernel(
+    X,
+    DOWN,
+    U,
+    M,
+    L,
+    R,
+    stride_xm,
+    stride_xl,
+    stride_dl,
+    stride_dj,
+    stride_tm,
+    stride_tj,
+    seed,
+    p,
+    DROP: tl.constexpr,
+    DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    R_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """``U = Xd·Down`` (M, R), Xd = X ⊙ keep(m, l)/(1-p) if DROP: the rank-r input of the forward
+    when it is not fused into the main GEMM (dropout: the mask is drawn once per element here, not once
+    per output tile; large r: no per-tile recomputation).
+
+    X: (M, L), strides (stride_xm, stride_xl). DOWN: Down (L, R) with (stride_dl, stride_dj).
+    U: (M, R) output in X's dtype, strides (stride_tm, stride_tj). One program per BLOCK_M rows.
+    """
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_j = tl.arange(0, R_PAD)
+    offs_m64 = offs_m.to(tl.int64)
+    mask_m = offs_m < M
+    mask_j = offs_j < R
+    u = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < L
+        x = tl.load(
+            X + offs_m64[:, None] * stride_xm + offs_l[None, :] * stride_xl,
+            mask=mask_m[:, None] & mask_l[None, :],
+            other=0.0,
+        ).to(DOT)
+        if DROP:
+            x = tl.where(_keep(seed, offs_m, offs_l, L, p), x, 0.0)
+        d = tl.load(
+            DOWN + offs_l[:, None] * stride_dl + offs_j[None, :] * stride_dj,
+            mask=mask_l[:, None] & mask_j[None, :],
+            other=0.0,
+        )
+        u = tl.dot(x, d.to(DOT), u, input_precision=PRECISION)
+    if DROP:
+        u = u * (1.0 / (1.0 - p))
+    tl.store(
+        U + offs_m64[:, None] * stride_tm + offs_j[None, :] * stride_tj,
+        u.to(U.dtype.element_ty),
+        mask=mask_m[:, None] & mask_j[None, :],
     )
 
 
@@ -328,58 +398,53 @@ def _w_strides(weight: torch.Tensor, conv1d: bool, transpose: bool) -> tuple[int
 def _gemm(
     X,
     weight,
+    w_strides,
     bias,
-    down_strides,
     down,
-    up_strides,
+    down_strides,
     up,
+    up_strides,
     out,
-    store,
+    u,
     L,
     O,
     R,
-    w_strides,
     scaling,
     p,
     seed,
-    drop_in,
     drop_out,
+    fuse_down,
 ):
+    """Launch ``_lora_gemm_kernel`` (see its docstring for the roles of the arguments)."""
     M = X.shape[0]
     dt = X.dtype
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(O, meta["BLOCK_O"]),)
     _lora_gemm_kernel[grid](
-        X,
-        weight,
-        bias if bias is not None else X,
-        down,
-        up,
-        out,
-        store,
-        M,
-        L,
-        O,
-        R,
-        X.stride(0),
-        X.stride(1),
-        *w_strides,
-        *down_strides,
-        *up_strides,
-        out.stride(0),
-        out.stride(1),
-        store.stride(0),
-        store.stride(1),
-        seed,
-        p,
-        scaling,
-        HAS_BIAS=bias is not None,
-        DROP_IN=drop_in,
-        DROP_OUT=drop_out,
-        STORE_U=True,
-        DOT=tl_dtype(dot_dtype(dt)),
-        PRECISION=_precision(dt),
-        R_PAD=max(16, next_pow2(R)),
-    )
+        X, weight, bias if bias is not None else X, down, up, out, u,
+        M, L, O, R,
+        X.stride(0), X.stride(1), *w_strides, *down_strides, *up_strides,
+        out.stride(0), out.stride(1), u.stride(0), u.stride(1),
+        seed, p, scaling,
+        HAS_BIAS=bias is not None, DROP_OUT=drop_out, FUSE_DOWN=fuse_down,
+        DOT=tl_dtype(dot_dtype(dt)), PRECISION=_precision(dt), R_PAD=_rpad(R),
+    )  # fmt: skip
+
+
+def _down(X, down, down_strides, u, L, R, p, seed, drop):
+    """Launch ``_lora_down_kernel``: ``u = drop(X)·Down``."""
+    M = X.shape[0]
+    bm, bl, warps, stages = _skinny_config(X.dtype, _rpad(R))
+    _lora_down_kernel[(triton.cdiv(M, bm),)](
+        X, down, u, M, L, R,
+        X.stride(0), X.stride(1), *down_strides, u.stride(0), u.stride(1),
+        seed, p,
+        DROP=drop, DOT=tl_dtype(dot_dtype(X.dtype)), PRECISION=_precision(X.dtype), R_PAD=_rpad(R),
+        BLOCK_M=bm, BLOCK_L=bl, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+
+
+def _rpad(r: int) -> int:
+    return max(16, next_pow2(r))
 
 
 def lora_forward(
@@ -393,10 +458,12 @@ def lora_forward(
     seed: int,
     conv1d: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) -> (y (M, N), u = drop(x)·Aᵀ (M, r)), one kernel launch.
+    """x (M, K) -> (y (M, N), u = drop(x)·Aᵀ (M, r)).
 
     weight: (N, K) (``conv1d=False``) or (K, N) (``conv1d=True``), any strides; bias (N,) or None;
     lora_a (r, K); lora_b (N, r); all in x's dtype. ``seed`` drives the dropout mask (p > 0).
+    One launch when r <= FUSE_MAX_RANK and p == 0 (u computed in the GEMM's K loop); otherwise
+    ``_lora_down_kernel`` computes u first (mask drawn once per element) and the GEMM reads it.
     """
     K, N, r = _check(x, weight, lora_a, lora_b, conv1d)
     if x.stride(1) != 1:
@@ -407,26 +474,13 @@ def lora_forward(
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     u = torch.empty(M, r, device=x.device, dtype=x.dtype)
     drop = dropout_p > 0.0
-    _gemm(
-        x,
-        weight,
-        bias,
-        (lora_a.stride(1), lora_a.stride(0)),
-        lora_a,
-        (lora_b.stride(1), lora_b.stride(0)),
-        lora_b,
-        y,
-        u,
-        K,
-        N,
-        r,
-        _w_strides(weight, conv1d, False),
-        scaling,
-        dropout_p,
-        seed,
-        drop,
-        False,
-    )
+    fuse = not drop and r <= FUSE_MAX_RANK
+    a_strides = (lora_a.stride(1), lora_a.stride(0))  # Down = Aᵀ (K, r)
+    if not fuse:
+        _down(x, lora_a, a_strides, u, K, r, dropout_p, seed, drop)
+    _gemm(x, weight, _w_strides(weight, conv1d, False), bias, lora_a, a_strides,
+          lora_b, (lora_b.stride(1), lora_b.stride(0)), y, u, K, N, r, scaling, dropout_p, seed,
+          False, fuse)  # fmt: skip
     return y, u
 
 
@@ -436,7 +490,8 @@ def _factor_grad(
     """``scale · Tᵀ·Xd`` as (R, L) fp32 (deterministic split-M reduction)."""
     M, L = X.shape
     R = T.shape[1]
-    bm, bl, split, warps = _factor_config(M, L)
+    bm, bl, warps, stages = _skinny_config(X.dtype, _rpad(R))
+    split = _factor_split(M, L, bm, bl)
     rows = triton.cdiv(triton.cdiv(M, split), bm) * bm
     split = triton.cdiv(M, rows)
     ws = torch.empty(split, R, L, device=X.device, dtype=torch.float32)
@@ -466,6 +521,7 @@ def _factor_grad(
         BLOCK_M=bm,
         BLOCK_L=bl,
         num_warps=warps,
+        num_stages=stages,
     )
     return ws[0] if split == 1 else ws.sum(0)
 
@@ -502,26 +558,13 @@ def lora_backward(
     if need_dx:
         dx = torch.empty(M, K, device=x.device, dtype=x.dtype)
         t = torch.empty(M, r, device=x.device, dtype=x.dtype)
-        _gemm(
-            dy,
-            weight,
-            None,
-            (lora_b.stride(0), lora_b.stride(1)),
-            lora_b,
-            (lora_a.stride(0), lora_a.stride(1)),
-            lora_a,
-            dx,
-            t,
-            N,
-            K,
-            r,
-            _w_strides(weight, conv1d, True),
-            scaling,
-            dropout_p,
-            seed,
-            False,
-            drop,
-        )
+        fuse = r <= FUSE_MAX_RANK
+        b_strides = (lora_b.stride(0), lora_b.stride(1))  # Down = B (N, r)
+        if not fuse:
+            _down(dy, lora_b, b_strides, t, N, r, 0.0, 0, False)
+        _gemm(dy, weight, _w_strides(weight, conv1d, True), None, lora_b, b_strides,
+              lora_a, (lora_a.stride(0), lora_a.stride(1)), dx, t, N, K, r, scaling, dropout_p, seed,
+              drop, fuse)  # fmt: skip
     elif need_ab:
         t = dy @ lora_b
     if need_ab:

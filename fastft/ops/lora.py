@@ -222,6 +222,10 @@ def _unsupported(x: Tensor, weight: Tensor, lora_a: Tensor) -> str | None:
         return f"rank {lora_a.shape[0]} > {MAX_RANK}"
     if x.shape[0] == 0:
         return "empty input"
+    if x.is_cuda and x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        # IEEE fp32 tl.dot runs on CUDA cores, slower than cuBLAS SGEMM: the kernel only pays off
+        # in 16-bit or with TF32 allowed (torch.backends.cuda.matmul.allow_tf32 = True)
+        return "fp32 without TF32 (cuBLAS is faster)"
     return None
 
 
