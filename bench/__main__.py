@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     p = argparse.ArgumentParser(prog="python -m bench", description="fastft benchmark suite")
     p.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke run)")
     p.add_argument(
-        "--parts", default=None, help=f"comma-separated parts (default: all present: {','.join(available)})"
+        "--parts",
+        default=None,
+        help=f"comma-separated parts (default: all present: {','.join(available)}); "
+        "a dotted module name (pkg.mod) runs that module's run(device, quick)",
     )
     p.add_argument("--device", default="auto", help="cuda, cuda:N or cpu (default: cuda when present)")
     p.add_argument("--out", default=None, help="output folder (default: bench/results)")
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     if unknown:
         p.error(f"unknown part(s) {', '.join(unknown)}; present: {', '.join(available)}")
     device = common.resolve_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here; use --device cpu")
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         print("note: TRITON_INTERPRET=1 is set; CPU timings of forced-triton paths measure the interpreter")
     t_all = time.perf_counter()
