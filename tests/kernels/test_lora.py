@@ -98,14 +98,16 @@ def test_strided_inputs_and_leading_dims(device):
 
 
 def test_triton_and_torch_paths_agree(device):
-    x, w, b, a, bb, _ = _inputs(19, 26, 31, 5, "conv1d", torch.float32, device, seed=7)
+    # fp32 on CUDA goes to cuBLAS unless TF32 is allowed: compare in fp16 there
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    x, w, b, a, bb, _ = _inputs(19, 26, 31, 5, "conv1d", dtype, device, seed=7)
     with fastft.backend("triton"):
         yk = lora_linear(x, w, b, a, bb, 1.5, weight_layout="conv1d")
     assert fastft.report()["lora_linear"].startswith("triton")
     with fastft.backend("torch"):
         yr = lora_linear(x, w, b, a, bb, 1.5, weight_layout="conv1d")
     assert fastft.report()["lora_linear"] == "torch (forced)"
-    assert_close(yk, yr, torch.float32)
+    assert_close(yk, yr, dtype)
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -180,3 +182,108 @@ def test_bad_input_messages(device):
         lora_linear(x, w, b, a, bb, 1.0, weight_layout="conv1d")
     with pytest.raises(ValueError, match="dropout_p"):
         lora_linear(x, w, b, a, bb, 1.0, dropout_p=1.0)
+
+
+# ----------------------------------------------------------------------------- GPU code generation
+
+_AOT = r"""
+import os, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastft.kernels.lora as K
+
+def build(fn, args, const, opts):
+    # mimic the JIT's specialisation of a real launch: ints == 1 become constexpr, multiples of 16
+    # and pointers get the divisibility hint (this is what enables the cp.async pipeline)
+    sig, cx, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in const:
+            sig[name] = "constexpr"; cx[(i,)] = const[name]; continue
+        ty, val = args[name]
+        if ty.startswith("*"):
+            sig[name] = ty; attrs[(i,)] = [["tt.divisibility", 16]]
+        elif ty == "i32" and val == 1:
+            sig[name] = "constexpr"; cx[(i,)] = 1
+        else:
+            sig[name] = ty
+            if ty == "i32" and val % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 128), options=opts)
+
+M, Kd, N, r = 16384, 768, 2304, 16
+bf = "*bf16"
+i32 = lambda v: ("i32", v)
+gemm = dict(X=(bf, 0), W=(bf, 0), BIAS=(bf, 0), DOWN=(bf, 0), UP=(bf, 0), OUT=(bf, 0), U=(bf, 0),
+            M=i32(M), L=i32(Kd), O=i32(N), R=i32(r), stride_xm=i32(Kd), stride_xl=i32(1),
+            stride_wl=i32(N), stride_wo=i32(1), stride_dl=i32(1), stride_dj=i32(Kd), stride_uj=i32(1),
+            stride_uo=i32(r), stride_om=i32(N), stride_oo=i32(1), stride_tm=i32(r), stride_tj=i32(1),
+            seed=i32(7), p=("fp32", 0), scaling=("fp32", 0))
+out = []
+for fuse, drop in ((True, False), (False, True)):
+    c = build(K._lora_gemm_kernel.fn, gemm, dict(HAS_BIAS=True, DROP_OUT=drop, FUSE_DOWN=fuse, DOT=tl.bfloat16,
+              PRECISION="ieee", R_PAD=16, BLOCK_M=128, BLOCK_O=128, BLOCK_L=64, GROUP_M=8),
+              {"num_warps": 8, "num_stages": 3})
+    out.append(("gemm", "wgmma" in c.asm["ptx"], c.metadata.shared))
+skinny = dict(X=(bf, 0), DOWN=(bf, 0), U=(bf, 0), T=(bf, 0), WS=("*fp32", 0), M=i32(M), L=i32(Kd), R=i32(r),
+              rows_per_split=i32(256), stride_xm=i32(Kd), stride_xl=i32(1), stride_dl=i32(1), stride_dj=i32(Kd),
+              stride_tm=i32(r), stride_tj=i32(1), stride_ws=i32(r * Kd), stride_wj=i32(Kd), seed=i32(7),
+              p=("fp32", 0), scale=("fp32", 0))
+for fn in (K._lora_down_kernel, K._lora_bwd_factor_kernel):
+    c = build(fn, skinny, dict(DROP=True, DOT=tl.bfloat16, PRECISION="ieee", R_PAD=16, BLOCK_M=64, BLOCK_L=128),
+              {"num_warps": 8, "num_stages": 3})
+    out.append((fn.__name__, True, c.metadata.shared))
+print(out)
+"""
+
+
+def test_kernels_compile_for_hopper(tmp_path):
+    """The interpreter never runs the GPU compiler: compile the kernels for sm_90a ahead of time
+    (no GPU needed, triton's bundled ptxas) and check the main GEMM uses wgmma with a multi-stage
+    shared-memory pipeline (> 1 stage of the 128x64 + 64x128 bf16 tiles = 32 KiB)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    spec = importlib.util.find_spec("triton.backends.nvidia")
+    if spec is None:
+        pytest.skip("triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    res = subprocess.run([sys.executable, "-c", _AOT], capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
+        pytest.skip("no ptxas for sm_90a")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = eval(res.stdout.strip().splitlines()[-1])
+    for name, wgmma, smem in out:
+        assert wgmma, f"{name}: no wgmma"
+        if name == "gemm":
+            assert smem > 2 * 32 * 1024, f"{name}: no software pipelining (shared memory {smem})"
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    [(4096, 768, 2304, 16), (3000, 3072, 768, 64), (1000, 768, 768, 8)],
+    ids=lambda c: "x".join(map(str, c)),
+)
+def test_gpu_sizes(case, layout, dtype, device):
+    """BERT/GPT-2 projection sizes with the autotuned Hopper configs (fused and unfused rank paths)."""
+    _check(case, layout, dtype, device)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_takes_kernel_and_dropout(device):
+    x, w, b, a, bb, dy = _inputs(2048, 768, 768, 16, "linear", torch.bfloat16, device)
+    with fastft.backend("auto"):
+        lora_linear(x, w, b, a, bb, 1.0)
+    assert fastft.report()["lora_linear"] == "triton"
+    for layout in LAYOUTS:
+        test_dropout_backward_uses_forward_mask(layout, torch.float16, device)
