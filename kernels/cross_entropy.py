@@ -328,6 +328,17 @@ def _scale_args(scale: torch.Tensor | None, n: int, device) -> tuple[torch.Tenso
     return scale.to(device=device, dtype=torch.float32).contiguous(), 2
 
 
+def _check_targets(target: torch.Tensor, V: int, ignore_index: int) -> None:
+    """Out-of-range targets would read outside the row. Checked where it is free (CPU: the
+    interpreter); on CUDA it would cost a host sync, so there the kernel's device_assert
+    (active with TRITON_DEBUG=1) is the check."""
+    if target.is_cuda or target.numel() == 0:
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= V))
+    if bool(bad.any()):
+        raise ValueError(f"target holds class indices outside [0, {V}) (and != ignore_index={ignore_index})")
+
+
 def _grad_arg(grad_out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     if grad_out is None:
         return None
@@ -353,6 +364,7 @@ def cross_entropy_forward(
     x = _rows(logits, "logits")
     N, V = x.shape
     target = target.contiguous()
+    _check_targets(target, V, ignore_index)
     loss = torch.empty(N, dtype=torch.float32, device=x.device)
     if N == 0:
         return loss
@@ -405,6 +417,8 @@ def kd_forward(
     g = _grad_arg(grad_out, s)
     sc, mode = _scale_args(scale, N, s.device)
     tgt = target.contiguous() if target is not None else loss
+    if target is not None:
+        _check_targets(tgt, V, ignore_index)
     block, warps = _config(V, s.element_size())
     _kd_fwd_kernel[(N,)](
         s, s.stride(0), t, t.stride(0), tgt, loss,

@@ -213,3 +213,12 @@ def test_ce_int64_offsets_gpu():
     (gref,) = torch.autograd.grad(ref.sum(), tail64)
     assert_close(loss[-3:], ref, torch.float32, scale=10)
     assert_close(logits[-3:].detach(), gref, torch.bfloat16, name="grad rows beyond 2^31 elements")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checked on CPU only (a host sync on CUDA)")
+def test_ce_out_of_range_target_is_an_error():
+    x = randn(3, 5)
+    with fastft.backend("triton"), pytest.raises(ValueError, match="outside"):
+        cross_entropy(x, torch.tensor([0, 5, 1]))
+    with fastft.backend("triton"), pytest.raises(ValueError, match="outside"):
+        fastft.functional.kd_loss(x, x, torch.tensor([0, -3, 1]))
