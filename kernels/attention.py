@@ -479,6 +479,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, varlen: bool) -> N
 
 
 def _meta(q: torch.Tensor, head_dim: int, max_seqlen: int) -> dict:
+    # Under the interpreter bf16 operands are fed to tl.dot as fp32: triton 3.9's interpreter returns
+    # garbage for bf16 tl.dot (see _utils.dot_dtype). On a GPU they stay bf16.
     dd = dot_dtype(q.dtype)
     return dict(
         BLOCK_D=max(16, next_pow2(head_dim)),
