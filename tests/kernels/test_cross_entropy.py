@@ -222,3 +222,45 @@ def test_ce_out_of_range_target_is_an_error():
         cross_entropy(x, torch.tensor([0, 5, 1]))
     with fastft.backend("triton"), pytest.raises(ValueError, match="outside"):
         fastft.functional.kd_loss(x, x, torch.tensor([0, -3, 1]))
+
+
+_COMPILE_SM90 = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastft.kernels.cross_entropy as k
+b = "*bf16"
+io = {"TARGET": "*i64", "LOSS": "*fp32", "GRAD": b, "stride_g": "i64", "SCALE": "*fp32"}
+cases = [
+    (k._cross_entropy_fwd_kernel, {"X": b, "stride_x": "i64", **io, "V": "i32", "ignore_index": "i32", "eps": "fp32"},
+     {"BLOCK_V": 8192, "HAS_SMOOTHING": True, "COMPUTE_GRAD": True, "SCALE_MODE": 2}),
+    (k._cross_entropy_fwd_small_kernel,
+     {"X": b, "stride_x": "i64", **io, "N": "i32", "V": "i32", "ignore_index": "i32", "eps": "fp32"},
+     {"BLOCK_N": 128, "BLOCK_V": 32, "HAS_SMOOTHING": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1}),
+    (k._kd_fwd_kernel, {"S": b, "stride_s": "i64", "T": "*fp32", "stride_t": "i64", **io, "V": "i32",
+                        "ignore_index": "i32", "inv_temp": "fp32", "temp": "fp32", "alpha": "fp32"},
+     {"BLOCK_V": 4096, "HAS_TARGET": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1}),
+]
+for fn, sig, consts in cases:
+    sig = {**sig, **{c: "constexpr" for c in consts}}
+    cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                        options={"num_warps": 8})
+    assert "ld.global" in cc.asm["ptx"], fn.__name__
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """The interpreter is lenient; compile every kernel for sm_90 (Triton's own compiler, no GPU
+    needed) so that compiled-mode errors show up in CPU-only CI too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr:
+        pytest.skip("triton's bundled ptxas is missing")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
