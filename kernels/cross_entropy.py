@@ -9,6 +9,10 @@ One program per row. The vocabulary is walked in ``BLOCK_V`` chunks (V may be 2 
   ``grad`` may alias ``logits`` (each block is read before it is overwritten), which is how the
   fused linear+CE reuses its logits buffer; no fp32 copy of the probabilities ever exists.
 
+Small vocabularies (V <= 1024: classification heads) use a tiled variant that handles a block of
+whole rows per program in one read. There is no backward kernel: the gradient is produced by
+the forward (backward is a multiplication by the upstream gradient, done by torch).
+
 Row offsets are int64 (N * V overflows int32 at 16k tokens x 256k vocab).
 """
 
