@@ -6,6 +6,8 @@ One projection ``y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`` at r=16 with a frozen W 
 
 * ``fastft``: ``fastft.functional.lora_linear`` (fused Triton kernels on CUDA; on CPU the torch
   reference path, recorded in ``path``: the Triton interpreter is a correctness tool, not a benchmark);
+* ``fastft_cublas`` (CUDA only): the alternative design, ``FASTFT_LORA_MAIN_GEMM=cublas``: cuBLAS for
+  the frozen GEMM, then one Triton pass adds the rank-r update in place (see kernels/lora.py);
 * ``peft``: ``peft.tuners.lora.Linear`` wrapping the same base layer (dropout 0 -> identity);
 * ``torch``: ``F.linear(x, W, b) + s·((x @ Aᵀ) @ Bᵀ)`` written out in autograd.
 
@@ -18,6 +20,7 @@ Target (issue 6): fwd+bwd ≥ 1.3× PEFT on an H100 at 8k–32k tokens.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastft
-from bench.common import add_ratios, bench_fn, main_for, make_record, measure_peaks, not_available, peak_memory
+from bench.common import (
+    add_ratios,
+    bench_fn,
+    main_for,
+    make_record,
+    measure_peaks,
+    not_available,
+    peak_memory,
+)
 from fastft.functional import lora_linear
 
 PART = "lora"
@@ -68,9 +79,10 @@ def _impls(base: nn.Module, layout: str, a: torch.Tensor, b: torch.Tensor) -> di
     """impl -> callable(x) -> y, or a reason string when it cannot run."""
     s = ALPHA / RANK
     w, bias = base.weight, base.bias
-    out: dict[str, Any] = {
-        "fastft": lambda x: lora_linear(x, w, bias, a, b, s, weight_layout=layout),
-    }
+    fused = lambda x: lora_linear(x, w, bias, a, b, s, weight_layout=layout)
+    out: dict[str, Any] = {"fastft": fused}
+    if w.is_cuda:
+        out["fastft_cublas"] = fused  # same call, run under _main_gemm("fastft_cublas")
     if layout == "linear":
         out["torch"] = lambda x: F.linear(x, w, bias) + s * ((x @ a.t()) @ b.t())
     else:
@@ -80,8 +92,15 @@ def _impls(base: nn.Module, layout: str, a: torch.Tensor, b: torch.Tensor) -> di
         from peft.tuners.lora.layer import Linear as PeftLinear
 
         cfg = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, fan_in_fan_out=layout == "conv1d")
-        layer = PeftLinear(base, "default", cfg, r=RANK, lora_alpha=ALPHA, fan_in_fan_out=layout == "conv1d",
-                           is_target_conv_1d_layer=False)
+        layer = PeftLinear(
+            base,
+            "default",
+            cfg,
+            r=RANK,
+            lora_alpha=ALPHA,
+            fan_in_fan_out=layout == "conv1d",
+            is_target_conv_1d_layer=False,
+        )
         layer.lora_A["default"].weight = a  # the same factors as the other impls
         layer.lora_B["default"].weight = b
         out["peft"] = layer
@@ -90,7 +109,9 @@ def _impls(base: nn.Module, layout: str, a: torch.Tensor, b: torch.Tensor) -> di
     return out
 
 
-def _modes(fwd: Callable[[], torch.Tensor], leaves: list[torch.Tensor], dy: torch.Tensor) -> dict[str, Callable]:
+def _modes(
+    fwd: Callable[[], torch.Tensor], leaves: list[torch.Tensor], dy: torch.Tensor
+) -> dict[str, Callable]:
     def run_fwd():
         with torch.no_grad():
             return fwd()
@@ -104,6 +125,22 @@ def _modes(fwd: Callable[[], torch.Tensor], leaves: list[torch.Tensor], dy: torc
         return torch.autograd.grad(fwd(), leaves, dy)
 
     return {"fwd": run_fwd, "bwd": run_bwd, "fwd+bwd": run_both}
+
+
+@contextlib.contextmanager
+def _main_gemm(impl: str):
+    """``fastft_cublas`` runs with ``FASTFT_LORA_MAIN_GEMM=cublas`` (read per call, backward included)."""
+    old = os.environ.get("FASTFT_LORA_MAIN_GEMM")
+    if impl == "fastft_cublas":
+        os.environ["FASTFT_LORA_MAIN_GEMM"] = "cublas"
+    try:
+        yield
+    finally:
+        if impl == "fastft_cublas":
+            if old is None:
+                os.environ.pop("FASTFT_LORA_MAIN_GEMM", None)
+            else:
+                os.environ["FASTFT_LORA_MAIN_GEMM"] = old
 
 
 def run(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
@@ -131,18 +168,29 @@ def run(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
                 records.append(not_available(PART, label, impl, f, shape=shape))
                 continue
             try:
-                with fastft.backend("auto"):
-                    for mode, fn in _modes(lambda f=f: f(x), [x, a, b], dy).items():
+                with fastft.backend("auto"), _main_gemm(impl):
+                    for mode, fn in _modes(lambda f=f, x=x: f(x), [x, a, b], dy).items():
                         stats = bench_fn(fn, device=device)
                         records.append(
                             make_record(
-                                PART, f"{label}-{mode}", impl, shape, dtype, stats, peak_memory(fn, device),
-                                flops=flops[mode], device=device, peaks=peaks, mode=mode,
-                                path=path if impl == "fastft" else impl,
+                                PART,
+                                f"{label}-{mode}",
+                                impl,
+                                shape,
+                                dtype,
+                                stats,
+                                peak_memory(fn, device),
+                                flops=flops[mode],
+                                device=device,
+                                peaks=peaks,
+                                mode=mode,
+                                path=path if impl.startswith("fastft") else impl,
                             )  # fmt: skip
                         )
             except Exception as e:  # a failing impl is a result, not a crash of the whole part
-                records.append(not_available(PART, label, impl, f"{type(e).__name__}: {e}"[:200], shape=shape))
+                records.append(
+                    not_available(PART, label, impl, f"{type(e).__name__}: {e}"[:200], shape=shape)
+                )
             if cuda:
                 torch.cuda.empty_cache()
     return add_ratios(records, baselines=("peft", "torch"))

@@ -27,6 +27,8 @@ The backward thus reads dy twice (GEMM + dB), x once (dA) and W once; the forwar
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -103,7 +105,12 @@ def _factor_split(M: int, L: int, bm: int, bl: int) -> int:
 # ----------------------------------------------------------------------------- forward kernel
 
 
-@triton.autotune(configs=_gemm_configs(), key=["L", "O", "R_PAD", "DROP_OUT", "FUSE_DOWN"])
+# restore_value: with ACCUMULATE the tuner's repeated runs would otherwise add the update several times
+@triton.autotune(
+    configs=_gemm_configs(),
+    key=["L", "O", "R_PAD", "DROP_OUT", "FUSE_DOWN", "ACCUMULATE"],
+    restore_value=["OUT"],
+)
 @triton.jit
 def _lora_gemm_kernel(
     X,
@@ -135,6 +142,7 @@ def _lora_gemm_kernel(
     HAS_BIAS: tl.constexpr,
     DROP_OUT: tl.constexpr,
     FUSE_DOWN: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
     DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     R_PAD: tl.constexpr,
@@ -216,13 +224,12 @@ def _lora_gemm_kernel(
     if DROP_OUT:
         lo = tl.where(_keep(seed, offs_m, offs_o, O, p), lo * (1.0 / (1.0 - p)), 0.0)
     acc += lo
+    out_ptr = OUT + offs_m64[:, None] * stride_om + offs_o[None, :] * stride_oo
+    if ACCUMULATE:  # OUT already holds X·Wmat (from cuBLAS, L == 0 here): add the low-rank term
+        acc += tl.load(out_ptr, mask=mask_m[:, None] & mask_o[None, :], other=0.0).to(tl.float32)
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_o, mask=mask_o, other=0.0).to(tl.float32)[None, :]
-    tl.store(
-        OUT + offs_m64[:, None] * stride_om + offs_o[None, :] * stride_oo,
-        acc.to(OUT.dtype.element_ty),
-        mask=mask_m[:, None] & mask_o[None, :],
-    )
+    tl.store(out_ptr, acc.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_o[None, :])
 
 
 @triton.jit
@@ -414,6 +421,7 @@ def _gemm(
     seed,
     drop_out,
     fuse_down,
+    accumulate=False,
 ):
     """Launch ``_lora_gemm_kernel`` (see its docstring for the roles of the arguments)."""
     M = X.shape[0]
@@ -425,7 +433,7 @@ def _gemm(
         X.stride(0), X.stride(1), *w_strides, *down_strides, *up_strides,
         out.stride(0), out.stride(1), u.stride(0), u.stride(1),
         seed, p, scaling,
-        HAS_BIAS=bias is not None, DROP_OUT=drop_out, FUSE_DOWN=fuse_down,
+        HAS_BIAS=bias is not None, DROP_OUT=drop_out, FUSE_DOWN=fuse_down, ACCUMULATE=accumulate,
         DOT=tl_dtype(dot_dtype(dt)), PRECISION=_precision(dt), R_PAD=_rpad(R),
     )  # fmt: skip
 
@@ -441,6 +449,17 @@ def _down(X, down, down_strides, u, L, R, p, seed, drop):
         DROP=drop, DOT=tl_dtype(dot_dtype(X.dtype)), PRECISION=_precision(X.dtype), R_PAD=_rpad(R),
         BLOCK_M=bm, BLOCK_L=bl, num_warps=warps, num_stages=stages,
     )  # fmt: skip
+
+
+def main_gemm() -> str:
+    """Who runs the big frozen GEMM: ``"triton"`` (default: one fused kernel, the rank-r update in its
+    epilogue) or ``"cublas"`` (torch.mm, then a Triton pass adds the rank-r update in place: one
+    extra read+write of the output). ``$FASTFT_LORA_MAIN_GEMM`` selects, so both designs can be
+    measured on the same GPU (bench/bench_lora.py runs both)."""
+    v = os.environ.get("FASTFT_LORA_MAIN_GEMM", "triton").strip().lower() or "triton"
+    if v not in ("triton", "cublas"):
+        raise ValueError(f"FASTFT_LORA_MAIN_GEMM={v!r}: use 'triton' or 'cublas'")
+    return v
 
 
 def _rpad(r: int) -> int:
@@ -476,11 +495,18 @@ def lora_forward(
     drop = dropout_p > 0.0
     fuse = not drop and r <= FUSE_MAX_RANK
     a_strides = (lora_a.stride(1), lora_a.stride(0))  # Down = Aᵀ (K, r)
+    b_strides = (lora_b.stride(1), lora_b.stride(0))  # Up = Bᵀ (r, N)
+    if main_gemm() == "cublas":
+        wt = weight if conv1d else weight.t()  # views, no copies
+        torch.addmm(bias, x, wt, out=y) if bias is not None else torch.mm(x, wt, out=y)
+        _down(x, lora_a, a_strides, u, K, r, dropout_p, seed, drop)
+        _gemm(x, weight, (0, 0), None, lora_a, a_strides, lora_b, b_strides, y, u, 0, N, r, scaling,
+              dropout_p, seed, False, False, accumulate=True)  # fmt: skip
+        return y, u
     if not fuse:
         _down(x, lora_a, a_strides, u, K, r, dropout_p, seed, drop)
     _gemm(x, weight, _w_strides(weight, conv1d, False), bias, lora_a, a_strides,
-          lora_b, (lora_b.stride(1), lora_b.stride(0)), y, u, K, N, r, scaling, dropout_p, seed,
-          False, fuse)  # fmt: skip
+          lora_b, b_strides, y, u, K, N, r, scaling, dropout_p, seed, False, fuse)  # fmt: skip
     return y, u
 
 
@@ -560,11 +586,17 @@ def lora_backward(
         t = torch.empty(M, r, device=x.device, dtype=x.dtype)
         fuse = r <= FUSE_MAX_RANK
         b_strides = (lora_b.stride(0), lora_b.stride(1))  # Down = B (N, r)
-        if not fuse:
+        a_strides = (lora_a.stride(0), lora_a.stride(1))  # Up = A (r, K)
+        if main_gemm() == "cublas":
+            torch.mm(dy, weight.t() if conv1d else weight, out=dx)
             _down(dy, lora_b, b_strides, t, N, r, 0.0, 0, False)
-        _gemm(dy, weight, _w_strides(weight, conv1d, True), None, lora_b, b_strides,
-              lora_a, (lora_a.stride(0), lora_a.stride(1)), dx, t, N, K, r, scaling, dropout_p, seed,
-              drop, fuse)  # fmt: skip
+            _gemm(dy, weight, (0, 0), None, lora_b, b_strides, lora_a, a_strides, dx, t, 0, K, r, scaling,
+                  dropout_p, seed, drop, False, accumulate=True)  # fmt: skip
+        else:
+            if not fuse:
+                _down(dy, lora_b, b_strides, t, N, r, 0.0, 0, False)
+            _gemm(dy, weight, _w_strides(weight, conv1d, True), None, lora_b, b_strides,
+                  lora_a, a_strides, dx, t, N, K, r, scaling, dropout_p, seed, drop, fuse)  # fmt: skip
     elif need_ab:
         t = dy @ lora_b
     if need_ab:

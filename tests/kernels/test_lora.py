@@ -287,3 +287,18 @@ def test_gpu_auto_takes_kernel_and_dropout(device):
     assert fastft.report()["lora_linear"] == "triton"
     for layout in LAYOUTS:
         test_dropout_backward_uses_forward_mask(layout, torch.float16, device)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cublas_main_gemm_variant(layout, dtype, device, monkeypatch):
+    """The alternative design (torch.mm for the frozen GEMM + Triton rank-r epilogue pass), incl. r > 32
+    and dropout, is as exact as the fused kernel."""
+    monkeypatch.setenv("FASTFT_LORA_MAIN_GEMM", "cublas")
+    _check((37, 45, 29, 7), layout, dtype, device)
+    _check((20, 33, 18, 40), layout, dtype, device, train_bias=False, seed=2)
+    if dtype == torch.float32:
+        test_dropout_backward_uses_forward_mask(layout, dtype, device)
+    monkeypatch.setenv("FASTFT_LORA_MAIN_GEMM", "bogus")
+    with pytest.raises(ValueError, match="FASTFT_LORA_MAIN_GEMM"):
+        _check((4, 8, 8, 2), layout, dtype, device)
