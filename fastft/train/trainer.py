@@ -231,7 +231,15 @@ class Trainer:
         self.teacher = self._load_teacher() if cfg.teacher else None
         self._apply_strategy()
         if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers >= 5.2x renamed it; the GPU image (5.17) has only the old name
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
+            else:
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
             if hasattr(self.model.config, "use_cache"):
                 self.model.config.use_cache = False
         self.fused_parts: list[str] = []
@@ -1159,8 +1167,12 @@ class Trainer:
             fastft.save_adapter(raw, os.path.join(out, "adapter"))
             # merge_and_unload: the original modules come back with B·A folded in -> a plain HF model
             fastft.merge_lora(raw, keep_adapter=False)
-        if self.cfg.gradient_checkpointing and hasattr(raw, "gradient_checkpointing_disable"):
-            raw.gradient_checkpointing_disable()
+        if self.cfg.gradient_checkpointing:
+            disable = getattr(raw, "activation_checkpointing_disable", None) or getattr(
+                raw, "gradient_checkpointing_disable", None
+            )
+            if disable is not None:
+                disable()
         if hasattr(raw.config, "use_cache") and self.problem_type == "causal_lm":
             raw.config.use_cache = True
         raw.save_pretrained(
