@@ -221,11 +221,13 @@ gemm = dict(X=(bf, 0), W=(bf, 0), BIAS=(bf, 0), DOWN=(bf, 0), UP=(bf, 0), OUT=(b
             stride_uo=i32(r), stride_om=i32(N), stride_oo=i32(1), stride_tm=i32(r), stride_tj=i32(1),
             seed=i32(7), p=("fp32", 0), scaling=("fp32", 0))
 out = []
-for fuse, drop in ((True, False), (False, True)):
-    c = build(K._lora_gemm_kernel.fn, gemm, dict(HAS_BIAS=True, DROP_OUT=drop, FUSE_DOWN=fuse, DOT=tl.bfloat16,
-              PRECISION="ieee", R_PAD=16, BLOCK_M=128, BLOCK_O=128, BLOCK_L=64, GROUP_M=8),
+for fuse, drop, acc in ((True, False, False), (False, True, False), (False, True, True)):
+    if acc:  # the cuBLAS variant's epilogue-only pass (L == 0)
+        gemm["L"] = i32(0)
+    c = build(K._lora_gemm_kernel.fn, gemm, dict(HAS_BIAS=not acc, DROP_OUT=drop, FUSE_DOWN=fuse, ACCUMULATE=acc,
+              DOT=tl.bfloat16, PRECISION="ieee", R_PAD=16, BLOCK_M=128, BLOCK_O=128, BLOCK_L=64, GROUP_M=8),
               {"num_warps": 8, "num_stages": 3})
-    out.append(("gemm", "wgmma" in c.asm["ptx"], c.metadata.shared))
+    out.append(("epilogue" if acc else "gemm", "wgmma" in c.asm["ptx"], c.metadata.shared))
 skinny = dict(X=(bf, 0), DOWN=(bf, 0), U=(bf, 0), T=(bf, 0), WS=("*fp32", 0), M=i32(M), L=i32(Kd), R=i32(r),
               rows_per_split=i32(256), stride_xm=i32(Kd), stride_xl=i32(1), stride_dl=i32(1), stride_dj=i32(Kd),
               stride_tm=i32(r), stride_tj=i32(1), stride_ws=i32(r * Kd), stride_wj=i32(Kd), seed=i32(7),
