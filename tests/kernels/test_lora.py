@@ -42,11 +42,11 @@ def _grads(fn, tensors, dy):
     return y.detach(), [None if t is None or not req else t.grad for t, (_, req) in zip(leaves, tensors)]
 
 
-def _check(case, layout, dtype, device, p=0.0, keep=None, train_bias=True, seed=0):
+def _check(case, layout, dtype, device, p=0.0, keep=None, train_bias=True, seed=0, train_x=True):
     M, K, N, r = case
     s = 0.75
     x, w, b, a, bb, dy = _inputs(M, K, N, r, layout, dtype, device, seed=seed)
-    req = [True, False, train_bias, True, True]
+    req = [train_x, False, train_bias, True, True]
     with fastft.backend("triton"):
         y, g = _grads(
             lambda *t: lora_linear(*t, s, dropout_p=p, weight_layout=layout),
@@ -59,6 +59,8 @@ def _check(case, layout, dtype, device, p=0.0, keep=None, train_bias=True, seed=
     assert g[1] is None  # frozen weight: no dW
     if not train_bias:
         assert g[2] is None
+    if not train_x:  # e.g. the first layer of a frozen model: no dx pass at all
+        assert g[0] is None
     if dtype == torch.float32:
         assert_close(y, y64, dtype, name="y")
         for n, gi, gr in zip(names, g, g64):
@@ -83,6 +85,7 @@ def test_forward_backward(case, layout, dtype, device):
 def test_frozen_bias_and_large_rank(layout, device):
     _check((5, 20, 24, 128), layout, torch.float32, device, train_bias=False)
     _check((33, 19, 35, 3), layout, torch.float16, device, train_bias=False, seed=4)
+    _check((33, 19, 35, 3), layout, torch.float32, device, seed=5, train_x=False)
 
 
 def test_strided_inputs_and_leading_dims(device):
