@@ -2,6 +2,7 @@
 
     python -m bench.report                       # newest bench/results/*.json
     python -m bench.report bench/results/cpu-2026-11-22.json
+    python -m bench.report --readme              # also refresh the results block of bench/README.md
 
 Writes beside the JSON: ``<stem>.md`` (every part's table, ratios against each baseline, targets),
 ``<stem>-<part>-<name>.png`` (median time with p20–p80 bars against sequence length / tokens for
@@ -17,6 +18,7 @@ only by that value (``bert-S128-fwd``, ``bert-S512-fwd``) share a plot. Rows wit
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -250,6 +252,59 @@ def make_report(json_path: str | Path, *, plots: bool = True) -> list[Path]:
     return files + pngs
 
 
+README = Path(__file__).resolve().parent / "README.md"
+_START, _END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_section(json_path: Path, readme: Path = README) -> str:
+    """The "latest results" block for bench/README.md: the end-to-end table (targets beside it),
+    links to the full tables and the plots of ``json_path`` (paths relative to the README)."""
+    from bench.common import markdown_table
+
+    data = load_results(json_path)
+    env = data.get("environment", {})
+    rel = lambda p: os.path.relpath(p, readme.parent)
+    lines = [
+        f"Latest run: **{env.get('device')}**, {env.get('date')}, commit `{(env.get('git_commit') or '?')[:10]}`, "
+        f"torch {env.get('torch')}, triton {env.get('triton')}, transformers {env.get('transformers')}. "
+        f"Full tables: [{json_path.with_suffix('.md').name}]({rel(json_path.with_suffix('.md'))}); "
+        f"raw: [{json_path.name}]({rel(json_path)}).",
+        "",
+    ]
+    e2e = data.get("parts", {}).get("e2e", {}).get("records", [])
+    if e2e:
+        lines += ["End to end:", "", markdown_table(e2e)]
+    stem = json_path.with_suffix("")
+    pngs = sorted(stem.parent.glob(f"{stem.name}-*.png"))
+    e2e_png = [p for p in pngs if p.name.endswith("-e2e.png")]
+    lines += [f"![{p.stem}]({rel(p)})" for p in e2e_png]
+    others = [p for p in pngs if p not in e2e_png]
+    if others:
+        lines += ["", "Kernel plots: " + ", ".join(f"[{p.stem.split('-', 4)[-1]}]({rel(p)})" for p in others)]
+    return "\n".join(lines) + "\n"
+
+
+def newest_for_readme(results_dir: Path = RESULTS_DIR) -> Path | None:
+    """The newest CUDA results file if any (the README shows GPU numbers once they exist), else CPU."""
+    files = sorted(results_dir.glob("*.json"), key=lambda p: p.name.rsplit("-", 3)[-3:])
+    gpu = [p for p in files if not p.name.startswith("cpu-")]
+    return (gpu or files or [None])[-1]
+
+
+def update_readme(json_path: Path | None = None, readme: Path = README) -> Path:
+    """Replace the block between the results markers of bench/README.md."""
+    json_path = Path(json_path) if json_path else newest_for_readme()
+    if json_path is None:
+        raise SystemExit("no results in bench/results; run `python -m bench` first")
+    text = readme.read_text()
+    if _START not in text or _END not in text:
+        raise SystemExit(f"{readme}: no {_START} ... {_END} markers to fill")
+    head, rest = text.split(_START, 1)
+    _, tail = rest.split(_END, 1)
+    readme.write_text(head + _START + "\n" + readme_section(json_path, readme) + _END + tail)
+    return readme
+
+
 def latest(results_dir: Path = RESULTS_DIR) -> Path | None:
     files = sorted(results_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
     return files[-1] if files else None
@@ -261,12 +316,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("json", nargs="?", default=None, help="results file (default: newest in bench/results)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="also put this run's end-to-end table and plots into bench/README.md "
+        "(default file: the newest GPU run, else the newest CPU run)",
+    )
     args = p.parse_args(argv)
+    if args.readme and not args.json:
+        args.json = str(newest_for_readme() or "")
     path = Path(args.json) if args.json else latest()
     if path is None or not path.is_file():
         raise SystemExit(f"no results file {path or 'in ' + str(RESULTS_DIR)}; run `python -m bench` first")
     for f in make_report(path, plots=not args.no_plots):
         print(f)
+    if args.readme:
+        print(update_readme(path))
 
 
 if __name__ == "__main__":

@@ -66,3 +66,30 @@ def test_main_for_gives_a_part_its_cli(tmp_path, capsys):
     )
     assert path.parent == tmp_path and path.exists() and path.with_suffix(".md").exists()
     assert "| rowsum |" in capsys.readouterr().out
+
+
+def test_update_readme_fills_the_results_block(tmp_path):
+    from bench import report
+
+    rows = [
+        common.make_record(
+            "e2e",
+            "bert_cls",
+            impl,
+            {"B": 2},
+            "float32",
+            {"median_ms": t, "p20_ms": t, "p80_ms": t, "n": 3},
+            m,
+            samples_per_s=s,
+            mean_ms=t,
+        )
+        for impl, t, m, s in (("hf", 2.0, 200, 1.0), ("fastft", 1.0, 100, 2.0))
+    ]
+    common.add_ratios(rows, ["hf"], time_field="mean_ms")
+    path = common.write_results("e2e", rows, device="cpu", out_dir=tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report._START}\nold\n{report._END}\ntail\n")
+    report.update_readme(path, readme=readme)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "2.00× vs hf" in text
+    assert f"]({path.with_suffix('.md').name})" in text  # links relative to the README
