@@ -533,6 +533,7 @@ def attention_forward(
         lse = torch.empty((B, H, sq), device=q.device, dtype=torch.float32)
         lse_strides = lse.stride()
         max_seqlen = max(sq, sk)
+    _check_grid(B, H)
     kpm, m_strides = _mask_arg(key_padding_mask, q, B, sk)
     o = torch.empty_like(q)
     rng_stride = max(sk, max_seqlen)
@@ -548,6 +549,12 @@ def attention_forward(
         **_meta(q, head_dim, max_seqlen),
     )  # fmt: skip
     return o, lse
+
+
+def _check_grid(B: int, H: int) -> None:
+    # B * H is the grid's second axis, which CUDA caps at 65535.
+    if B * H > 65535:
+        raise ValueError(f"attention: batch x heads = {B * H} > 65535; split the batch into chunks")
 
 
 def _mask_arg(mask: torch.Tensor | None, q: torch.Tensor, B: int, sk: int):
@@ -592,6 +599,7 @@ def attention_backward(
         cu = q
         lse_strides = lse.stride()
         max_seqlen = max(sq, sk)
+    _check_grid(B, H)
     kpm, m_strides = _mask_arg(key_padding_mask, q, B, sk)
     do = do if do.stride(-1) == 1 else do.contiguous()
     # dQ/dK/dV are written through Q/K/V's strides: empty_like keeps them only for dense layouts.
