@@ -51,8 +51,8 @@ def _keep(seed, offs_m, offs_k, K, p):
     return tl.rand(seed, offs) >= p
 
 
-@triton.jit
-def _mask_kernel(OUT, M, K, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])
+def _lora_mask_kernel(OUT, M, K, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Materialise the keep-mask (M, K) as uint8 (tests / debugging only; the op never stores it)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -111,7 +111,7 @@ def _factor_split(M: int, L: int, bm: int, bl: int) -> int:
     key=["L", "O", "R_PAD", "DROP_OUT", "FUSE_DOWN", "ACCUMULATE"],
     restore_value=["OUT"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _lora_gemm_kernel(
     X,
     W,
@@ -232,7 +232,7 @@ def _lora_gemm_kernel(
     tl.store(out_ptr, acc.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_o[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _lora_down_kernel(
     X,
     DOWN,
@@ -296,7 +296,7 @@ def _lora_down_kernel(
 # ----------------------------------------------------------------------------- backward kernel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _lora_bwd_factor_kernel(
     T,
     X,
@@ -609,5 +609,5 @@ def lora_keep_mask(shape: tuple[int, int], p: float, seed: int, device: torch.de
     """The kernel's dropout keep-mask for an (M, K) input (bool), for tests: never used by the op."""
     M, K = shape
     out = torch.empty(M, K, device=device, dtype=torch.uint8)
-    _mask_kernel[(triton.cdiv(M, 32), triton.cdiv(K, 32))](out, M, K, seed, p, BLOCK_M=32, BLOCK_K=32)
+    _lora_mask_kernel[(triton.cdiv(M, 32), triton.cdiv(K, 32))](out, M, K, seed, p, BLOCK_M=32, BLOCK_K=32)
     return out.bool()
