@@ -18,6 +18,13 @@ generator (so ``torch.manual_seed`` makes it reproducible) and the backward rege
 mask from it. Both paths (Triton kernel and torch reference) follow that rule, but each with its
 own RNG (Philox in the kernel, ``torch.Generator`` in the reference), so with dropout the two paths
 draw different masks; without dropout they compute the same numbers.
+
+Dispatch: the forward custom op asks ``fastft._backend.use_triton("lora_linear", ...)`` when it runs
+(not while torch.compile traces the caller) and records the answer in a tiny CPU flag that the
+backward reads, so forward and backward always take the same path (and the same mask). On CUDA the
+kernel path is ``fastft.kernels.lora`` (one fused GEMM with the rank-r update in its epilogue, or
+with ``FASTFT_LORA_MAIN_GEMM=cublas`` cuBLAS for the frozen GEMM plus a Triton epilogue pass); fp32
+without TF32, r > 128 and other dtypes take the torch path.
 """
 
 import torch
