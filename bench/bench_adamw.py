@@ -5,11 +5,11 @@ Implementations, all on the same params/grads (fp32, 109.5M elements in 201 tens
   * ``torch_fused``   -- ``clip_grad_norm_(foreach=True)`` + ``torch.optim.AdamW(fused=True)``;
   * ``torch_foreach`` -- ``clip_grad_norm_(foreach=True)`` + ``torch.optim.AdamW(foreach=True)``.
 
-Memory-traffic floor of one step (what any implementation must move): read p, g, m, v and write
-p, m, v for the update, plus one read of g for the global norm (it must be known before the first
-update) = (2*|p| + 2*|g| + 4*|m|... ) -> 32 B/element for fp32. ``gbps`` is that floor divided by
-the measured time (so it is comparable across impls; torch moves more: the clip also reads and
-writes g, 40 B/element). Timing: the three impls run interleaved in rounds (so background load hits
+Memory-traffic floor of one step (what any implementation must move): the update reads p, g, m, v
+and writes p, m, v; the global norm needs one more read of g before the first update. That is
+2*sizeof(p) + 2*sizeof(g) + 4*4 (fp32 m, v read + write) = 32 B/element for fp32 params. ``gbps_floor``
+is that floor divided by the measured time for every impl (so they compare; torch really moves
+40 B/element: its clip also reads and writes g). Timing: the three impls run interleaved in rounds (so background load hits
 them alike), every call timed on its own (device-synchronised), warm-up excluded, median reported.
 The clip threshold sits just under the grad norm so clipping is active without torch's in-place
 clip shrinking the grads toward denormals over hundreds of calls.
@@ -80,34 +80,45 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
         "torch_foreach": (None, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, foreach=True)),
     }
     fns = {k: (mk(o) if mk else _clip_step(params, o, max_norm)) for k, (mk, o) in impls.items()}
-    for fn in fns.values():  # warm-up: state allocation, first-touch page faults, thread pools
-        for _ in range(2):
-            fn()
-    sync(device)
-    rounds, per_round = (3, 2) if quick else (10, 3)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):  # interleaved so that background load hits every impl alike
-        for k, fn in fns.items():
-            times[k] += time_calls(fn, per_round, device)
     peaks = measure_peaks(device, quick=quick)
     records = []
-    for k in fns:
-        stats = summarize(times[k])
-        rec = make_record(
-            PART,
-            "bert_base_step",
-            k,
-            {"params": numel, "tensors": len(shapes)},
-            dtype,
-            stats,
-            None,
-            nbytes=floor_bytes,
-            device=device,
-            peaks=peaks,
-            gbps_floor=floor_bytes / (stats["median_ms"] * 1e-3) / 1e9,
-            threads=torch.get_num_threads(),
-        )
-        records.append(rec)
+    threads0 = torch.get_num_threads()
+    # CPU: also at one thread -- on a shared machine, OpenMP barriers of a multi-threaded run stall
+    # whenever a thread is descheduled (torch's per-tensor kernels hit hundreds of barriers per step),
+    # so the one-thread ratio is the robust one there; on a quiet machine both are meaningful.
+    thread_counts = [threads0] + ([1] if device.type == "cpu" and threads0 > 1 else [])
+    try:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for fn in fns.values():  # warm-up: state allocation, first-touch page faults, thread pools
+                for _ in range(2):
+                    fn()
+            sync(device)
+            rounds, per_round = (3, 1) if quick else (5, 2)
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            for _ in range(rounds):  # interleaved so that background load hits every impl alike
+                for k, fn in fns.items():
+                    times[k] += time_calls(fn, per_round, device)
+            name = "bert_base_step" if threads == threads0 else f"bert_base_step_{threads}thread"
+            for k in fns:
+                stats = summarize(times[k])
+                rec = make_record(
+                    PART,
+                    name,
+                    k,
+                    {"params": numel, "tensors": len(shapes)},
+                    dtype,
+                    stats,
+                    None,
+                    nbytes=floor_bytes,
+                    device=device,
+                    peaks=peaks,
+                    gbps_floor=floor_bytes / (stats["median_ms"] * 1e-3) / 1e9,
+                    threads=threads,
+                )
+                records.append(rec)
+    finally:
+        torch.set_num_threads(threads0)
     del impls, fns
     gc.collect()
     return add_ratios(records, baselines=BASELINES)
