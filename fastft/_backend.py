@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -64,13 +63,20 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=1)
+_triton_ok: bool | None = None
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on platform
-        return False
-    return True
+    # A plain module-level cache rather than functools.lru_cache: dynamo warns on lru_cache'd calls.
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            import triton  # noqa: F401
+
+            _triton_ok = True
+        except Exception:  # pragma: no cover - depends on platform
+            _triton_ok = False
+    return _triton_ok
 
 
 def log_once(op: str, reason: str, level: int = logging.INFO) -> None:
