@@ -320,7 +320,8 @@ class Trainer:
                     f"output dir {out} already holds another run; pass --overwrite to replace it, "
                     "--resume latest to continue it, or --output-dir <new folder>"
                 )
-            self._rerun_same = True  # the same run again: its folder is replaced (documented)
+            # The same config again (e.g. re-running the default command): replace that run's folder.
+            self._note(f"{out} holds a run with the same config: replacing it")
         elif os.path.exists(out) and not os.path.isdir(out):
             raise ConfigError(f"--output-dir {out} is a file; pass a folder path")
         return None
@@ -778,7 +779,11 @@ class Trainer:
             start_step=self.global_step,
             report_to=cfg.report_to,
         )
-        self.log.print("resolved config: " + json.dumps(cfg.to_dict()))
+        import textwrap
+
+        items = ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg.to_dict().items())
+        self.log.print("resolved config (saved as train_config.json):")
+        self.log.print(textwrap.fill(items, width=110, initial_indent="  ", subsequent_indent="  "))
         for line in self._summary():
             self.log.print(line)
         for note in getattr(self, "_pending_notes", []):
@@ -998,7 +1003,23 @@ class Trainer:
             autocast=self._autocast,
             dist_state=self.dist,
             total=len(ds),
+            index=self._eval_index(ds) if self.world > 1 else None,
         )
+
+    def _eval_index(self, ds) -> torch.Tensor:
+        """Dataset row of every row this rank evaluates (in loader order), so that ranks' results are
+        put back in dataset order and the shard padding (repeated rows) is dropped."""
+        lengths = [0] * len(ds)  # unused without length grouping
+        batches = _data().global_batch_order(
+            lengths,
+            self.cfg.eval_batch_size,
+            shuffle=False,
+            seed=self.cfg.seed,
+            group_by_length=False,
+            world_size=self.world,
+        )
+        rows = [i for b in batches[self.dist.rank :: self.world] for i in b]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def _evaluate_and_track(self) -> None:
         cfg = self.cfg
@@ -1200,6 +1221,13 @@ class Trainer:
             f"trained {results['global_step']} steps in {fmt_duration(results['train_runtime_s'])}; "
             f"model, metrics.jsonl, training_curve.png and results.json in {out}"
         )
+        kernels = results.get("kernels") or {}
+        if kernels or self.fused_parts:
+            print(
+                "fused paths: "
+                + (", ".join(self.fused_parts) or "none")
+                + (" | " + "; ".join(f"{k}: {v}" for k, v in sorted(kernels.items())) if kernels else "")
+            )
         print("=" * 72, flush=True)
 
     # ==============================================================================================
@@ -1241,6 +1269,16 @@ def _comparable(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in ("resume", "overwrite")}
 
 
+def _item_losses(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-item loss (B,) for the sequence tasks, as the training loss defines it."""
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits, labels, reduction="none")
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(-1)
+    pred = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+    return ((pred - labels.float().view_as(pred)) ** 2).reshape(pred.shape[0], -1).mean(-1)
+
+
 @torch.no_grad()
 def evaluate_model(
     model,
@@ -1251,9 +1289,14 @@ def evaluate_model(
     autocast=nullcontext,
     dist_state=None,
     total: int | None = None,
+    index: torch.Tensor | None = None,
     return_logits: bool = False,
 ) -> dict:
-    """Loss + metrics of ``model`` over ``loader`` (also used by `fastft eval`)."""
+    """Loss + metrics of ``model`` over ``loader`` (also used by `fastft eval`).
+
+    Multi-process: ``index`` (the dataset row of each local row) lets :func:`gather_for_metrics` restore
+    dataset order and drop the shard padding; the loss is then recomputed from the gathered logits.
+    """
     from fastft.train.metrics import compute_metrics, perplexity
 
     D = _dist()
@@ -1275,24 +1318,7 @@ def evaluate_model(
                 continue
             logits = model(**inputs).logits.float()
         if labels is not None:
-            if problem_type == "single_label_classification":
-                loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-            elif problem_type == "multi_label_classification":
-                loss_sum += (
-                    F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
-                    .mean(-1)
-                    .sum()
-                    .double()
-                )
-            else:
-                pred = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
-                loss_sum += (
-                    ((pred - labels.float().view_as(pred)) ** 2)
-                    .reshape(pred.shape[0], -1)
-                    .mean(-1)
-                    .sum()
-                    .double()
-                )
+            loss_sum += _item_losses(problem_type, logits, labels).sum().double()
             count += logits.shape[0]
             all_labels.append(labels)
         all_logits.append(logits)
@@ -1307,9 +1333,10 @@ def evaluate_model(
     logits = torch.cat(all_logits) if all_logits else torch.empty(0)
     labels = torch.cat(all_labels) if all_labels else None
     if dist_state is not None and dist_state.world_size > 1 and total is not None:
-        logits = D.gather_for_metrics(logits, dist_state, total)
+        logits = D.gather_for_metrics(logits, dist_state, total, index=index)
         if labels is not None:
-            labels = D.gather_for_metrics(labels, dist_state, total)
+            labels = D.gather_for_metrics(labels, dist_state, total, index=index)
+            mean_loss = float(_item_losses(problem_type, logits, labels).mean())
     metrics: dict[str, Any] = {}
     if labels is not None:
         metrics["loss"] = mean_loss
