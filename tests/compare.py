@@ -49,8 +49,14 @@ def tol(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:
     return {"atol": atol * scale, "rtol": rtol * scale}
 
 
-def assert_close(actual: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None,
-                 *, scale: float = 1.0, name: str = "") -> None:
+def assert_close(
+    actual: torch.Tensor,
+    ref: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    *,
+    scale: float = 1.0,
+    name: str = "",
+) -> None:
     """``actual`` matches the float64 ``ref`` within ``TOL[dtype]`` (times ``scale``)."""
     dtype = dtype or actual.dtype
     a = actual.detach().to("cpu", torch.float64)
@@ -59,8 +65,14 @@ def assert_close(actual: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | N
     torch.testing.assert_close(a, r, **tol(dtype, scale), msg=lambda m: f"{name} ({dtype}): {m}")
 
 
-def assert_within_torch_error(actual: torch.Tensor, torch_same_dtype: torch.Tensor, ref: torch.Tensor,
-                              *, factor: float = 2.0, name: str = "") -> None:
+def assert_within_torch_error(
+    actual: torch.Tensor,
+    torch_same_dtype: torch.Tensor,
+    ref: torch.Tensor,
+    *,
+    factor: float = 2.0,
+    name: str = "",
+) -> None:
     """Low-precision rule: ``err(actual) <= factor * err(torch in that dtype) + floor``.
 
     ``ref`` is the float64 reference; ``torch_same_dtype`` is torch's own result computed in the

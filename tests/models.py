@@ -21,9 +21,17 @@ def minilm_dir() -> str:
 def tiny_bert_config(**kw):
     from transformers import BertConfig
 
-    base = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0, attn_implementation="sdpa")
+    base = dict(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="sdpa",
+    )
     base.update(kw)
     return BertConfig(**base)
 
@@ -31,9 +39,20 @@ def tiny_bert_config(**kw):
 def tiny_gpt2_config(**kw):
     from transformers import GPT2Config
 
-    base = dict(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.0,
-                embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                attn_implementation="sdpa")
+    base = dict(
+        vocab_size=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        attn_implementation="sdpa",
+    )
     base.update(kw)
     return GPT2Config(**base)
 
@@ -41,9 +60,17 @@ def tiny_gpt2_config(**kw):
 def tiny_llama_config(**kw):
     from transformers import LlamaConfig
 
-    base = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
-                attn_implementation="sdpa")
+    base = dict(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
     base.update(kw)
     return LlamaConfig(**base)
 

@@ -104,7 +104,9 @@ def blocks(model: nn.Module, family: Family | None = None) -> list[nn.Module]:
     """The transformer blocks of ``model``, bottom to top."""
     family = family or family_of(model)
     if family is None:
-        raise ValueError(f"fastft has no family row for model_type {getattr(model.config, 'model_type', None)!r}")
+        raise ValueError(
+            f"fastft has no family row for model_type {getattr(model.config, 'model_type', None)!r}"
+        )
     layers = get_path(backbone(model), family.layers)
     if layers is None:
         raise ValueError(f"{type(model).__name__}: no {family.layers!r} on the backbone")
