@@ -177,3 +177,31 @@ def test_bad_input_errors():
     fastft.add_lora(m)
     with pytest.raises(ValueError, match="remove_lora"):
         fastft.add_lora(m)
+
+
+def test_target_spec_forms():
+    m = _model("gpt2-lm")
+    fastft.add_lora(m, target_modules="all-linear")
+    names = set(lora_layers(m))
+    assert "lm_head" not in names and len(names) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    m = _model("gpt2-lm")
+    fastft.add_lora(m, target_modules=r".*\.attn\.c_attn")
+    assert sorted(lora_layers(m)) == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    m = _model("bert-seqcls")
+    fastft.add_lora(m, target_modules=["bert.encoder.layer.1.attention.self.query"])  # a full path
+    assert list(lora_layers(m)) == ["bert.encoder.layer.1.attention.self.query"]
+
+
+def test_autocast_and_half_base():
+    m = _model("bert-seqcls")
+    fastft.add_lora(m, r=4)
+    _randomize_lora(m)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m(input_ids=_ids(), labels=torch.tensor([1, 0])).loss
+    loss.backward()
+    grads = [p.grad for p in lora_parameters(m)]
+    assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+    # a bf16 base keeps fp32 LoRA factors (like PEFT's autocast_adapter_dtype)
+    layer = LoRALinear(nn.Linear(8, 4).to(torch.bfloat16), r=2)
+    assert layer.lora_A.weight.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
+    assert layer(torch.randn(3, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16

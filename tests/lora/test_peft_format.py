@@ -126,3 +126,26 @@ def test_load_into_existing_lora_and_errors(tmp_path):
     os.remove(tmp_path / "adapter_model.safetensors")
     with pytest.raises(FileNotFoundError, match="safetensors"):
         fastft.load_adapter(_model("bert-seqcls"), tmp_path)
+
+
+def test_save_while_merged_and_state_dict_keys(tmp_path):
+    m = _model("gpt2-seqcls")
+    fastft.add_lora(m, r=4, alpha=8)
+    with torch.no_grad():
+        for layer in lora_layers(m).values():
+            layer.lora_B.weight.normal_(0, 0.2)
+    ids = _ids()
+    ref = _logits(m.eval(), ids)
+    before = fastft.lora.adapter_state_dict(m)
+    fastft.merge_lora(m)
+    fastft.save_adapter(m, tmp_path)  # the parked adapter is still saved, with PEFT's keys
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert sorted(saved) == sorted(before)
+    assert all(k.startswith("base_model.model.") for k in saved)
+    assert all(torch.equal(saved[k], before[k]) for k in saved)
+    pm = peft.PeftModel.from_pretrained(_model("gpt2-seqcls"), str(tmp_path)).eval()
+    assert_close(_logits(pm, ids), ref, torch.float32)
+    with pytest.raises(ValueError, match="unmerge_lora"):
+        fastft.load_adapter(m, tmp_path)
