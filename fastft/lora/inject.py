@@ -263,7 +263,11 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 def remove_lora(model: nn.Module) -> nn.Module:
-    """Put the original modules back *without* merging and restore every parameter's requires_grad."""
+    """Put the original modules back *without* merging and restore every parameter's requires_grad.
+
+    A model merged with ``keep_adapter=True`` is unmerged first (the base weights return to their
+    pre-LoRA values); after ``merge_lora(model, keep_adapter=False)`` there is nothing left to remove.
+    """
     model = unwrap(model)
     st = lora_state(model)
     if st is None:
