@@ -479,3 +479,33 @@ def test_dtensor_two_ranks_global_norm(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_two_rank_worker, args=(str(tmp_path / "store"), _ext.available()), nprocs=2, join=True)
+
+
+@needs_ext
+def test_result_independent_of_thread_count():
+    """Chunk partials are summed in a fixed order: 1 and 2 threads give bitwise-identical results."""
+    ops = torch.ops.fastft
+    shapes = [(200001,), (3, 70000), (5,)]
+    out = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        ps = [randn(*s, seed=i) for i, s in enumerate(shapes)]
+        gs = [randn(*s, dtype=torch.float32, seed=10 + i) for i, s in enumerate(shapes)]
+        n = len(ps)
+        norm, _ = ops.fused_adamw_(
+            ps,
+            gs,
+            [torch.zeros_like(p) for p in ps],
+            [torch.zeros_like(p) for p in ps],
+            [torch.zeros(()) for _ in ps],
+            [1e-2] * n,
+            [0.9] * n,
+            [0.99] * n,
+            [1e-8] * n,
+            [0.1] * n,
+            max_norm=3.0,
+        )
+        out.append((norm, ps))
+    assert torch.equal(out[0][0], out[1][0])
+    for a, b in zip(out[0][1], out[1][1]):
+        assert torch.equal(a, b)
