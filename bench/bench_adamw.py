@@ -72,7 +72,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])).item()
     max_norm = 0.9999 * norm
     esz = params[0].element_size()
-    floor_bytes = numel * (4 * esz + 2 * esz + 2 * 4 * 2)  # r p,g,m,v + w p,m,v + norm read of g
+    floor_bytes = numel * (4 * esz + 4 * 4)  # p: r+w, g: 2 reads (norm, update), fp32 m and v: r+w
 
     impls = {
         "fastft": (lambda o: o.step, FusedAdamW(params, lr=1e-4, weight_decay=0.01, max_grad_norm=max_norm)),
