@@ -160,6 +160,19 @@ def test_backend_torch_forces_fallback(monkeypatch):
     assert called
 
 
+def test_missing_extension_warns_and_falls_back(monkeypatch):
+    """Without fastft._C the optimizer warns once (with the build command) and runs the torch path."""
+    monkeypatch.setattr(fa._ext, "_C", None)
+    monkeypatch.setattr(fa._ext, "_warned", False)
+    p = torch.nn.Parameter(randn(10, seed=0))
+    p.grad = randn(10, seed=1)
+    before = p.detach().clone()
+    opt = FusedAdamW([p], lr=1e-2)
+    with pytest.warns(RuntimeWarning, match="no-build-isolation"):
+        opt.step()
+    assert not torch.equal(p, before) and opt.state[p]["step"].item() == 1
+
+
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_nonfinite_grad_skips_step(path, bad, dtype):
