@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(const __grid_constant_
   const float lr = meta.lr[t], b1 = meta.beta1[t], b2 = meta.beta2[t], eps = meta.eps[t];
   const float decay = 1.f - lr * meta.wd[t];
   const float step_size = lr / (1.f - powf(b1, step));
-  const float bc2_sqrt = sqrtf(1.f - powf(b2, step));
+  const float inv_bc2_sqrt = 1.f / sqrtf(1.f - powf(b2, step));  // same form as the CPU kernel
   const float omb1 = 1.f - b1, omb2 = 1.f - b2;
   for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < end; i += kThreads * kVec) {
     float pv[kVec], gv[kVec], mv[kVec], vv[kVec];
@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(const __grid_constant_
       const float gk = gv[k] * gscale;
       mv[k] = fmaf(omb1, gk - mv[k], mv[k]);
       vv[k] = fmaf(omb2, gk * gk, vv[k] * b2);
-      const float denom = sqrtf(vv[k]) / bc2_sqrt + eps;
+      const float denom = fmaf(sqrtf(vv[k]), inv_bc2_sqrt, eps);
       pv[k] = pv[k] * decay - step_size * mv[k] / denom;
     }
     store_pack(p, i, end, aligned, pv);
