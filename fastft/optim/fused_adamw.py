@@ -85,8 +85,9 @@ class FusedAdamW(Optimizer):
     the fused op) and with any ``torch.optim.lr_scheduler``.
     """
 
-    # GradScaler.step then skips its own host-synchronising inf check and instead sets
-    # `self.grad_scale` / `self.found_inf` for the duration of step() (torch >= 2.1 contract).
+    # GradScaler.step then skips its host-synchronising `.item()` and instead sets `self.grad_scale` /
+    # `self.found_inf` for the duration of step() (torch >= 2.1 contract); unscaling happens inside the op.
+    # (GradScaler still runs its own inf-check pass over the grads first, as it does for torch's fused AdamW.)
     _step_supports_amp_scaling = True
 
     def __init__(
