@@ -874,7 +874,7 @@ class Trainer:
                     saved = True
                 if self.stopped_early or last:
                     done = True
-                if self._stop_signal is not None:
+                if self._stop_signal is not None and not done:  # (a signal during the last step: just finish)
                     if not saved:
                         self._save_checkpoint()
                     interrupted = signal.Signals(self._stop_signal).name
