@@ -191,7 +191,8 @@ class Trainer:
             self.precision = (
                 "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
             )
-        if cfg.deterministic:
+        if cfg.deterministic:  # restored when train() returns (tests and notebooks share the process)
+            self._prev_deterministic = torch.are_deterministic_algorithms_enabled()
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
@@ -693,14 +694,21 @@ class Trainer:
             self._setup()
         except BaseException:
             self._cleanup_failed_setup()
+            self._restore_globals()
             raise
         self._install_signal_handlers()
         try:
             return self._run()
         finally:
             self._restore_signal_handlers()
+            self._restore_globals()
             if hasattr(self, "log"):
                 self.log.close()
+
+    def _restore_globals(self) -> None:
+        if getattr(self, "_prev_deterministic", None) is not None:
+            torch.use_deterministic_algorithms(self._prev_deterministic)
+            self._prev_deterministic = None
 
     def _cleanup_failed_setup(self) -> None:
         tmp = getattr(self, "_split_tmp", None)

@@ -237,3 +237,46 @@ def test_tensorboard_and_curve(env, tmp_path):
     assert tb.is_dir() and any(n.startswith("events.") for n in os.listdir(tb))
     png = (out / "training_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_unfused_path_matches_fused(env, tmp_path):
+    """--no-fused (plain torch AdamW + HF modules, clipping in the trainer) trains the same as the default
+    (fastft.patch + FusedAdamW, clipping inside the optimizer), up to float rounding."""
+    kw = dict(max_steps=3, eval_strategy="no", max_grad_norm=0.05, lr=1e-2)
+    fused = Trainer(_cfg(env, tmp_path / "f", **kw)).train()
+    plain = Trainer(_cfg(env, tmp_path / "p", fused=False, deterministic=True, **kw)).train()
+    assert plain["optimizer"] == "torch.optim.AdamW" and plain["fused_parts"] == []
+    assert fused["optimizer"] == "fastft.FusedAdamW"
+    assert not torch.are_deterministic_algorithms_enabled()  # --deterministic does not leak out of train()
+    lf, lp = train_losses(str(tmp_path / "f")), train_losses(str(tmp_path / "p"))
+    assert lf == pytest.approx(lp, rel=1e-4)
+    gf = [r["grad_norm"] for r in read_jsonl(str(tmp_path / "f" / "metrics.jsonl")) if r["type"] == "train"]
+    gp = [r["grad_norm"] for r in read_jsonl(str(tmp_path / "p" / "metrics.jsonl")) if r["type"] == "train"]
+    assert gf == pytest.approx(gp, rel=1e-4) and min(gf) > 0.05  # pre-clip norms, so clipping was active
+
+
+def test_llama_style_classification(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.models import build, tiny_llama_config
+    from tests.train.trainutil import _save_gpt2_tokenizer
+
+    path = str(tmp_path / "llama")
+    _save_gpt2_tokenizer(path)
+    build("AutoModel", tiny_llama_config(pad_token_id=None, bos_token_id=0, eos_token_id=0)).save_pretrained(
+        path
+    )
+    files = classification_files(str(tmp_path), 24, 8, 8)
+    res = Trainer(
+        TrainConfig(
+            model=path,
+            **{k + "_file": v for k, v in files.items()},
+            output_dir=str(tmp_path / "o"),
+            max_steps=3,
+            batch_size=8,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    ).train()
+    assert res["global_step"] == 3 and "accuracy" in res["test"]
+    m = AutoModelForSequenceClassification.from_pretrained(tmp_path / "o")
+    assert type(m).__name__ == "LlamaForSequenceClassification" and m.config.pad_token_id == 0
