@@ -252,7 +252,7 @@ class Trainer:
                 fastft.patch(self.model)
                 self.fused_parts = patched_parts(self.model)
             except Exception as e:  # noqa: BLE001 - a kernel part must never stop training
-                self._pending_notes = [f"fastft.patch failed ({_first_line(e)}); training unfused"]
+                self._note(f"fastft.patch failed ({_first_line(e)}); training unfused")
         self.model.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
