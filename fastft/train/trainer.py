@@ -559,11 +559,26 @@ class Trainer:
         self.bad_evals = ts.get("bad_evals", 0)
         self.skipped_steps = ts.get("skipped_steps", 0)
         self.last_saved_step = self.global_step
+        saved_world = int(ts.get("world_size") or 1)
+        if saved_world != self.world:  # batch_in_epoch counts one rank's batches: re-shard the global count
+            consumed = self.batch_in_epoch * saved_world
+            self.batch_in_epoch = consumed // self.world
+            if consumed % self.world:
+                self._note(
+                    f"warning: {consumed} batches consumed by {saved_world} processes do not split over "
+                    f"{self.world}; {consumed % self.world} batch(es) of this epoch are seen again"
+                )
         if self.batch_in_epoch >= self.loader_len:
             self.epoch += 1
             self.batch_in_epoch = 0
         saved = ts.get("config", {})
         for key in ("batch_size", "grad_accum", "seed", "max_length", "train_file", "dataset"):
+            if (
+                key == "grad_accum"
+                and saved.get(key)
+                and saved[key] * saved_world == self.cfg.grad_accum * self.world
+            ):
+                continue  # the same global batch with another number of processes
             if key in saved and saved[key] != getattr(self.cfg, key):
                 self._note(
                     f"warning: --{key.replace('_', '-')} differs from the checkpoint's "
@@ -835,7 +850,8 @@ class Trainer:
                 log_now = self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps
                 lr = max(g["lr"] for g in self.optimizer.param_groups)
                 if log_now:
-                    mean_loss = float(D.all_reduce_mean(win_loss.detach().clone(), self.dist)) / max(
+                    # each rank holds (its items' loss sum / the global item count): their sum is the mean
+                    mean_loss = float(D.all_reduce_sum(win_loss.detach().clone(), self.dist)) / max(
                         win_steps, 1
                     )
                     dt = max(time.perf_counter() - win_t, 1e-9)
@@ -1072,6 +1088,7 @@ class Trainer:
             "global_step": self.global_step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.world,
             "total_steps": self.total_steps,
             "best_metric": self.best_metric,
             "best_step": self.best_step,
@@ -1192,7 +1209,9 @@ class Trainer:
         if cfg.strategy == "lora":
             import fastft
 
-            # hook (dist owner): under FSDP2 the LoRA model must be materialised from full_sd first
+            if _dist().is_fsdp(raw):  # DTensor shards cannot be merged in place: use a plain replica
+                raw = self._plain_replica()
+                raw.load_state_dict(full_sd)
             fastft.save_adapter(raw, os.path.join(out, "adapter"))
             # merge_and_unload: the original modules come back with B·A folded in -> a plain HF model
             fastft.merge_lora(raw, keep_adapter=False)
@@ -1208,6 +1227,16 @@ class Trainer:
             out, state_dict=full_sd if cfg.strategy != "lora" else None, safe_serialization=True
         )
         self.tokenizer.save_pretrained(out)
+
+    def _plain_replica(self):
+        """A fresh unsharded model with the same structure (LoRA layers included), to save from under FSDP2."""
+        sharded = self.model
+        try:
+            self.model = self._load_model(self.cfg.model)
+            self._apply_strategy()
+            return self.model
+        finally:
+            self.model = sharded
 
     def _print_final(self, results: dict) -> None:
         test = results.get("test") or {}
@@ -1313,15 +1342,23 @@ def evaluate_model(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     all_logits, all_labels = [], []
-    for batch in loader:
+    rows_per_batch = None
+    for step, batch in enumerate(loader):
         batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
         inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
         labels = batch.get("labels")
         with autocast():
             if problem_type == "causal_lm":
+                if dist_state is not None and dist_state.world_size > 1 and total is not None:
+                    # the last global batches repeat rows (equal batch counts per rank): ignore those
+                    rows = labels.shape[0]
+                    rows_per_batch = rows_per_batch or rows
+                    keep = D.eval_row_mask(dist_state, step, rows, rows_per_batch, total).to(labels.device)
+                    labels = labels.masked_fill(~keep[:, None], -100)
                 n = (labels[:, 1:] != -100).sum()
                 out = model(**inputs, labels=labels, num_items_in_batch=int(n), use_cache=False)
-                loss_sum += out.loss.double() * n
+                if int(n) > 0:
+                    loss_sum += out.loss.double() * n
                 count += n
                 continue
             logits = model(**inputs).logits.float()
