@@ -410,6 +410,8 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         "fastft_backend": os.environ.get("FASTFT_BACKEND", "auto"),
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # other jobs on the machine inflate wall times: keep the evidence beside the numbers
+        "loadavg_1m_5m_15m": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         **_git(),
     }
     try:
