@@ -28,6 +28,7 @@ import contextlib
 import datetime
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,7 +249,14 @@ def wrap_model(
     mesh = init_device_mesh(state.device.type, (state.world_size,))
     if family_of(inner) is not None:
         for block in blocks(inner):
+            name = type(block).__name__  # before fully_shard renames the class to FSDP<name>
             fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+            # HF blocks return views of their output, which FSDP2 warns about in case the caller
+            # modifies them in place; the HF stacks do not (FSDP2 == 1-process grads in our tests).
+            warnings.filterwarnings(
+                "ignore",
+                message=rf"FSDP2-wrapped module \(FSDP{name}\) returned a view tensor",
+            )
     else:
         log.warning("fastft.distributed: unknown model family; FSDP2 shards the whole model as one unit")
     # The root keeps embeddings, final norm and heads; it is never resharded after forward
