@@ -1019,17 +1019,21 @@ def global_batch_order(
 ) -> list[list[int]]:
     """The global list of batches (lists of row indices) for one epoch; a pure function of its args.
 
-    shuffle: seeded permutation of (seed, epoch); else file order. world_size > 1: the order is
-    padded by repeating its first rows so it fills ``world_size`` equal batches per step.
+    shuffle: seeded permutation of (seed, epoch); else file order.
     group_by_length (only with shuffle): mega-batches of 50 batches are sorted by length
     (descending), cut into batches, then the batch order is shuffled, seeded by (seed, epoch).
+    world_size > 1: with shuffle (training), the batches are exactly those of one process and the
+    batch *list* is padded by repeating its first batches to a multiple of ``world_size``, so N
+    processes see the same global batches as one process with N-fold accumulation. Without
+    shuffle (evaluation), the row order is padded by repeating its first rows so every rank gets
+    equal full batches (``gather_for_metrics`` drops the repeats).
     """
     n = len(lengths)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     rng = _rng(seed, epoch, 0xBA7C)
     order = rng.permutation(n) if shuffle else np.arange(n)
-    if world_size > 1 and n > 0:
+    if world_size > 1 and n > 0 and not shuffle:
         step = batch_size * world_size
         order = np.resize(order, math.ceil(n / step) * step)  # np.resize repeats cyclically
     if shuffle and group_by_length:
@@ -1044,6 +1048,8 @@ def global_batch_order(
         batches = [batches[i] for i in rng.permutation(len(batches))]
     else:
         batches = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]
+    if world_size > 1 and shuffle and batches:
+        batches += [batches[i % len(batches)] for i in range(-len(batches) % world_size)]
     return batches
 
 
