@@ -260,8 +260,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(metrics, indent=2, default=str)
     print(text)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
+        tmp = args.output + ".tmp"  # never a half-written metrics file
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
+        os.replace(tmp, args.output)
     return 0
 
 
@@ -345,6 +347,14 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors = _user_errors()
     try:
+        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # every rank would compute the same metrics and race on the same output file
+            print(
+                f"fastft {args.command}: error: runs in one process; launch it without torchrun",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 2
         if args.command == "train":
             return cmd_train(args)
         if args.command == "eval":

@@ -261,3 +261,12 @@ def test_real_cli_process_prints_one_line(env, tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "no.csv" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists()
+
+
+def test_eval_predict_refuse_torchrun(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = str(tmp_path / "p.csv")
+    err = run_bad(
+        capsys, ["predict", "--model", env["model"], "--file", env["files"]["test"], "--output", out], out
+    )
+    assert "without torchrun" in err
