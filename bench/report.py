@@ -274,6 +274,15 @@ def readme_section(json_path: Path, readme: Path = README) -> str:
     e2e = data.get("parts", {}).get("e2e", {}).get("records", [])
     if e2e:
         lines += ["End to end:", "", markdown_table(e2e)]
+        for r in e2e:  # whole runs are sequential: show the load-insensitive CPU-time view beside wall time
+            if r.get("cpu_time_ratio_vs_hf_trainer") is not None:
+                lines += [
+                    f"{r['name']}: process CPU time ratio {r['cpu_time_ratio_vs_hf_trainer']:.2f}× vs hf_trainer "
+                    f"(wall-time loop ratio {r.get('speedup_vs_hf_trainer') or 0:.2f}×; 1-min load average "
+                    f"{r.get('loadavg_1m')}), accuracy {r.get('accuracy')} (tolerance "
+                    f"{r.get('accuracy_tolerance') or 0:.3f}).",
+                    "",
+                ]
     stem = json_path.with_suffix("")
     pngs = sorted(stem.parent.glob(f"{stem.name}-*.png"))
     e2e_png = [p for p in pngs if p.name.endswith("-e2e.png")]
