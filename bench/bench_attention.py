@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ import fastft
 from bench.common import (
     add_ratios,
     bench_fn,
+    fwd_bwd_modes,
     main_for,
     make_record,
     measure_peaks,
@@ -133,26 +133,6 @@ def _lengths(shape: dict[str, Any]) -> list[int] | None:
     return None
 
 
-def _modes(
-    fwd: Callable[[], torch.Tensor], leaves: list[torch.Tensor], do: torch.Tensor
-) -> dict[str, Callable]:
-    """Closures for fwd, bwd (from a retained graph) and fwd+bwd."""
-
-    def run_fwd():
-        with torch.no_grad():
-            return fwd()
-
-    out = fwd()
-
-    def run_bwd():
-        return torch.autograd.grad(out, leaves, do, retain_graph=True)
-
-    def run_both():
-        return torch.autograd.grad(fwd(), leaves, do)
-
-    return {"fwd": run_fwd, "bwd": run_bwd, "fwd+bwd": run_both}
-
-
 def run(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -194,7 +174,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
             try:
                 with fastft.backend("auto"):
                     fwd, leaves, dout, path = make()
-                    modes = _modes(fwd, leaves, dout)
+                    modes = fwd_bwd_modes(fwd, leaves, dout)
                     for mode, fn in modes.items():
                         stats = bench_fn(fn, device=device)
                         records.append(

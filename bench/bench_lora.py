@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ import fastft
 from bench.common import (
     add_ratios,
     bench_fn,
+    fwd_bwd_modes,
     main_for,
     make_record,
     measure_peaks,
@@ -109,24 +109,6 @@ def _impls(base: nn.Module, layout: str, a: torch.Tensor, b: torch.Tensor) -> di
     return out
 
 
-def _modes(
-    fwd: Callable[[], torch.Tensor], leaves: list[torch.Tensor], dy: torch.Tensor
-) -> dict[str, Callable]:
-    def run_fwd():
-        with torch.no_grad():
-            return fwd()
-
-    out = fwd()
-
-    def run_bwd():
-        return torch.autograd.grad(out, leaves, dy, retain_graph=True)
-
-    def run_both():
-        return torch.autograd.grad(fwd(), leaves, dy)
-
-    return {"fwd": run_fwd, "bwd": run_bwd, "fwd+bwd": run_both}
-
-
 @contextlib.contextmanager
 def _main_gemm(impl: str):
     """``fastft_cublas`` runs with ``FASTFT_LORA_MAIN_GEMM=cublas`` (read per call, backward included)."""
@@ -169,7 +151,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
                 continue
             try:
                 with fastft.backend("auto"), _main_gemm(impl):
-                    for mode, fn in _modes(lambda f=f, x=x: f(x), [x, a, b], dy).items():
+                    for mode, fn in fwd_bwd_modes(lambda f=f, x=x: f(x), [x, a, b], dy).items():
                         stats = bench_fn(fn, device=device)
                         records.append(
                             make_record(

@@ -207,6 +207,28 @@ def bench_fn(
     return summarize(timer(fn, rep))
 
 
+def fwd_bwd_modes(
+    fwd: Callable[[], torch.Tensor], leaves: list[torch.Tensor], grad_out: torch.Tensor
+) -> dict[str, Callable[[], Any]]:
+    """Closures for ``fwd`` (under no_grad), ``bwd`` (backward only, from a retained graph built
+    here once) and ``fwd+bwd``; the backward gives the grads of ``leaves`` for ``grad_out``
+    (the shape of ``fwd()``)."""
+
+    def run_fwd():
+        with torch.no_grad():
+            return fwd()
+
+    out = fwd()
+
+    def run_bwd():
+        return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+
+    def run_both():
+        return torch.autograd.grad(fwd(), leaves, grad_out)
+
+    return {"fwd": run_fwd, "bwd": run_bwd, "fwd+bwd": run_both}
+
+
 def l2_cache_bytes(device: torch.device | str) -> int:
     """L2 size of a CUDA device (50 MiB if torch does not say); 0 on CPU (no rotation there)."""
     device = torch.device(device)
