@@ -568,8 +568,9 @@ def _linear_ce_op(
     return (_reduce(loss, target, ignore_index, reduction), *_grads_or_empty(hidden, gh, gw, gb))
 
 
-@_linear_ce_op.register_fake
-def _(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, chunk, need_h, need_w, need_b):
+def _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b):
+    """Fake outputs shared by the linear CE and linear KD ops: (loss, grad_h, grad_w, grad_b);
+    the grads are empty placeholders unless computed eagerly (reduction != "none")."""
     loss = hidden.new_empty((hidden.shape[0],) if reduction == 0 else (), dtype=_acc(hidden.dtype))
     eager = reduction != 0
     return (
@@ -580,6 +581,11 @@ def _(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, ch
         if bias is not None and need_b and eager
         else hidden.new_empty(0),
     )
+
+
+@_linear_ce_op.register_fake
+def _(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, chunk, need_h, need_w, need_b):
+    return _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b)
 
 
 @torch.library.custom_op("fastft::linear_cross_entropy_backward", mutates_args=())
@@ -768,19 +774,6 @@ def _linear_kd_op(
 def _(hidden, weight, teacher_hidden, teacher_weight, target, bias, teacher_bias, temperature, alpha,
       ignore_index, reduction, chunk, need_h, need_w, need_b):  # fmt: skip
     return _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b)
-
-
-def _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b):
-    loss = hidden.new_empty((hidden.shape[0],) if reduction == 0 else (), dtype=_acc(hidden.dtype))
-    eager = reduction != 0
-    return (
-        loss,
-        torch.empty_like(hidden) if need_h and eager else hidden.new_empty(0),
-        torch.empty_like(weight, dtype=_acc(weight.dtype)) if need_w and eager else hidden.new_empty(0),
-        bias.new_empty(bias.shape, dtype=_acc(bias.dtype))
-        if bias is not None and need_b and eager
-        else hidden.new_empty(0),
-    )
 
 
 @torch.library.custom_op("fastft::linear_kd_loss_backward", mutates_args=())
