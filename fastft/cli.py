@@ -240,12 +240,11 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
     return model, tok, ds, cfg, problem_type, device
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _inference_loader(args: argparse.Namespace, ds, tok, cfg, problem_type: str):
+    """Batches of ``ds`` in file order (no shuffling or length grouping), for eval and predict."""
     from fastft.train.data import make_dataloader
-    from fastft.train.trainer import evaluate_model
 
-    model, tok, ds, cfg, pt, device = _load_for_inference(args, require_labels=True)
-    loader = make_dataloader(
+    return make_dataloader(
         ds,
         tok,
         batch_size=args.batch_size,
@@ -253,8 +252,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=0,
         group_by_length=False,
         max_length=cfg.max_length,
-        problem_type=pt,
+        problem_type=problem_type,
     )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fastft.train.trainer import evaluate_model
+
+    model, tok, ds, cfg, pt, device = _load_for_inference(args, require_labels=True)
+    loader = _inference_loader(args, ds, tok, cfg, pt)
     metrics = evaluate_model(model, loader, problem_type=pt, device=device, total=len(ds))
     metrics = {"file": args.file, "model": args.model, "rows": len(ds), **metrics}
     text = json.dumps(metrics, indent=2, default=str)
@@ -272,7 +278,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from fastft.train.config import ConfigError
-    from fastft.train.data import make_dataloader
 
     if os.path.exists(args.output) and not args.overwrite:
         raise ConfigError(f"--output {args.output} already exists; pass --overwrite or another --output")
@@ -281,16 +286,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(
             "predict needs a classification/regression model; for a causal LM use `fastft eval` (perplexity)"
         )
-    loader = make_dataloader(
-        ds,
-        tok,
-        batch_size=args.batch_size,
-        shuffle=False,
-        seed=0,
-        group_by_length=False,
-        max_length=cfg.max_length,
-        problem_type=pt,
-    )
+    loader = _inference_loader(args, ds, tok, cfg, pt)
     outs = []
     with torch.no_grad():
         for batch in loader:
