@@ -11,18 +11,12 @@ import sys
 import pytest
 
 from fastft.cli import main
-from tests.train.trainutil import classification_files, file_flags, save_tiny, write_csv
+from tests.train.trainutil import file_flags, save_tiny, workspace, write_csv
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad")
-    return {
-        "d": d,
-        "model": save_tiny(str(d / "m"), head="base"),
-        "files": classification_files(str(d), 24, 8, 8),
-        "cache": str(d / "cache"),
-    }
+    return workspace(tmp_path_factory.mktemp("bad"), 24, 8, 8, model=dict(head="base"))
 
 
 def run_bad(capsys, argv, out, *expect):

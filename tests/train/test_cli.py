@@ -13,12 +13,12 @@ import pytest
 from fastft.cli import build_parser, main
 from fastft.train.config import TrainConfig
 from tests.train.trainutil import (
-    classification_files,
     file_flags,
     read_jsonl,
     save_tiny,
     sentences,
     train_losses,
+    workspace,
     write_csv,
     write_jsonl,
 )
@@ -26,14 +26,9 @@ from tests.train.trainutil import (
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    return {
-        "dir": d,
-        "bert": save_tiny(str(d / "bert"), head="base"),
-        "gpt2": save_tiny(str(d / "gpt2"), "gpt2", head="base"),
-        "files": classification_files(str(d)),
-        "cache": str(d / "cache"),
-    }
+    return workspace(
+        tmp_path_factory.mktemp("cli"), bert=dict(head="base"), gpt2=dict(kind="gpt2", head="base")
+    )
 
 
 def _train(work, out, *extra: str) -> int:

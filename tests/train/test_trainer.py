@@ -18,23 +18,23 @@ from tests.train.trainutil import (
     classification_files,
     file_flags,
     read_jsonl,
-    save_tiny,
     sentences,
     train_losses,
+    workspace,
     write_csv,
 )
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("trainer")
-    return {
-        "d": d,
-        "bert": save_tiny(str(d / "bert"), head="base"),
-        "gpt2lm": save_tiny(str(d / "gpt2lm"), "gpt2", head="lm"),
-        "files": classification_files(str(d), 24, 8, 8),
-        "cache": str(d / "cache"),
-    }
+    return workspace(
+        tmp_path_factory.mktemp("trainer"),
+        24,
+        8,
+        8,
+        bert=dict(head="base"),
+        gpt2lm=dict(kind="gpt2", head="lm"),
+    )
 
 
 def _cfg(env, out, **kw):

@@ -152,6 +152,15 @@ def classification_files(d: str, n_train: int = 64, n_val: int = 16, n_test: int
     return files
 
 
+def workspace(d, n_train: int = 64, n_val: int = 16, n_test: int = 16, **models: dict) -> dict:
+    """A module-fixture workspace in folder ``d``: ``{"d": d, "files": classification_files(...),
+    "cache": d/cache, <name>: save_tiny(d/<name>, **kwargs) for each name=kwargs in models}``."""
+    ws = {"d": d, "files": classification_files(str(d), n_train, n_val, n_test), "cache": str(d / "cache")}
+    for name, kw in models.items():
+        ws[name] = save_tiny(str(d / name), **kw)
+    return ws
+
+
 def file_flags(files: dict) -> list[str]:
     return [
         "--train-file",
