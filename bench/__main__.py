@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     peaks = common.measure_peaks(device, quick=args.quick)
     print(
         f"{common.device_name(device)}: matmul {peaks['matmul_tflops']:.3g} TFLOP/s ({peaks['matmul_dtype']}), "
-        f"copy {peaks['copy_gbps']:.3g} GB/s"
+        f"copy {peaks['copy_gbps']:.3g} GB/s, in-place update {peaks['rmw_gbps']:.3g} GB/s"
     )
     path = None
     for part in parts:

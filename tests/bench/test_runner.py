@@ -43,6 +43,8 @@ def test_python_m_bench_quick_runs_into_a_tmp_dir(tmp_path):
     assert len(js) == 1 and js[0].startswith("cpu-")
     data = json.loads((tmp_path / js[0]).read_text())
     assert data["peaks"]["matmul_tflops"] > 0 and data["peaks"]["copy_gbps"] > 0
+    # "% of peak" is taken against the faster of copy and in-place update bandwidth
+    assert data["peaks"]["bw_gbps"] == max(data["peaks"]["copy_gbps"], data["peaks"]["rmw_gbps"])
     rows = data["parts"]["tiny"]["records"]
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
     fast = [r for r in rows if r["impl"] == "fast"]
