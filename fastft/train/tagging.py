@@ -28,6 +28,7 @@ Programming errors (mismatched internal lengths) raise ``ValueError``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -144,7 +145,8 @@ def read_records(
     source: str = "data",
 ) -> list[dict]:
     """Sentences from JSON/JSONL rows or an HF dataset: ``row[tokens_column]`` and ``row[tags_column]``
-    are lists. ``names`` maps integer tags to strings (an HF ``Sequence(ClassLabel)`` feature's names)."""
+    are lists. ``names`` maps integer tags to strings (an HF ``Sequence(ClassLabel)`` feature's names).
+    Counts and the scheme are checked by ``validate_sentences``."""
     sentences = []
     for i, row in enumerate(records):
         at = f"{source} row {i + 1}"
@@ -157,6 +159,10 @@ def read_records(
             raise _data_error(f"{at}: {tokens_column!r} must be a list of words, got {type(toks).__name__}")
         if isinstance(tags, str) or not isinstance(tags, Sequence | np.ndarray):
             raise _data_error(f"{at}: {tags_column!r} must be a list of tags, got {type(tags).__name__}")
+        if any(t is None or isinstance(t, (list, dict)) for t in toks):
+            raise _data_error(
+                f"{at}: {tokens_column!r} holds an empty or nested item; give one string per word"
+            )
         tokens = [str(t) for t in toks]
         sentences.append(
             {"tokens": tokens, "tags": _record_tags(tags, names, at, tags_column), "line": i + 1, "where": at}
@@ -169,7 +175,7 @@ def _parse(tag: str) -> tuple[str, str] | None:
     """``"B-PER"`` -> ``("B", "PER")``, ``"O"`` -> ``("O", "")``; None when the tag has no known form."""
     if tag == "O":
         return _OUTSIDE
-    if len(tag) >= 3 and tag[0] in _PREFIX_ORDER and tag[1] == "-":
+    if len(tag) >= 3 and tag[0] in _PREFIX_ORDER and tag[1] == "-" and tag[2:].strip("-") == tag[2:]:
         return tag[0], tag[2:]
     return None
 
@@ -464,9 +470,11 @@ def tagging_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[s
         if len(a) != len(b):
             raise ValueError(f"sentence {i + 1}: {len(a)} true tags but {len(b)} predicted")
     yt, yp = [list(s) for s in y_true], [list(s) for s in y_pred]
-    report = classification_report(
-        yt, yp, mode="strict", scheme=getattr(seqeval.scheme, scheme), output_dict=True, zero_division=0
-    )
+    with warnings.catch_warnings():  # no entities at all: numpy warns on the (unused) macro average
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = classification_report(
+            yt, yp, mode="strict", scheme=getattr(seqeval.scheme, scheme), output_dict=True, zero_division=0
+        )
     micro = report.pop("micro avg")
     per_type = {
         k: {

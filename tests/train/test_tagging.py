@@ -113,6 +113,7 @@ def test_read_records_strings_and_class_label_ids():
         ({"tokens": ["a"], "tags": [1]}, {}, "integer tags but no tag names"),
         ({"tokens": ["a"], "tags": [3]}, {"names": ["O", "B-X"]}, "tag id 3 is outside the 2 tag names"),
         ({"tokens": ["a"], "tags": [None]}, {}, "must be a list of tag strings"),
+        ({"tokens": ["a", None], "tags": ["O", "O"]}, {}, "holds an empty or nested item"),
     ],
 )
 def test_read_records_errors(row, kw, needle):
@@ -153,7 +154,7 @@ def test_detect_scheme_e_tags_mixed_with_iob2():
     assert "IOBES" in msg and "row 2" in msg and "I-LOC (word 2)" in msg
 
 
-@pytest.mark.parametrize("bad", ["PER", "B_PER", "B-", "X-PER", "o"])
+@pytest.mark.parametrize("bad", ["PER", "B_PER", "B-", "X-PER", "o", "B--PER", "I-PER-"])
 def test_unknown_tag_form(bad):
     with pytest.raises(DataError, match=rf"row 2: tag {bad!r} \(word 2\) is not O or PREFIX-TYPE"):
         detect_scheme([["O"], ["O", bad]])
@@ -408,6 +409,32 @@ def test_entity_rows():
 
 
 # ----------------------------------------------------------------------------------------- metrics
+def test_helpers_compose_file_to_entities(tmp_path, tokenizer):
+    """The path the token-classification task takes: file -> ids -> sub-token labels -> words -> spans."""
+    path = _write(
+        tmp_path, "ner.conll", f"Ada B-PER\nLovelace I-PER\nmet O\n{LONG} O\nin O\nLondon B-LOC\n\nOK O\n"
+    )
+    rows = read_conll(path)
+    scheme = validate_sentences(rows)
+    names = label_list(r["tags"] for r in rows)
+    assert scheme == "IOB2" and names == ["O", "B-LOC", "B-PER", "I-PER"]
+    y_pred = []
+    for r in rows:
+        enc = tokenizer(r["tokens"], is_split_into_words=True, truncation=True, max_length=12)
+        labels, lost = align_labels(enc.word_ids(), [names.index(t) for t in r["tags"]])
+        assert lost == (2 if r["tokens"][0] == "Ada" else 0)  # "in London" cut by max_length
+        pred = word_predictions(enc.word_ids(), [max(lab, 0) for lab in labels], len(r["tokens"]))
+        y_pred.append([names[i] for i in pred])
+    assert y_pred[0] == ["B-PER", "I-PER", "O", "O", "O", "O"]  # truncated London -> O
+    assert entity_rows(rows[0]["tokens"], y_pred[0], scheme) == [
+        {"type": "PER", "start": 0, "end": 1, "text": "Ada Lovelace"}
+    ]
+    m = tagging_metrics([r["tags"] for r in rows], y_pred, scheme)
+    assert (
+        m["entity_precision"] == 1.0 and m["entity_recall"] == 0.5 and m["per_type"]["LOC"]["recall"] == 0.0
+    )
+
+
 def test_tagging_metrics_hand_computed():
     y_true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-PER", "O", "O"]]
     y_pred = [
@@ -436,6 +463,9 @@ def test_tagging_metrics_always_o_and_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # zero divisions are defined as 0, not warned about
         m = tagging_metrics([["B-PER", "O"], ["O"]], [["O", "O"], ["O"]], "IOB2")
+        none = tagging_metrics([["O", "O"]], [["O", "O"]], "IOB2")  # no entity on either side
+    assert none["entity_f1"] == 0.0 and none["per_type"] == {} and none["token_accuracy"] == 1.0
+    assert "micro avg" in per_type_table(none)
     assert m["entity_f1"] == 0.0 and m["entity_recall"] == 0.0 and m["token_accuracy"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="sentence 1: 2 true tags but 1 predicted"):
         tagging_metrics([["O", "O"]], [["O"]], "IOB2")
