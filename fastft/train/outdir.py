@@ -28,6 +28,14 @@ Only top-level names are tracked: a user file put inside ``checkpoint-100/`` goe
 If the new run dies before its first checkpoint, :func:`recover_deferred` (call it before looking for
 ``--resume latest``) moves the old checkpoints back, so nothing was lost.
 
+**Wiring (trainer, rank 0).** ``lock = acquire(out)`` and ``check_writable(out)`` before anything is
+written, then ``recover_deferred(out)``; ``--overwrite`` -> ``clear_run(out)``; the same config again ->
+the recipe above; ``record(out, name)`` for each run file (``train_config.json``, ``split_indices.json``,
+``metrics.jsonl``, ``results.json``, ``training_curve.png``, ``tensorboard``, ``adapter``) and
+``with track(out): model.save_pretrained(out)``; checkpoints are recognised by name. A failed set-up calls
+``lock.abort()``, the end of the run ``lock.release()``. Around ``save_checkpoint``/final saves:
+``err = storage_error(e, out, payload_bytes(state)); raise err from None`` when it is not ``None``.
+
 **Storage errors.** :func:`storage_error` turns a full disk or a read-only / unwritable folder (as an
 ``OSError``, torch's ``inline_container.cc`` ``RuntimeError`` or safetensors' error) into one line;
 :func:`check_writable` fails early. :func:`atomic_write` is the one helper for single output files
@@ -314,9 +322,19 @@ def _top_name(name: str | os.PathLike) -> str:
 
 
 def record(output_dir: str | os.PathLike, *names: str | os.PathLike) -> None:
-    """Add entries (relative paths; only their top-level component is kept) to the manifest, atomically."""
+    """Add entries (relative paths; only their top-level component is kept) to the manifest, atomically.
+
+    The first record in a folder written by an older fastft (no manifest, :func:`is_fastft_run`) also
+    adopts that run's files, so a resumed legacy run stays clearable.
+    """
     new = {_top_name(n) for n in names}
-    have = manifest(output_dir) or set()
+    have = manifest(output_dir)
+    if have is None:  # first record in a folder an older fastft wrote: adopt that run's files
+        have = (
+            set(_owned(os.fspath(output_dir))[0]) - {MANIFEST_FILE}
+            if _legacy_run(os.fspath(output_dir))
+            else set()
+        )
     if new <= have and os.path.exists(os.path.join(output_dir, MANIFEST_FILE)):
         return
     files = sorted(have | new)
@@ -442,6 +460,7 @@ def defer_old_checkpoints(
     until :meth:`Deferred.discard`; :func:`recover_deferred` brings them back if the new run dies first.
     """
     out = os.fspath(output_dir)
+    recover_deferred(out)  # a previous deferral that never finished: settle it first
     names = [n for n in sorted(os.listdir(out)) if _OWN_PATTERNS[0].match(n)] if os.path.isdir(out) else []
     line = f"{out} holds a run with the same config: starting again at step 0 (pass --resume latest to continue it)"
     if names:
@@ -595,7 +614,14 @@ def check_writable(output_dir: str | os.PathLike, needed_bytes: int | None = Non
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    try:  # Linux >= 4.7: read it without changing it (os.umask(0) would race with other threads)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -209,7 +209,8 @@ def test_overwrite_refuses_foreign_files(tmp_path):
     )
     _fake_run(tmp_path)  # a legacy fastft run with a user file in it: still refused, nothing deleted
     od.record(tmp_path, "results.json")
-    with pytest.raises(ConfigError, match=r"\(metrics.jsonl, notes.txt, sub/, train_config.json\)"):
+    assert od.manifest(tmp_path) == {"checkpoint-10", "metrics.jsonl", "results.json", "train_config.json"}
+    with pytest.raises(ConfigError, match=r"\(notes.txt, sub/\)"):
         od.clear_run(tmp_path)
     assert (tmp_path / "sub" / "thesis.tex").exists() and (tmp_path / "results.json").exists()
 
@@ -267,6 +268,14 @@ def test_rerun_keeps_old_checkpoints_until_the_first_new_one(tmp_path, capsys):
     (out / "checkpoint-5").mkdir()
     prev.discard()
     assert sorted(os.listdir(out)) == [od.MANIFEST_FILE, "checkpoint-5"]
+    # deferring again while an older deferral is pending settles that one first
+    (out / "checkpoint-7").mkdir()
+    od.defer_old_checkpoints(out, warn=lambda s: None)
+    (out / "checkpoint-7").mkdir()
+    od.defer_old_checkpoints(out, warn=lambda s: None)
+    assert os.listdir(out / od.PREVIOUS_DIR) == ["checkpoint-7"]
+    assert od.recover_deferred(out) == ["checkpoint-7"]
+    os.rename(out / "checkpoint-7", out / "checkpoint-5")
     # a run killed between its first save and discard(): recover drops the obsolete ones
     (out / od.PREVIOUS_DIR / "checkpoint-1").mkdir(parents=True)
     assert od.recover_deferred(out) == [] and not (out / od.PREVIOUS_DIR).exists()
