@@ -435,3 +435,36 @@ def test_atomic_write_temp_is_recognised_by_clear_run(tmp_path):
     os.close(fd)
     od.clear_run(tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_lock_mutual_exclusion_under_contention(tmp_path):
+    """Processes that take and release (unlink) the lock in a loop never hold it at the same time:
+    the inode re-check after flock closes the unlink-between-open-and-lock race."""
+    code = textwrap.dedent(
+        f"""
+        import os, time
+        from fastft.train import outdir
+        from fastft.train.config import ConfigError
+        out, got = {str(tmp_path)!r}, 0
+        for _ in range(200):
+            try:
+                lock = outdir.acquire(out)
+            except ConfigError:
+                time.sleep(0.001)
+                continue
+            fd = os.open(os.path.join(out, "holder"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails on overlap
+            os.close(fd)
+            os.remove(os.path.join(out, "holder"))
+            lock.release()
+            got += 1
+        print(got)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum(int(o[0]) for o in outs) > 0
