@@ -407,8 +407,8 @@ def clear_run(output_dir: str | os.PathLike, keep: Iterable[str] = ()) -> list[s
 
     Refuses with :class:`ConfigError` (nothing deleted) when the folder holds anything fastft did not
     write. An empty or missing folder is fine. Never touches the lock file, the names in ``keep``, or a
-    ``.tmp-<pid>`` folder of a live process. The manifest goes last, so an interrupted clear can be
-    repeated.
+    ``.tmp-<pid>`` folder of a live process. What marks the folder as a run (``train_config.json``, the
+    manifest) goes last, so an interrupted clear can be repeated.
     """
     out = os.fspath(output_dir)
     if not os.path.isdir(out):
@@ -423,7 +423,7 @@ def clear_run(output_dir: str | os.PathLike, keep: Iterable[str] = ()) -> list[s
         )
     skip = set(keep)
     doomed = [n for n in mine if n not in skip and not (_TMP_RE.search(n) and not is_stray_tmp(n))]
-    doomed.sort(key=lambda n: n == MANIFEST_FILE)
+    doomed.sort(key=lambda n: (n == MANIFEST_FILE, n == "train_config.json"))  # what marks a run goes last
     for name in doomed:
         _remove(os.path.join(out, name))
     return doomed
