@@ -4,6 +4,11 @@ Keys are PEFT's (adapter name stripped, as ``save_pretrained`` writes them):
 ``base_model.model.<path>.lora_A.weight`` (r, in), ``base_model.model.<path>.lora_B.weight`` (out, r)
 and, for each module in ``modules_to_save``, ``base_model.model.<path>.<param>``. Only safetensors is
 read (never pickle).
+
+``adapter_config.json`` holds PEFT's keys only, so ``PeftModel.from_pretrained`` loads it without an
+"Unexpected keyword arguments" warning. fastft's own metadata (who wrote it, the exact LoRA module
+paths) goes into the sidecar ``fastft_adapter.json``, which PEFT ignores. Adapters written by older
+fastft versions carry a ``"fastft": true`` key inside ``adapter_config.json``; they still load here.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from torch import nn
 
 from fastft.lora.inject import _STATE, add_lora, lora_layers, lora_state, unwrap
 
-__all__ = ["save_adapter", "load_adapter", "adapter_state_dict"]
+__all__ = ["save_adapter", "load_adapter", "adapter_state_dict", "SIDECAR_NAME"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+SIDECAR_NAME = "fastft_adapter.json"
+#: Keys older fastft versions put into adapter_config.json; never written now, ignored on load.
+_LEGACY_KEYS = ("fastft",)
 PREFIX = "base_model.model."
 
 _TASK_TYPES = (
@@ -133,13 +141,23 @@ def save_adapter(model: nn.Module, save_directory: str | os.PathLike) -> str:
         "layers_pattern": None,
         "revision": None,
         "peft_version": peft_version,
-        "fastft": True,
     }
+    sidecar = {"saved_by": "fastft", "fastft_version": _fastft_version(), "lora_modules": paths}
     os.makedirs(save_directory, exist_ok=True)
-    with open(os.path.join(save_directory, CONFIG_NAME), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+    for name, obj in ((CONFIG_NAME, config), (SIDECAR_NAME, sidecar)):
+        with open(os.path.join(save_directory, name), "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
     save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME), metadata={"format": "pt"})
     return str(save_directory)
+
+
+def _fastft_version() -> str | None:
+    try:
+        from fastft import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return None
 
 
 def _pattern_value(path: str, pattern: dict[str, Any], default):
@@ -171,6 +189,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
         )
     with open(cfg_path) as f:
         cfg = json.load(f)
+    for key in _LEGACY_KEYS:  # older fastft wrote its marker into PEFT's file
+        cfg.pop(key, None)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"load_adapter: peft_type {cfg.get('peft_type')!r} is not LORA")
     bad = [k for k, off in _UNSUPPORTED.items() if cfg.get(k, off) not in (off, [], {})]

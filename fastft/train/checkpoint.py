@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fastft.train.config import ConfigError
+from fastft.train.outdir import is_stray_tmp
 
 __all__ = [
     "save_checkpoint",
@@ -256,7 +257,7 @@ def latest_checkpoint(output_dir: str) -> str | None:
 def rotate_checkpoints(output_dir: str, limit: int, keep: tuple[str | None, ...] = ()) -> list[str]:
     """Delete the oldest checkpoints beyond ``limit`` (never one in ``keep``, e.g. the best); returns deleted."""
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        if name.startswith(".checkpoint-") and ".tmp-" in name:  # left by a killed run
+        if name.startswith(".checkpoint-") and is_stray_tmp(name):  # left by a killed run, not a live one's
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
     if limit <= 0:
         return []

@@ -149,3 +149,55 @@ def test_save_while_merged_and_state_dict_keys(tmp_path):
     assert_close(_logits(pm, ids), ref, torch.float32)
     with pytest.raises(ValueError, match="unmerge_lora"):
         fastft.load_adapter(m, tmp_path)
+
+
+def _peft_load_messages(model, path, caplog) -> list[str]:
+    """Every warning (``warnings`` and logging) ``PeftModel.from_pretrained`` emits, and the loaded model."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(record=True) as w, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        pm = peft.PeftModel.from_pretrained(model, str(path))
+    msgs = [str(x.message) for x in w] + [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    ]
+    return msgs, pm.eval()
+
+
+@pytest.mark.parametrize("case", ["bert-seqcls", "gpt2-lm"])
+def test_peft_loads_fastft_adapter_without_warnings(case, tmp_path, caplog):
+    """fastft's metadata lives in a sidecar: PEFT's file holds only LoraConfig fields, so no
+    "Unexpected keyword arguments ['fastft']" warning (the old ``"fastft": true`` key caused one)."""
+    import dataclasses
+
+    m = _model(case)
+    fastft.add_lora(m, r=4, alpha=8)
+    fastft.save_adapter(m, tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    fields = {f.name for f in dataclasses.fields(peft.LoraConfig)}
+    assert set(cfg) <= fields, sorted(set(cfg) - fields)
+    side = json.loads((tmp_path / fastft.lora.peft_format.SIDECAR_NAME).read_text())
+    assert side["saved_by"] == "fastft" and sorted(side["lora_modules"]) == sorted(lora_layers(m))
+    msgs, _ = _peft_load_messages(_model(case), tmp_path, caplog)
+    assert not [s for s in msgs if "Unexpected keyword" in s or "fastft" in s], msgs
+
+
+def test_adapter_from_older_fastft_with_marker_key_still_loads(tmp_path, caplog):
+    src = _model("bert-seqcls")
+    fastft.add_lora(src, r=4, alpha=8)
+    with torch.no_grad():
+        for layer in lora_layers(src).values():
+            layer.lora_B.weight.normal_()
+    fastft.save_adapter(src, tmp_path)
+    # what older fastft wrote: the marker inside adapter_config.json, no sidecar
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "fastft": True}))
+    os.remove(tmp_path / fastft.lora.peft_format.SIDECAR_NAME)
+    ids = _ids()
+    dst = fastft.load_adapter(_model("bert-seqcls"), tmp_path)
+    assert_close(_logits(dst.eval(), ids), _logits(src.eval(), ids), torch.float32)
+    # the warning the sidecar avoids is real: PEFT still complains about such an old file
+    msgs, pm = _peft_load_messages(_model("bert-seqcls"), tmp_path, caplog)
+    assert any("Unexpected keyword arguments ['fastft']" in s for s in msgs), msgs
+    assert_close(_logits(pm, ids), _logits(src, ids), torch.float32)
