@@ -57,7 +57,11 @@ step() {
   note "START $name (timeout ${cap}s)"
   echo "===== $name: $*" >>"$log"
   local t=$SECONDS rc
-  timeout --kill-after=5 "$cap" "$@" >>"$log" 2>&1
+  if declare -F "$1" >/dev/null; then # a function of this script: run it in a child bash (exported below)
+    timeout --kill-after=5 "$cap" bash -c '"$@"' _ "$@" >>"$log" 2>&1
+  else
+    timeout --kill-after=5 "$cap" "$@" >>"$log" 2>&1
+  fi
   rc=$?
   note "END $name rc=$rc$([ "$rc" -eq 124 ] && echo ' TIMEOUT') in $((SECONDS - t))s: $(tail -n 1 "$log" | cut -c1-160)"
   return "$rc"
@@ -113,8 +117,11 @@ run_device_tests() {
   local to=()
   "$PY" -c "import pytest_timeout" 2>/dev/null && to=(--timeout=120)
   "$PY" -m pytest -q -rfE -p no:cacheprovider "${to[@]}" -m "not gpu and not slow and not benchmark and not distributed" \
-    tests/kernels tests/ops tests/lora/test_functional.py tests/optim/test_fused_adamw.py
+    tests/kernels tests/ops tests/lora/test_functional.py tests/patching/test_loss_patch.py
 }
+
+export PY OUT
+export -f build build_check run_pytest run_device_tests
 
 # ------------------------------------------------------------------------------------------------ steps
 env_info >"$OUT/env.log" 2>&1
@@ -123,7 +130,7 @@ note "env: $(grep -m1 -iE 'h200|h100|nvidia' "$OUT/env.log" | cut -c1-120)"
 step build 60 200 build.log build
 note "build check: $(grep -h 'CUDA kernels registered' "$OUT/build.log" 2>/dev/null | tail -n 1)"
 
-step probes 60 150 probes.log "$PY" scripts/gpu_probes.py
+step probes 60 150 probes.log "$PY" scripts/gpu_probes.py --probe-timeout 45
 if [ -f "$OUT/probes.log" ]; then
   grep -h '^{' "$OUT/probes.log" >"$OUT/probes.jsonl"
   grep -h '"status": "FAIL"' "$OUT/probes.jsonl" | cut -c1-300 | while read -r l; do note "PROBE FAIL: $l"; done

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -222,7 +223,7 @@ def p_adamw(ctx: Ctx) -> None:
 
 
 def _bert_base_shapes(ctx: Ctx) -> list[tuple[int, ...]]:
-    if ctx.dry:
+    if ctx.dry or not ctx.cuda:
         return [(100, 8), (8,), (8, 8), (32, 8), (8, 32)]
     layer = [(768, 768), (768,)] * 4 + [(3072, 768), (3072,), (768, 3072), (768,)] + [(768,)] * 4
     return [(30522, 768), (512, 768), (2, 768), (768,), (768,)] + layer * 12
@@ -571,10 +572,25 @@ class _Skip(Exception):
     pass
 
 
-def run(ctx: Ctx, names: list[str]) -> None:
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout("probe ran past --probe-timeout")
+
+
+def run(ctx: Ctx, names: list[str], limit_s: int = 0) -> None:
+    """Each probe in turn; one that raises (or outruns ``limit_s``, checked between Python bytecodes)
+    is reported as FAIL and the next one runs."""
+    use_alarm = limit_s > 0 and hasattr(signal, "SIGALRM")
+    if use_alarm:
+        signal.signal(signal.SIGALRM, _alarm)
     for name in names:
         t = time.perf_counter()
         try:
+            if use_alarm:
+                signal.alarm(limit_s)
             PROBES[name](ctx)
             emit(name, status="ok", s=round(time.perf_counter() - t, 2))
         except _Skip as e:
@@ -589,6 +605,8 @@ def run(ctx: Ctx, names: list[str]) -> None:
                 s=round(time.perf_counter() - t, 2),
             )
         finally:
+            if use_alarm:
+                signal.alarm(0)
             if ctx.cuda:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
@@ -599,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="CPU, torch paths, tiny shapes")
     ap.add_argument("--only", default="", help=f"comma-separated probes (default all: {','.join(PROBES)})")
     ap.add_argument("--list", action="store_true", help="list the probes and exit")
+    ap.add_argument("--probe-timeout", type=int, default=60, help="seconds per probe (0: no limit)")
     args = ap.parse_args(argv)
     if args.list:
         print("\n".join(PROBES))
@@ -611,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("FASTFT_BACKEND", "auto")  # CPU tensors take the torch paths on their own
         torch.manual_seed(0)
     ctx = Ctx(dry=args.dry_run)
-    run(ctx, names)
+    run(ctx, names, args.probe_timeout)
     return 1 if ctx.failed else 0
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,54 @@ def test_probes_dry_run_emits_json_lines():
     assert status["attention_variants"]["status"] == "skip"  # needs compiled kernels
     adamw = [row for row in rows if row["probe"] == "adamw" and "max_rel_err_op_vs_fallback" in row]
     assert all(row["max_rel_err_op_vs_fallback"] < 1e-2 for row in adamw)
+
+
+def test_function_step_runs_under_its_timeout(tmp_path):
+    """A step that is a shell function (pytest_gpu) really runs through `timeout` and logs its result."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "tests").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", repo)
+    shutil.copy(SCRIPT, repo / "scripts")
+    (repo / "tests" / "test_dummy.py").write_text(
+        "import pytest\n\n\n@pytest.mark.gpu\ndef test_selected():\n    pass\n\n\ndef test_not_selected():\n    pass\n"
+    )
+    out = tmp_path / "out"
+    r = subprocess.run(
+        ["bash", "scripts/gpu_check.sh"],
+        cwd=repo,
+        env=_env(OUT=str(out), GPU_CHECK_ONLY="pytest_gpu", GPU_CHECK_BUDGET_S="300", PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = (out / "summary.txt").read_text()
+    assert "START pytest_gpu" in summary and "END pytest_gpu rc=0" in summary, summary
+    log = (out / "pytest.log").read_text()
+    assert "1 passed, 1 deselected" in log, log[-2000:]
+    assert "START build" not in summary and "SKIP" not in summary  # only the selected step ran
+
+
+def test_probe_timeout_and_failure_do_not_stop_the_rest(capsys, monkeypatch):
+    P = _load_probes()
+
+    def slow(ctx):
+        time.sleep(5)
+
+    def broken(ctx):
+        raise KeyError("typo")
+
+    def fine(ctx):
+        P.emit("fine", value=1.5)
+
+    monkeypatch.setattr(P, "PROBES", {"slow": slow, "broken": broken, "fine": fine})
+    ctx = P.Ctx(dry=True)
+    P.run(ctx, ["slow", "broken", "fine"], limit_s=1)
+    rows = [_strict_json(line) for line in capsys.readouterr().out.splitlines()]
+    status = {r["probe"]: r for r in rows if "status" in r}
+    assert status["slow"]["status"] == "FAIL" and "probe-timeout" in status["slow"]["error"]
+    assert status["slow"]["s"] < 4
+    assert status["broken"]["status"] == "FAIL" and "KeyError" in status["broken"]["error"]
+    assert status["fine"]["status"] == "ok" and {"probe": "fine", "value": 1.5} in rows
+    assert ctx.failed == 2
