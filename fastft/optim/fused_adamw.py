@@ -5,7 +5,8 @@ One ``step()`` does what ``clip_grad_norm_`` + ``torch.optim.AdamW`` do, reading
 ``torch.ops.fastft.fused_adamw_`` (see ``csrc/``). Without the extension, without its kernels for the
 params' device (a CPU-only build on a GPU), with ``FASTFT_BACKEND=torch`` or :data:`USE_EXTENSION` = False,
 it runs :mod:`fastft.optim._reference`: torch's fused AdamW kernel fed a foreach norm and a device-side
-clip coefficient, the same math to fp32 rounding and, like the op, no host sync.
+clip coefficient, the same math to fp32 rounding and, like the op, no host sync (unlike the op, it
+leaves the unscaled, clipped grads in fp32 ``.grad`` tensors, as ``clip_grad_norm_`` would).
 
 Semantics per step, over all params that have a grad (all groups together):
 
