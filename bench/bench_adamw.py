@@ -2,6 +2,8 @@
 
 Implementations, all on the same params/grads (fp32, 109.5M elements in 201 tensors):
   * ``fastft``        -- ``fastft.optim.FusedAdamW(max_grad_norm=...)``: one fused op;
+  * ``fastft_torch``  -- the same optimizer forced onto its torch fallback (``torch._fused_adamw_`` fed a
+    foreach norm and a device-side clip coefficient: what runs when ``fastft._C`` lacks CUDA kernels);
   * ``torch_fused``   -- ``clip_grad_norm_(foreach=True)`` + ``torch.optim.AdamW(fused=True)``;
   * ``torch_foreach`` -- ``clip_grad_norm_(foreach=True)`` + ``torch.optim.AdamW(foreach=True)``.
 
@@ -9,7 +11,7 @@ Memory-traffic floor of one step (what any implementation must move): the update
 and writes p, m, v; the global norm needs one more read of g before the first update. That is
 2*sizeof(p) + 2*sizeof(g) + 4*4 (fp32 m, v read + write) = 32 B/element for fp32 params. ``gbps_floor``
 is that floor divided by the measured time for every impl (so they compare; torch really moves
-40 B/element: its clip also reads and writes g). Timing: the three impls run interleaved in rounds (so background load hits
+40 B/element: its clip also reads and writes g). Timing: the impls run interleaved in rounds (so background load hits
 them alike), every call timed on its own (device-synchronised), warm-up excluded, median reported.
 The clip threshold sits just under the grad norm so clipping is active without torch's in-place
 clip shrinking the grads toward denormals over hundreds of calls.
@@ -76,6 +78,10 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
 
     impls = {
         "fastft": (lambda o: o.step, FusedAdamW(params, lr=1e-4, weight_decay=0.01, max_grad_norm=max_norm)),
+        "fastft_torch": (
+            _forced_fallback,
+            FusedAdamW(params, lr=1e-4, weight_decay=0.01, max_grad_norm=max_norm),
+        ),
         "torch_fused": (None, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=True)),
         "torch_foreach": (None, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, foreach=True)),
     }
@@ -122,6 +128,20 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     del impls, fns
     gc.collect()
     return add_ratios(records, baselines=BASELINES)
+
+
+def _forced_fallback(opt):
+    """``opt.step`` with FusedAdamW's extension switched off for the call."""
+    from fastft.optim import fused_adamw as fa
+
+    def step():
+        old, fa.USE_EXTENSION = fa.USE_EXTENSION, False
+        try:
+            opt.step()
+        finally:
+            fa.USE_EXTENSION = old
+
+    return step
 
 
 def main() -> None:

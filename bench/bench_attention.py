@@ -10,7 +10,9 @@ Shapes (CUDA, bf16): BERT-base H=12, D=64 at S=128 (B=64) and S=512 (B=16), dens
 IMDB-like lengths; GPT-2 H=12, D=64, S=1024 causal (B=8); and a real-length batch (B=32, padded to 512)
 whose lengths are drawn from a log-normal fitted to IMDB review lengths (median 230 tokens, sigma 0.75,
 clipped to [16, 512]) -- plus, when the data is installed, real Rotten Tomatoes token lengths padded to
-the batch maximum. Impls: ``fastft`` (padded kernel with the (B, S) mask), ``fastft_varlen`` (packed
+the batch maximum. Head dim 128 (H=12, D=128: the register-pressure case of the backward kernels) at
+S=512 dense and S=1024 causal, and attention dropout p=0.1 (BERT's training setting) at S=512 dense and
+padded. Impls: ``fastft`` (padded kernel with the (B, S) mask), ``fastft_varlen`` (packed
 real tokens; ``fastft_varlen+unpad`` includes packing q/k/v and re-padding the output),
 ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` / ``sdpa_math`` (torch SDPA pinned to one backend
 via ``torch.nn.attention.sdpa_kernel``; flash cannot take a padding mask). Every row gets
@@ -88,12 +90,20 @@ def _shapes(device: torch.device, quick: bool) -> list[dict[str, Any]]:
             dict(label="gpt2-S1024-causal", B=8, S=1024, causal=True, lengths=None),
             dict(label="real-imdb-B32-S512", B=32, S=512, causal=False, lengths="imdb", varlen=True),
             dict(label="real-rt-B128", B=128, S=None, causal=False, lengths="rt", varlen=True),
+            dict(label="d128-S512", B=16, S=512, D=128, causal=False, lengths=None),
+            dict(label="d128-S1024-causal", B=8, S=1024, D=128, causal=True, lengths=None),
+            dict(label="bert-base-S512-dropout", B=16, S=512, causal=False, lengths=None, dropout=0.1),
+            dict(
+                label="bert-base-S512-padded-dropout", B=16, S=512, causal=False, lengths="imdb", dropout=0.1
+            ),
         ]
     elif cuda:
         base = [
             dict(label="bert-base-S128", B=16, S=128, causal=False, lengths=None),
             dict(label="gpt2-S1024-causal", B=2, S=1024, causal=True, lengths=None),
             dict(label="real-imdb-B8-S512", B=8, S=512, causal=False, lengths="imdb", varlen=True),
+            dict(label="d128-S512", B=4, S=512, D=128, causal=False, lengths=None),
+            dict(label="bert-base-S512-dropout", B=4, S=512, causal=False, lengths=None, dropout=0.1),
         ]
     else:  # CPU: the torch paths only, small enough for minutes
         base = [
@@ -113,11 +123,21 @@ def _shapes(device: torch.device, quick: bool) -> list[dict[str, Any]]:
                 lengths="imdb",
                 varlen=True,
             ),
+            dict(label="d128-S128", B=2 if not quick else 1, S=128, D=128, causal=False, lengths=None),
+            dict(
+                label="bert-base-S128-dropout",
+                B=2 if not quick else 1,
+                S=128,
+                causal=False,
+                lengths=None,
+                dropout=0.1,
+            ),
         ]
     for s in base:
         s.setdefault("H", 12)
         s.setdefault("D", 64)
         s.setdefault("varlen", False)
+        s.setdefault("dropout", 0.0)
     return base
 
 
@@ -162,11 +182,13 @@ def run(device: torch.device, quick: bool = False) -> list[dict[str, Any]]:
         )
         q, k, v = (x.requires_grad_() for x in (q, k, v))
         rec_shape = {"B": B, "H": H, "S": S, "D": D, "causal": causal}
+        if shape["dropout"]:
+            rec_shape["dropout_p"] = shape["dropout"]
         if lens is not None:
             rec_shape["lengths"] = shape["lengths"]
             rec_shape["mean_len"] = round(sum(lens) / len(lens), 1)
             rec_shape["pad_frac"] = round(1 - sum(lens) / (B * S), 3)
-        impls = _impls(q, k, v, do, mask, causal, shape["varlen"], cuda)
+        impls = _impls(q, k, v, do, mask, causal, shape["varlen"], cuda, shape["dropout"])
         for impl, make in impls.items():
             if isinstance(make, str):
                 records.append(not_available(PART, f"{shape['label']}", impl, make, shape=rec_shape))
@@ -269,13 +291,18 @@ def run_model(device: torch.device, quick: bool = False) -> list[dict[str, Any]]
     return add_ratios(records, baselines=("hf_sdpa",))
 
 
-def _impls(q, k, v, do, mask, causal, varlen, cuda) -> dict[str, Any]:
-    """impl -> zero-arg maker returning (fwd closure, grad leaves, dout, path), or a reason string."""
+def _impls(q, k, v, do, mask, causal, varlen, cuda, dropout_p: float = 0.0) -> dict[str, Any]:
+    """impl -> zero-arg maker returning (fwd closure, grad leaves, dout, path), or a reason string.
+
+    With ``dropout_p`` every impl drops attention probabilities at that rate (each with its own RNG,
+    so outputs differ; the work is the same).
+    """
+    p = dropout_p
     out: dict[str, Any] = {}
     path = "triton" if cuda else "torch reference (no Triton kernel on CPU)"
 
     def fastft_padded():
-        f = lambda: scaled_dot_product_attention(q, k, v, attention_mask=mask, is_causal=causal)
+        f = lambda: scaled_dot_product_attention(q, k, v, attention_mask=mask, is_causal=causal, dropout_p=p)
         return f, [q, k, v], do, path
 
     out["fastft"] = fastft_padded
@@ -289,7 +316,7 @@ def _impls(q, k, v, do, mask, causal, varlen, cuda) -> dict[str, Any]:
 
         def fastft_varlen():
             return (
-                (lambda: varlen_attention(qu, ku, vu, cu, ms, is_causal=causal)),
+                (lambda: varlen_attention(qu, ku, vu, cu, ms, is_causal=causal, dropout_p=p)),
                 [qu, ku, vu],
                 dou.detach(),
                 path,
@@ -298,7 +325,7 @@ def _impls(q, k, v, do, mask, causal, varlen, cuda) -> dict[str, Any]:
         def fastft_varlen_unpad():
             def f():
                 pk = lambda x: x.transpose(1, 2).reshape(b * s, h, d).index_select(0, idx)
-                o = varlen_attention(pk(q), pk(k), pk(v), cu, ms, is_causal=causal)
+                o = varlen_attention(pk(q), pk(k), pk(v), cu, ms, is_causal=causal, dropout_p=p)
                 return pad_input(o, idx, b, s).transpose(1, 2)
 
             return f, [q, k, v], do * mask[:, None, :, None], path
@@ -325,7 +352,7 @@ def _impls(q, k, v, do, mask, causal, varlen, cuda) -> dict[str, Any]:
 
                 with sdpa_kernel(backend):
                     return torch.nn.functional.scaled_dot_product_attention(
-                        q, k, v, attn_mask=sdpa_mask, is_causal=causal and sdpa_mask is None
+                        q, k, v, attn_mask=sdpa_mask, is_causal=causal and sdpa_mask is None, dropout_p=p
                     )
 
             f()  # raises here if the backend cannot run this shape/device

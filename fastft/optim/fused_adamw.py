@@ -2,9 +2,11 @@
 
 One ``step()`` does what ``clip_grad_norm_`` + ``torch.optim.AdamW`` do, reading each grad twice
 (once for the global norm, once for the update) and never writing it, through the C++/CUDA op
-``torch.ops.fastft.fused_adamw_`` (see ``csrc/``). Without the extension (or with
-``FASTFT_BACKEND=torch``, or :data:`USE_EXTENSION` = False) it runs :mod:`fastft.optim._reference`,
-plain torch with the same math and the same numbers.
+``torch.ops.fastft.fused_adamw_`` (see ``csrc/``). Without the extension, without its kernels for the
+params' device (a CPU-only build on a GPU), with ``FASTFT_BACKEND=torch`` or :data:`USE_EXTENSION` = False,
+it runs :mod:`fastft.optim._reference`: torch's fused AdamW kernel fed a foreach norm and a device-side
+clip coefficient, the same math to fp32 rounding and, like the op, no host sync (unlike the op, it
+leaves the unscaled, clipped grads in fp32 ``.grad`` tensors, as ``clip_grad_norm_`` would).
 
 Semantics per step, over all params that have a grad (all groups together):
 
@@ -59,13 +61,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 def _ext_ops(device: torch.device) -> Any | None:
     """``torch.ops.fastft`` when the extension can run on ``device``, else None (logged once)."""
     if not USE_EXTENSION or current_backend() == "torch":
-        log_once("fused_adamw", "torch reference path (forced)")
+        log_once("fused_adamw", "torch path (forced): torch._fused_adamw_ + foreach clip")
         return None
     if not _ext.available():
         _ext.warn_missing("FusedAdamW")
         return None
     if not torch._C._dispatch_has_kernel_for_dispatch_key("fastft::fused_adamw_", device.type.upper()):
-        log_once("fused_adamw", f"falls back to torch: fastft._C was built without {device.type} kernels")
+        log_once(
+            "fused_adamw",
+            f"falls back to torch._fused_adamw_ + foreach clip: fastft._C was built without {device.type} kernels",
+        )
         return None
     return torch.ops.fastft
 
