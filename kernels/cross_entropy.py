@@ -9,6 +9,10 @@ One program per row. The vocabulary is walked in ``BLOCK_V`` chunks (V may be 2 
   ``grad`` may alias ``logits`` (each block is read before it is overwritten), which is how the
   fused linear+CE reuses its logits buffer; no fp32 copy of the probabilities ever exists.
 
+Optional per-class weights w (fp32, (V,)) follow torch's ``F.cross_entropy(weight=)`` (see the
+row kernel's docstring). Rows are walked so that the bulk of the loads are 16-byte vectors whatever
+V and the row stride are (see "row walking" below).
+
 Small vocabularies (V <= 1024: classification heads) use a tiled variant that handles a block of
 whole rows per program in one read. There is no backward kernel: the gradient is produced by
 the forward (backward is a multiplication by the upstream gradient, done by torch).
@@ -74,7 +78,13 @@ _SMALL_TILE = 4096
 # A row of V columns starting at element offset ``base`` is walked as
 #   head: the < 16 columns that bring ``base`` to a multiple of 16 elements (one masked 16-wide load),
 #   main: ``n_full`` whole BLOCK_V chunks, unmasked, with a multiple-of-16 hint on the offset,
-#   tail: the < BLOCK_V columns left (one masked load).
+#   tail: the < BLOCK_V columns left: a masked BLOCK_V load whose bound is the multiple of 16 below
+#         what is left (so the mask is constant over aligned runs of 16: still vector loads), then
+#         one masked 16-wide load for the last < 16 columns.
+# Helpers take ``n_valid``, the number of in-bounds columns of their chunk (MASKED chunks only).
+# Hints are applied in the kernel body: a jit helper's argument is a function parameter until
+# inlining, and a ``multiple_of`` on it is lost. Other rows (grad, teacher) share the hinted offset
+# plus a shift that is the constant 0 when their stride equals the first one's (SAME_STRIDE).
 # Without the split every load carries ``cols < V`` and, when V is not a multiple of 16 (GPT-2's
 # 50257, BERT's 30522), the compiler cannot prove any 16-byte run is in bounds or aligned: it emits
 # 2-byte loads. The hint is true by construction; it yields vector loads when the tensor's base
@@ -91,20 +101,18 @@ def _row_split(base, V, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _aligned(off, ALIGNED: tl.constexpr):
-    """``off`` with a multiple-of-16 hint when the caller guarantees it (ALIGNED)."""
-    if ALIGNED:
-        off = tl.multiple_of(off, 16)
-    return off
+def _tail16(c, V):
+    """Columns left after ``c`` (an aligned offset), rounded down to a multiple of 16, hinted."""
+    return tl.multiple_of((V - c) // 16 * 16, 16)
 
 
 @triton.jit
-def _ce_fold(X, W, off, c, cols, limit, m, s, sx, sw,
+def _ce_fold(X, W, off, c, cols, n_valid, m, s, sx, sw,
              HAS_SMOOTHING: tl.constexpr, HAS_WEIGHT: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
     """Fold columns ``c + cols`` (logits at ``X + off + cols``) into the row statistics:
     (max, sum exp) always; with smoothing sx = sum w_j x_j and sw = sum w_j (w = 1 unweighted)."""
     if MASKED:
-        mask = c + cols < limit
+        mask = cols < n_valid
         x = tl.load(X + off + cols, mask=mask, other=float("-inf")).to(tl.float32)
     else:
         x = tl.load(X + off + cols).to(tl.float32)
@@ -126,12 +134,12 @@ def _ce_fold(X, W, off, c, cols, limit, m, s, sx, sw,
 
 
 @triton.jit
-def _ce_grad(X, G, W, off, goff, c, cols, limit, tgt, lse, a, b, eps_v, scale,
+def _ce_grad(X, G, W, off, goff, c, cols, n_valid, tgt, lse, a, b, eps_v, scale,
              HAS_SMOOTHING: tl.constexpr, HAS_WEIGHT: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
     """dlogits of columns ``c + cols``: scale * (a p_k - b [k = y] - eps/V w_k), written at G + goff."""
     k = c + cols
     if MASKED:
-        mask = k < limit
+        mask = cols < n_valid
         x = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32)
     else:
         x = tl.load(X + off + cols).to(tl.float32)
@@ -163,7 +171,9 @@ def _zero_row(G, gbase, V, BLOCK_V: tl.constexpr):
     for i in range(0, n_full):
         tl.store(G + tl.multiple_of(gbase + head + i * BLOCK_V, 16) + cols, zero)
     c = head + n_full * BLOCK_V
-    tl.store(G + gbase + c + cols, zero, mask=c + cols < V)
+    tl.store(G + tl.multiple_of(gbase + c, 16) + cols, zero, mask=cols < _tail16(c, V))
+    c2 = c + _tail16(c, V)
+    tl.store(G + gbase + c2 + cols16, tl.zeros([16], tl.float32).to(G.dtype.element_ty), mask=cols16 < V - c2)
 
 
 # ----------------------------------------------------------------------------- forward kernels
@@ -203,6 +213,10 @@ def _cross_entropy_fwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     xbase = row * stride_x
     gbase = row * stride_g
+    if SAME_STRIDE:
+        gshift = 0
+    else:
+        gshift = gbase - xbase
     tgt = tl.load(TARGET + row).to(tl.int64)
     if tgt == ignore_index:
         tl.store(LOSS + row, 0.0)
@@ -224,7 +238,10 @@ def _cross_entropy_fwd_kernel(
             m, s, sx, sw = _ce_fold(X, WEIGHT, tl.multiple_of(xbase + c, 16), c, cols, V, m, s, sx, sw,
                                     HAS_SMOOTHING, HAS_WEIGHT, False)  # fmt: skip
         c = head + n_full * BLOCK_V
-        m, s, sx, sw = _ce_fold(X, WEIGHT, xbase + c, c, cols, V, m, s, sx, sw,
+        m, s, sx, sw = _ce_fold(X, WEIGHT, tl.multiple_of(xbase + c, 16), c, cols, _tail16(c, V), m, s, sx, sw,
+                                HAS_SMOOTHING, HAS_WEIGHT, True)  # fmt: skip
+        c2 = c + _tail16(c, V)
+        m, s, sx, sw = _ce_fold(X, WEIGHT, xbase + c2, c2, cols16, V - c2, m, s, sx, sw,
                                 HAS_SMOOTHING, HAS_WEIGHT, True)  # fmt: skip
         lse = m + tl.log(s)
         xt = tl.load(X + xbase + tgt).to(tl.float32)
@@ -252,10 +269,15 @@ def _cross_entropy_fwd_kernel(
                      HAS_SMOOTHING, HAS_WEIGHT, True)  # fmt: skip
             for i in range(0, n_full):
                 c = head + i * BLOCK_V
-                _ce_grad(X, GRAD, WEIGHT, tl.multiple_of(xbase + c, 16), _aligned(gbase + c, SAME_STRIDE), c,
-                         cols, V, tgt, lse, a, b, eps_v, scale, HAS_SMOOTHING, HAS_WEIGHT, False)  # fmt: skip
+                xoff = tl.multiple_of(xbase + c, 16)
+                _ce_grad(X, GRAD, WEIGHT, xoff, xoff + gshift, c, cols, V, tgt, lse, a, b, eps_v, scale,
+                         HAS_SMOOTHING, HAS_WEIGHT, False)  # fmt: skip
             c = head + n_full * BLOCK_V
-            _ce_grad(X, GRAD, WEIGHT, xbase + c, gbase + c, c, cols, V, tgt, lse, a, b, eps_v, scale,
+            xoff = tl.multiple_of(xbase + c, 16)
+            _ce_grad(X, GRAD, WEIGHT, xoff, xoff + gshift, c, cols, _tail16(c, V), tgt, lse, a, b, eps_v, scale,
+                     HAS_SMOOTHING, HAS_WEIGHT, True)  # fmt: skip
+            c2 = c + _tail16(c, V)
+            _ce_grad(X, GRAD, WEIGHT, xbase + c2, gbase + c2, c2, cols16, V - c2, tgt, lse, a, b, eps_v, scale,
                      HAS_SMOOTHING, HAS_WEIGHT, True)  # fmt: skip
 
 
@@ -340,12 +362,12 @@ def _cross_entropy_fwd_small_kernel(
 
 
 @triton.jit
-def _kd_fold(S, T, soff, toff, c, cols, limit, inv_temp, m1, s1, m2, s2, m3, s3, acc,
+def _kd_fold(S, T, soff, toff, c, cols, n_valid, inv_temp, m1, s1, m2, s2, m3, s3, acc,
              HAS_TARGET: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
     """Fold columns ``c + cols`` of the student (S + soff) and teacher (T + toff) rows into the
     online statistics of :func:`_kd_fwd_kernel`."""
     if MASKED:
-        mask = c + cols < limit
+        mask = cols < n_valid
         xs = tl.load(S + soff + cols, mask=mask, other=float("-inf")).to(tl.float32)
         xt = tl.load(T + toff + cols, mask=mask, other=float("-inf")).to(tl.float32)
         sp = tl.where(mask, xs * inv_temp, 0.0)
@@ -369,12 +391,12 @@ def _kd_fold(S, T, soff, toff, c, cols, limit, inv_temp, m1, s1, m2, s2, m3, s3,
 
 
 @triton.jit
-def _kd_grad(S, T, G, soff, toff, goff, c, cols, limit, tgt, inv_temp, lse1, lse2, lse3, w_kl, alpha, scale,
+def _kd_grad(S, T, G, soff, toff, goff, c, cols, n_valid, tgt, inv_temp, lse1, lse2, lse3, w_kl, alpha, scale,
              HAS_TARGET: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
     """Student dlogits of columns ``c + cols``, written at G + goff (see :func:`_kd_fwd_kernel`)."""
     k = c + cols
     if MASKED:
-        mask = k < limit
+        mask = cols < n_valid
         xs = tl.load(S + soff + cols, mask=mask, other=0.0).to(tl.float32)
         xt = tl.load(T + toff + cols, mask=mask, other=0.0).to(tl.float32)
     else:
@@ -430,6 +452,12 @@ def _kd_fwd_kernel(
     sbase = row * stride_s
     tbase = row * stride_t
     gbase = row * stride_g
+    if SAME_STRIDE:
+        tshift = 0
+        gshift = 0
+    else:
+        tshift = tbase - sbase
+        gshift = gbase - sbase
     if HAS_TARGET:
         tgt = tl.load(TARGET + row).to(tl.int64)
         skip = tgt == ignore_index
@@ -457,12 +485,15 @@ def _kd_fwd_kernel(
                                                m1, s1, m2, s2, m3, s3, acc, HAS_TARGET, True)  # fmt: skip
         for i in range(0, n_full):
             c = head + i * BLOCK_V
-            m1, s1, m2, s2, m3, s3, acc = _kd_fold(
-                S, T, tl.multiple_of(sbase + c, 16), _aligned(tbase + c, SAME_STRIDE), c, cols, V, inv_temp,
-                m1, s1, m2, s2, m3, s3, acc, HAS_TARGET, False,
-            )  # fmt: skip
+            soff = tl.multiple_of(sbase + c, 16)
+            m1, s1, m2, s2, m3, s3, acc = _kd_fold(S, T, soff, soff + tshift, c, cols, V, inv_temp,
+                                                   m1, s1, m2, s2, m3, s3, acc, HAS_TARGET, False)  # fmt: skip
         c = head + n_full * BLOCK_V
-        m1, s1, m2, s2, m3, s3, acc = _kd_fold(S, T, sbase + c, tbase + c, c, cols, V, inv_temp,
+        soff = tl.multiple_of(sbase + c, 16)
+        m1, s1, m2, s2, m3, s3, acc = _kd_fold(S, T, soff, soff + tshift, c, cols, _tail16(c, V), inv_temp,
+                                               m1, s1, m2, s2, m3, s3, acc, HAS_TARGET, True)  # fmt: skip
+        c2 = c + _tail16(c, V)
+        m1, s1, m2, s2, m3, s3, acc = _kd_fold(S, T, sbase + c2, tbase + c2, c2, cols16, V - c2, inv_temp,
                                                m1, s1, m2, s2, m3, s3, acc, HAS_TARGET, True)  # fmt: skip
         lse2 = m2 + tl.log(s2)
         lse3 = m3 + tl.log(s3)
@@ -483,14 +514,16 @@ def _kd_fwd_kernel(
                      alpha, scale, HAS_TARGET, True)  # fmt: skip
             for i in range(0, n_full):
                 c = head + i * BLOCK_V
-                _kd_grad(
-                    S, T, GRAD, tl.multiple_of(sbase + c, 16), _aligned(tbase + c, SAME_STRIDE),
-                    _aligned(gbase + c, SAME_STRIDE), c, cols, V, tgt, inv_temp, lse1, lse2, lse3, w_kl,
-                    alpha, scale, HAS_TARGET, False,
-                )  # fmt: skip
+                soff = tl.multiple_of(sbase + c, 16)
+                _kd_grad(S, T, GRAD, soff, soff + tshift, soff + gshift, c, cols, V, tgt, inv_temp, lse1, lse2,
+                         lse3, w_kl, alpha, scale, HAS_TARGET, False)  # fmt: skip
             c = head + n_full * BLOCK_V
-            _kd_grad(S, T, GRAD, sbase + c, tbase + c, gbase + c, c, cols, V, tgt, inv_temp, lse1, lse2, lse3,
-                     w_kl, alpha, scale, HAS_TARGET, True)  # fmt: skip
+            soff = tl.multiple_of(sbase + c, 16)
+            _kd_grad(S, T, GRAD, soff, soff + tshift, soff + gshift, c, cols, _tail16(c, V), tgt, inv_temp,
+                     lse1, lse2, lse3, w_kl, alpha, scale, HAS_TARGET, True)  # fmt: skip
+            c2 = c + _tail16(c, V)
+            _kd_grad(S, T, GRAD, sbase + c2, tbase + c2, gbase + c2, c2, cols16, V - c2, tgt, inv_temp, lse1, lse2,
+                     lse3, w_kl, alpha, scale, HAS_TARGET, True)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -25,6 +25,11 @@ Conventions (all match ``torch.nn.functional.cross_entropy``):
 * ``reduction="mean"`` divides by the number of non-ignored rows. If every row is ignored the
   loss is ``nan`` (0/0) and the gradient is zero, exactly like torch.
 * ``label_smoothing=eps``: loss = (1-eps) * nll + eps * mean_j(-log p_j); ignored rows excluded.
+* Class weights: ``cross_entropy(..., weight=w)`` / ``nn.CrossEntropyLoss(w)`` /
+  ``linear_cross_entropy(..., class_weight=w)`` take a ``(V,)`` tensor with torch's ``weight=``
+  semantics: row loss w[y] * nll, smoothed (1-eps) w[y] nll + eps/V sum_j w[j] (-log p_j), and
+  ``mean`` = sum of row losses / sum_i w[y_i] over non-ignored rows (``sum``/``none``: unnormalised).
+  The weights are constants (no gradient). KD has no class weights.
 * The loss has the logits' (hidden's) dtype, like torch (fp32 under autocast, or with
   ``fp32_loss=True``); it is always computed in fp32.
 * Low precision: the gradient is rounded to the logits' dtype once, in the forward; an upstream
