@@ -11,13 +11,28 @@ __all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "KDLoss"]
 
 
 class CrossEntropyLoss(nn.Module):
-    """Drop-in for ``nn.CrossEntropyLoss`` (class-index targets, no class weights).
+    """Drop-in for ``nn.CrossEntropyLoss`` (class-index targets).
 
-    ``forward(logits (N, V) or (..., V), target (N,) or (...)) -> loss``.
+    ``weight``: optional ``(C,)`` per-class weights with torch's semantics (see
+    :func:`fastft.functional.cross_entropy`); kept as a buffer, so ``.to(device)`` moves it and it
+    is saved in the ``state_dict`` like torch's.
+    ``forward(logits (N, C) or (..., C), target (N,) or (...)) -> loss``.
     """
 
-    def __init__(self, *, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean"):
+    weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+    ):
         super().__init__()
+        if weight is not None and (not isinstance(weight, torch.Tensor) or weight.dim() != 1):
+            raise ValueError("weight must be a 1-D tensor with one weight per class")
+        self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.reduction = reduction
@@ -29,10 +44,12 @@ class CrossEntropyLoss(nn.Module):
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
+            weight=self.weight,
         )
 
     def extra_repr(self) -> str:
-        return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+        w = "" if self.weight is None else f"weight=({self.weight.shape[0]},), "
+        return f"{w}ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
 
 
 class LinearCrossEntropyLoss(nn.Module):
@@ -49,8 +66,10 @@ class LinearCrossEntropyLoss(nn.Module):
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        class_weight: torch.Tensor | None = None,
     ):
         super().__init__()
+        self.register_buffer("class_weight", class_weight)  # (V,) per-class weights or None
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.reduction = reduction
@@ -72,6 +91,7 @@ class LinearCrossEntropyLoss(nn.Module):
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
             chunk_size=self.chunk_size,
+            class_weight=self.class_weight,
         )
 
     def extra_repr(self) -> str:

@@ -25,6 +25,11 @@ Conventions (all match ``torch.nn.functional.cross_entropy``):
 * ``reduction="mean"`` divides by the number of non-ignored rows. If every row is ignored the
   loss is ``nan`` (0/0) and the gradient is zero, exactly like torch.
 * ``label_smoothing=eps``: loss = (1-eps) * nll + eps * mean_j(-log p_j); ignored rows excluded.
+* Class weights: ``cross_entropy(..., weight=w)`` / ``nn.CrossEntropyLoss(w)`` /
+  ``linear_cross_entropy(..., class_weight=w)`` take a ``(V,)`` tensor with torch's ``weight=``
+  semantics: row loss w[y] * nll, smoothed (1-eps) w[y] nll + eps/V sum_j w[j] (-log p_j), and
+  ``mean`` = sum of row losses / sum_i w[y_i] over non-ignored rows (``sum``/``none``: unnormalised).
+  The weights are constants (no gradient). KD has no class weights.
 * The loss has the logits' (hidden's) dtype, like torch (fp32 under autocast, or with
   ``fp32_loss=True``); it is always computed in fp32.
 * Low precision: the gradient is rounded to the logits' dtype once, in the forward; an upstream
@@ -36,7 +41,7 @@ import torch
 
 from fastft import _backend
 
-__all__ = ["cross_entropy", "kd_loss", "linear_cross_entropy", "linear_kd_loss"]
+__all__ = ["cross_entropy", "kd_loss", "linear_cross_entropy", "linear_kd_loss", "linear_ce_wgrad_path"]
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -65,27 +70,39 @@ def _check_rows(logits: torch.Tensor, target: torch.Tensor | None, name: str = "
             raise TypeError(f"target must hold class indices (int64/int32); got {target.dtype}")
 
 
+def _weight_sum(target: torch.Tensor, ignore_index: int, weight: torch.Tensor, dtype) -> torch.Tensor:
+    """sum_i w[y_i] over non-ignored rows: the denominator of torch's weighted mean."""
+    valid = target != ignore_index
+    w_rows = weight.to(dtype)[torch.where(valid, target, torch.zeros_like(target)).long()]
+    return torch.where(valid, w_rows, torch.zeros_like(w_rows)).sum()
+
+
 def _scale_tensor(
-    target: torch.Tensor | None, n_rows: int, ignore_index: int, code: int, ref
+    target: torch.Tensor | None, n_rows: int, ignore_index: int, code: int, ref, weight=None
 ) -> torch.Tensor:
     """Gradient scale of the reduction as a 0-dim fp32 tensor (no host sync).
 
     mean: 1/max(n_valid, 1) -- the clamp gives zero gradients when every row is ignored (torch's
-    behaviour), while the loss itself is still divided by the true count (nan for 0/0).
+    behaviour), while the loss itself is still divided by the true count (nan for 0/0). With class
+    weights the count is sum_i w[y_i] (non-ignored), and a zero sum gives zero gradients.
     """
     dtype, device = _acc(ref.dtype), ref.device
     if code != 1:
         return torch.ones((), dtype=dtype, device=device)
     if target is None:
         return torch.full((), 1.0 / max(n_rows, 1), dtype=dtype, device=device)
+    if weight is not None:
+        den = _weight_sum(target, ignore_index, weight, dtype)
+        return torch.where(den == 0, torch.zeros_like(den), 1.0 / den)
     n_valid = (target != ignore_index).sum().to(dtype)
     return 1.0 / n_valid.clamp(min=1.0)
 
 
 def _reduce(
-    loss_rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int, code: int
+    loss_rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int, code: int, weight=None
 ) -> torch.Tensor:
-    """fp32 reduction of per-row losses (ignored rows hold 0)."""
+    """fp32 reduction of per-row losses (ignored rows hold 0); mean divides by sum_i w[y_i] with
+    class weights, by the number of non-ignored rows without."""
     if code == 0:
         return loss_rows
     total = loss_rows.sum()
@@ -93,6 +110,8 @@ def _reduce(
         return total
     if target is None:
         return total / loss_rows.shape[0]
+    if weight is not None:
+        return total / _weight_sum(target, ignore_index, weight, total.dtype)
     return total / (target != ignore_index).sum().to(total.dtype)
 
 
@@ -102,11 +121,14 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _ce_rows_torch(x, target, ignore_index, eps, scale, compute_grad):
+def _ce_rows_torch(x, target, ignore_index, eps, scale, compute_grad, weight=None):
     """Reference for one block of rows: (loss_rows fp32 (n,), grad (n, V) in x.dtype or None).
 
     ``scale`` is None, a 0-dim tensor, or an (n,) tensor of per-row factors applied to the grad.
+    ``weight``: None or (V,) class weights; the math is in :class:`_CrossEntropyInplace`.
     """
+    if weight is not None:
+        return _ce_rows_torch_weighted(x, target, ignore_index, eps, scale, compute_grad, weight)
     xf = x.to(_acc(x.dtype))
     V = xf.shape[1]
     valid = target != ignore_index
@@ -125,6 +147,35 @@ def _ce_rows_torch(x, target, ignore_index, eps, scale, compute_grad):
     if scale is not None:
         w = w * scale.to(xf.dtype)
     g *= w[:, None]
+    return loss, g.to(x.dtype)
+
+
+def _ce_rows_torch_weighted(x, target, ignore_index, eps, scale, compute_grad, weight):
+    """:func:`_ce_rows_torch` with class weights w (torch's definition, W = sum_j w_j):
+    loss = (1-eps) w_y (lse - x_y) + eps/V (W lse - sum_j w_j x_j)."""
+    xf = x.to(_acc(x.dtype))
+    w = weight.to(xf.dtype)
+    V = xf.shape[1]
+    valid = target != ignore_index
+    tgt = torch.where(valid, target, torch.zeros_like(target)).long()
+    lse = torch.logsumexp(xf, dim=1)
+    xt = xf.gather(1, tgt[:, None]).squeeze(1)
+    wt = w[tgt]
+    loss = wt * (lse - xt)
+    if eps != 0.0:
+        loss = (1.0 - eps) * loss + (eps / V) * (w.sum() * lse - xf @ w)
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if not compute_grad:
+        return loss, None
+    a = (1.0 - eps) * wt + (eps / V) * w.sum()
+    g = torch.sub(xf, lse[:, None]).exp_().mul_(a[:, None])
+    if eps != 0.0:
+        g -= (eps / V) * w
+    g.scatter_add_(1, tgt[:, None], (-(1.0 - eps) * wt)[:, None])
+    r = valid.to(xf.dtype)
+    if scale is not None:
+        r = r * scale.to(xf.dtype)
+    g *= r[:, None]
     return loss, g.to(x.dtype)
 
 
@@ -170,7 +221,7 @@ def _kernel_unsupported(*tensors: torch.Tensor) -> str | None:
     return None
 
 
-def _ce_rows(x, target, ignore_index, eps, scale, compute_grad, grad_out=None, must_write=False):
+def _ce_rows(x, target, ignore_index, eps, scale, compute_grad, grad_out=None, must_write=False, weight=None):
     """Loss rows (+ grad). The kernel writes the grad into ``grad_out`` when given (it may alias
     ``x``); the torch path returns a fresh tensor unless ``must_write`` (saves a copy)."""
     if _backend.use_triton("cross_entropy", x, unsupported=_kernel_unsupported(x)):
@@ -185,9 +236,10 @@ def _ce_rows(x, target, ignore_index, eps, scale, compute_grad, grad_out=None, m
             label_smoothing=eps,
             scale=scale,
             grad_out=grad_out if compute_grad else None,
+            weight=weight,
         )
         return loss, grad_out if compute_grad else None
-    loss, g = _ce_rows_torch(x, target, ignore_index, eps, scale, compute_grad)
+    loss, g = _ce_rows_torch(x, target, ignore_index, eps, scale, compute_grad, weight)
     if g is not None and grad_out is not None and must_write:
         grad_out.copy_(g)
         g = grad_out
@@ -221,15 +273,16 @@ def _cross_entropy_op(
     label_smoothing: float,
     reduction: int,
     compute_grad: bool,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (fp32 loss (reduced, or (N,) for none), grad (N, V) in logits.dtype or empty)."""
-    scale = _scale_tensor(target, logits.shape[0], ignore_index, reduction, logits)
-    loss, grad = _ce_rows(logits, target, ignore_index, label_smoothing, scale, compute_grad)
-    return _reduce(loss, target, ignore_index, reduction), grad if compute_grad else _EMPTY(logits)
+    scale = _scale_tensor(target, logits.shape[0], ignore_index, reduction, logits, weight)
+    loss, grad = _ce_rows(logits, target, ignore_index, label_smoothing, scale, compute_grad, weight=weight)
+    return _reduce(loss, target, ignore_index, reduction, weight), grad if compute_grad else _EMPTY(logits)
 
 
 @_cross_entropy_op.register_fake
-def _(logits, target, ignore_index, label_smoothing, reduction, compute_grad):
+def _(logits, target, ignore_index, label_smoothing, reduction, compute_grad, weight=None):
     loss = logits.new_empty((logits.shape[0],) if reduction == 0 else (), dtype=_acc(logits.dtype))
     return loss, torch.empty_like(logits) if compute_grad else logits.new_empty(0)
 
@@ -252,7 +305,7 @@ def _scaled_grad(ctx, grad_loss):
 
 
 def _ce_backward(ctx, grad_loss, _grad_grad):
-    return _scaled_grad(ctx, grad_loss), None, None, None, None, None
+    return _scaled_grad(ctx, grad_loss), None, None, None, None, None, None
 
 
 _cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup)
@@ -263,21 +316,27 @@ class _CrossEntropyInplace(torch.autograd.Function):
 
     Forward: loss as in :func:`cross_entropy`; dlogits = scale * (softmax(x) - (1-eps) onehot - eps/V)
     is written into ``logits`` itself. Backward: dlogits * grad_loss (row-wise for ``none``).
+
+    With class weights w (W = sum_j w_j, y the target, p = softmax(x)), per row
+    loss = (1-eps) w_y (lse - x_y) + eps/V (W lse - sum_j w_j x_j), hence
+    dloss/dx_k = ((1-eps) w_y + eps W/V) p_k - (1-eps) w_y [k = y] - eps/V w_k;
+    ``mean`` divides by sum_i w_{y_i} over non-ignored rows (torch's ``weight=`` semantics).
     The logits' version counter is bumped so that any other autograd user of the logits fails
     loudly instead of silently reading gradients.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, label_smoothing, reduction):
-        scale = _scale_tensor(target, logits.shape[0], ignore_index, reduction, logits)
+    def forward(ctx, logits, target, ignore_index, label_smoothing, reduction, weight=None):
+        scale = _scale_tensor(target, logits.shape[0], ignore_index, reduction, logits, weight)
         with torch.no_grad():
             loss, grad = _ce_rows(
-                logits, target, ignore_index, label_smoothing, scale, True, grad_out=logits, must_write=True
-            )
+                logits, target, ignore_index, label_smoothing, scale, True, grad_out=logits, must_write=True,
+                weight=weight,
+            )  # fmt: skip
         torch.autograd.graph.increment_version(logits)
         ctx.reduction = reduction
         ctx.save_for_backward(grad.detach())
-        return _reduce(loss, target, ignore_index, reduction)
+        return _reduce(loss, target, ignore_index, reduction, weight)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -285,7 +344,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
         # whole loss costs no N x V buffer (a second backward through it fails the version check)
         (grad,) = ctx.saved_tensors
         grad.mul_(grad_loss[:, None] if ctx.reduction == 0 else grad_loss)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def _flatten(logits: torch.Tensor, target: torch.Tensor | None):
@@ -320,6 +379,7 @@ def cross_entropy(
     reduction: str = "mean",
     inplace_backward: bool = False,
     fp32_loss: bool = False,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax cross-entropy of class-index targets, computed in one fused pass.
 
@@ -328,6 +388,11 @@ def cross_entropy(
         target: ``(N,)`` or ``(...)`` int64 class indices in ``[0, V)`` or ``ignore_index``.
         reduction: ``"mean"`` (over non-ignored rows; nan if all are ignored, like torch),
             ``"sum"``, or ``"none"`` (shape of ``target``, 0 at ignored rows).
+        weight: optional ``(V,)`` per-class weights, exactly torch's ``F.cross_entropy(weight=)``:
+            row loss ``w[y] * nll`` (with label smoothing ``eps``:
+            ``(1-eps) w[y] nll + eps/V * sum_j w[j] * (-log p_j)``); ``"mean"`` divides by
+            ``sum_i w[y_i]`` over non-ignored rows, ``"sum"``/``"none"`` do not normalise. Any
+            float dtype (used in fp32); no gradient flows to it.
         inplace_backward: overwrite ``logits`` with its gradient during the forward (saves one
             ``N x V`` buffer). Only when nothing else reads the logits afterwards; ignored under
             ``torch.compile``.
@@ -345,11 +410,26 @@ def cross_entropy(
         raise ValueError(
             "inplace_backward=True would overwrite a leaf tensor; pass the logits an op produced"
         )
+    w = _class_weight(weight, x)
     if inplace_backward and need and not torch.compiler.is_compiling():
-        loss = _CrossEntropyInplace.apply(x, t, int(ignore_index), float(label_smoothing), code)
+        loss = _CrossEntropyInplace.apply(x, t, int(ignore_index), float(label_smoothing), code, w)
     else:
-        loss, _ = _cross_entropy_op(x, t, int(ignore_index), float(label_smoothing), code, need)
+        loss, _ = _cross_entropy_op(x, t, int(ignore_index), float(label_smoothing), code, need, w)
     return _finish(loss, lead, code, logits.dtype, fp32_loss)
+
+
+def _class_weight(weight: torch.Tensor | None, x: torch.Tensor, name: str = "weight") -> torch.Tensor | None:
+    """Validated (V,) class weights, detached, in the accumulation dtype on the logits' device."""
+    if weight is None:
+        return None
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.shape[0] != x.shape[1]:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{name} must be a 1-D tensor of {x.shape[1]} class weights; got {shape}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor; got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{name} is on {weight.device} but the logits are on {x.device}; move it first")
+    return weight.detach().to(_acc(x.dtype)).contiguous()
 
 
 # ----------------------------------------------------------------------------- kd_loss op
@@ -454,28 +534,59 @@ def choose_chunk_rows(n_rows: int, hidden: int, vocab: int, elem_size: int) -> i
     return int(max(1, min(n_rows, rows)))
 
 
-_MM_DTYPE_OUT: bool | None = None  # does this torch/device have addmm(..., out_dtype=fp32)?
+#: (device type, input dtype) -> does ``aten::addmm.dtype_out`` really accumulate in fp32 there?
+_DTYPE_OUT_OK: dict[tuple[str, torch.dtype], bool] = {}
+#: The weight-gradient accumulation path the last mixed-dtype call took (see linear_ce_wgrad_path).
+_WGRAD_PATH: str | None = None
+
+
+def linear_ce_wgrad_path() -> str | None:
+    """How the fused linear losses accumulated the head's weight gradient last (None: not yet):
+
+    * ``"same-dtype"``: fp32 (or fp64) inputs, ``addmm_`` into the fp32 buffer;
+    * ``"addmm-dtype-out"``: 16-bit inputs, cuBLAS writes the fp32 sum directly
+      (``aten::addmm.dtype_out``, verified once per device/dtype to keep the fp32 bits);
+    * ``"fp32-upcast"``: 16-bit inputs, the chunk's operands are cast to fp32 and ``addmm_``-ed
+      (CPU, or a torch whose ``dtype_out`` is missing or rounds to 16 bits). Never a 16-bit product.
+    """
+    return _WGRAD_PATH
+
+
+def _dtype_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Probe once (one host sync per process and dtype) that ``addmm.dtype_out`` keeps fp32 bits:
+    1 + 2^-12 is exact in fp32 but rounds to 1 in bf16 and fp16."""
+    key = (device.type, dtype)
+    if key not in _DTYPE_OUT_OK:
+        a = torch.ones(1, 2, dtype=dtype, device=device)
+        b = torch.tensor([[1.0], [2.0**-12]], dtype=dtype, device=device)
+        acc = torch.zeros(1, 1, dtype=torch.float32, device=device)
+        try:
+            torch.ops.aten.addmm.dtype_out(acc, a, b, torch.float32, out=acc)
+            _DTYPE_OUT_OK[key] = acc.item() == 1.0 + 2.0**-12
+        except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+            _DTYPE_OUT_OK[key] = False
+    return _DTYPE_OUT_OK[key]
 
 
 def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``acc += a @ b`` with ``acc`` fp32 and a, b possibly 16-bit.
+    """``acc += a @ b`` with ``acc`` fp32 and a, b possibly 16-bit, always accumulated in fp32.
 
-    On CUDA, cuBLAS accumulates straight into the fp32 buffer (``aten::addmm.dtype_out``, torch
-    >= 2.8), so each chunk's contribution is not rounded to 16 bits; elsewhere the chunk product
-    is formed in the input dtype and added in fp32.
+    ``acc += a @ b`` in 16 bits would round every chunk's product to 8 (bf16) mantissa bits
+    before the fp32 sum. On CUDA cuBLAS can write the fp32 result directly
+    (``aten::addmm.dtype_out``, torch >= 2.8); otherwise the operands are upcast (costs an fp32
+    copy of the chunk's dlogits, 2x the 16-bit chunk).
     """
-    global _MM_DTYPE_OUT
+    global _WGRAD_PATH
     if acc.dtype == a.dtype:
         acc.addmm_(a, b)
+        _WGRAD_PATH = "same-dtype"
         return
-    if acc.is_cuda and _MM_DTYPE_OUT is not False:
-        try:
-            torch.ops.aten.addmm.dtype_out(acc, a, b, acc.dtype, out=acc)
-            _MM_DTYPE_OUT = True
-            return
-        except (RuntimeError, AttributeError, NotImplementedError):
-            _MM_DTYPE_OUT = False
-    acc += a @ b
+    if acc.is_cuda and _dtype_out_ok(acc.device, a.dtype):
+        torch.ops.aten.addmm.dtype_out(acc, a, b, acc.dtype, out=acc)
+        _WGRAD_PATH = "addmm-dtype-out"
+        return
+    acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+    _WGRAD_PATH = "fp32-upcast"
 
 
 def _linear_loop(hidden, weight, bias, rows_fn, scale, need_h, need_w, need_b, chunk):
@@ -514,15 +625,18 @@ def _linear_loop(hidden, weight, bias, rows_fn, scale, need_h, need_w, need_b, c
     return loss, gh, gw, gb
 
 
-def _ce_rows_fn(target, ignore_index, eps):
+def _ce_rows_fn(target, ignore_index, eps, class_weight=None):
     def rows(start, end, logits, sc, compute):
-        return _ce_rows(logits, target[start:end], ignore_index, eps, sc, compute, grad_out=logits)
+        tgt = target[start:end]
+        return _ce_rows(logits, tgt, ignore_index, eps, sc, compute, grad_out=logits, weight=class_weight)
 
     return rows
 
 
-def _linear_ce_loop(hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk):
-    rows = _ce_rows_fn(target, ignore_index, eps)
+def _linear_ce_loop(
+    hidden, weight, target, bias, ignore_index, eps, scale, need_h, need_w, need_b, chunk, class_weight=None
+):
+    rows = _ce_rows_fn(target, ignore_index, eps, class_weight)
     return _linear_loop(hidden, weight, bias, rows, scale, need_h, need_w, need_b, chunk)
 
 
@@ -547,11 +661,12 @@ def _linear_ce_op(
     need_h: bool,
     need_w: bool,
     need_b: bool,
+    class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fp32 loss, grad_hidden, grad_weight, grad_bias); grads computed here unless reduction is
     ``none`` (then backward recomputes the logits with the per-row upstream gradient)."""
     eager = reduction != 0
-    scale = _scale_tensor(target, hidden.shape[0], ignore_index, reduction, hidden)
+    scale = _scale_tensor(target, hidden.shape[0], ignore_index, reduction, hidden, class_weight)
     loss, gh, gw, gb = _linear_ce_loop(
         hidden,
         weight,
@@ -564,8 +679,12 @@ def _linear_ce_op(
         need_w and eager,
         need_b and eager,
         chunk,
+        class_weight,
     )
-    return (_reduce(loss, target, ignore_index, reduction), *_grads_or_empty(hidden, gh, gw, gb))
+    return (
+        _reduce(loss, target, ignore_index, reduction, class_weight),
+        *_grads_or_empty(hidden, gh, gw, gb),
+    )
 
 
 def _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b):
@@ -584,7 +703,8 @@ def _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b):
 
 
 @_linear_ce_op.register_fake
-def _(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, chunk, need_h, need_w, need_b):
+def _(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, chunk, need_h, need_w, need_b,
+      class_weight=None):  # fmt: skip
     return _linear_fake(hidden, weight, bias, reduction, need_h, need_w, need_b)
 
 
@@ -601,18 +721,21 @@ def _linear_ce_bwd_op(
     need_h: bool,
     need_w: bool,
     need_b: bool,
+    class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of ``reduction="none"``: recompute each chunk with dlogits scaled per row."""
     _, gh, gw, gb = _linear_ce_loop(
-        hidden, weight, target, bias, ignore_index, label_smoothing, grad_rows, need_h, need_w, need_b, chunk
-    )
+        hidden, weight, target, bias, ignore_index, label_smoothing, grad_rows, need_h, need_w, need_b, chunk,
+        class_weight,
+    )  # fmt: skip
     gw = gw.to(weight.dtype) if gw is not None else None
     gb = gb.to(bias.dtype) if gb is not None else None
     return _grads_or_empty(hidden, gh, gw, gb)
 
 
 @_linear_ce_bwd_op.register_fake
-def _(grad_rows, hidden, weight, target, bias, ignore_index, label_smoothing, chunk, need_h, need_w, need_b):
+def _(grad_rows, hidden, weight, target, bias, ignore_index, label_smoothing, chunk, need_h, need_w, need_b,
+      class_weight=None):  # fmt: skip
     return (
         torch.empty_like(hidden) if need_h else hidden.new_empty(0),
         torch.empty_like(weight) if need_w else hidden.new_empty(0),
@@ -621,8 +744,9 @@ def _(grad_rows, hidden, weight, target, bias, ignore_index, label_smoothing, ch
 
 
 def _lce_setup(ctx, inputs, output):
-    hidden, weight, target, bias, ii, eps, reduction, chunk, need_h, need_w, need_b = inputs
+    hidden, weight, target, bias, ii, eps, reduction, chunk, need_h, need_w, need_b, cw = inputs
     ctx.args = (ii, eps, chunk, need_h, need_w, need_b)
+    ctx.class_weight = cw
     ctx.reduction = reduction
     ctx.has_bias = bias is not None
     ctx.w_dtype = weight.dtype
@@ -637,7 +761,7 @@ def _lce_backward(ctx, grad_loss, _g1, _g2, _g3):
     if ctx.reduction == 0:
         hidden, weight, target, bias = ctx.saved_tensors
         gh, gw, gb = _linear_ce_bwd_op(
-            grad_loss, hidden, weight, target, bias, ii, eps, chunk, need_h, need_w, need_b
+            grad_loss, hidden, weight, target, bias, ii, eps, chunk, need_h, need_w, need_b, ctx.class_weight
         )
     else:
         gh, gw, gb = ctx.saved_tensors
@@ -650,6 +774,7 @@ def _lce_backward(ctx, grad_loss, _g1, _g2, _g3):
         gw if need_w else None,
         None,
         gb if need_b and ctx.has_bias else None,
+        None,
         None,
         None,
         None,
@@ -674,6 +799,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     chunk_size: int | None = None,
     fp32_loss: bool = False,
+    class_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T + bias, target)`` without materialising the logits.
 
@@ -683,6 +809,8 @@ def linear_cross_entropy(
         target: ``(N,)`` / ``(...)`` class indices or ``ignore_index``.
         chunk_size: rows of logits per step (default: :func:`choose_chunk_rows`, which keeps the
             chunk at ~2x the size of ``hidden`` and >= 64 MiB).
+        class_weight: optional ``(V,)`` per-class weights, the ``weight=`` of
+            :func:`cross_entropy` (renamed here because ``weight`` is the head's matrix).
     Memory: one ``(chunk, V)`` logits buffer (its gradient is written over it) plus the grads of
     hidden/weight/bias; never ``(N, V)``. For ``reduction="mean"/"sum"`` the grads are computed
     during the forward (3 GEMMs in all, like torch's linear + CE); for ``"none"`` backward
@@ -720,8 +848,9 @@ def linear_cross_entropy(
     need_h = grad_on and hidden.requires_grad
     need_w = grad_on and weight.requires_grad
     need_b = grad_on and bias is not None and bias.requires_grad
+    cw = _class_weight(class_weight, h.new_empty(0, V), "class_weight")
     loss, *_ = _linear_ce_op(
-        h, weight, t, bias, int(ignore_index), float(label_smoothing), code, chunk, need_h, need_w, need_b
+        h, weight, t, bias, int(ignore_index), float(label_smoothing), code, chunk, need_h, need_w, need_b, cw
     )
     return _finish(loss, lead, code, hidden.dtype, fp32_loss)
 

@@ -231,15 +231,19 @@ from triton.compiler import ASTSource
 import fastft.kernels.cross_entropy as k
 b = "*bf16"
 io = {"TARGET": "*i64", "LOSS": "*fp32", "GRAD": b, "stride_g": "i64", "SCALE": "*fp32"}
+w = {"WEIGHT": "*fp32"}
 cases = [
-    (k._cross_entropy_fwd_kernel, {"X": b, "stride_x": "i64", **io, "V": "i32", "ignore_index": "i32", "eps": "fp32"},
-     {"BLOCK_V": 8192, "HAS_SMOOTHING": True, "COMPUTE_GRAD": True, "SCALE_MODE": 2}),
+    (k._cross_entropy_fwd_kernel,
+     {"X": b, "stride_x": "i64", **io, **w, "V": "i32", "ignore_index": "i32", "eps": "fp32"},
+     {"BLOCK_V": 8192, "HAS_SMOOTHING": True, "COMPUTE_GRAD": True, "SCALE_MODE": 2, "HAS_WEIGHT": True,
+      "SAME_STRIDE": False}),
     (k._cross_entropy_fwd_small_kernel,
-     {"X": b, "stride_x": "i64", **io, "N": "i32", "V": "i32", "ignore_index": "i32", "eps": "fp32"},
-     {"BLOCK_N": 128, "BLOCK_V": 32, "HAS_SMOOTHING": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1}),
+     {"X": b, "stride_x": "i64", **io, **w, "N": "i32", "V": "i32", "ignore_index": "i32", "eps": "fp32"},
+     {"BLOCK_N": 128, "BLOCK_V": 32, "HAS_SMOOTHING": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1,
+      "HAS_WEIGHT": True}),
     (k._kd_fwd_kernel, {"S": b, "stride_s": "i64", "T": "*fp32", "stride_t": "i64", **io, "V": "i32",
                         "ignore_index": "i32", "inv_temp": "fp32", "temp": "fp32", "alpha": "fp32"},
-     {"BLOCK_V": 4096, "HAS_TARGET": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1}),
+     {"BLOCK_V": 4096, "HAS_TARGET": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1, "SAME_STRIDE": True}),
 ]
 for fn, sig, consts in cases:
     sig = {**sig, **{c: "constexpr" for c in consts}}
@@ -264,3 +268,211 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("triton's bundled ptxas is missing")
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+_VECTOR_LOADS_SM90 = r"""
+import re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastft.kernels.cross_entropy as k
+# GPT-2's vocabulary, contiguous rows (stride 50257, not a multiple of 16) and the padded 50304: pointers
+# 16-byte aligned (what the JIT specialises a fresh torch tensor to); strides and V hinted only when % 16 == 0.
+ptr = {a: "*bf16" for a in ("X", "S", "T", "GRAD")}
+ptr.update(TARGET="*i64", LOSS="*fp32", SCALE="*fp32", WEIGHT="*fp32")
+ints = {"stride_x", "stride_s", "stride_t", "stride_g", "V"}
+block, warps = k._config(50257, 2)
+assert k._config(50304, 2) == (block, warps)
+cases = {
+    "ce": (k._cross_entropy_fwd_kernel, {"BLOCK_V": block, "HAS_SMOOTHING": False, "COMPUTE_GRAD": True,
+                                         "SCALE_MODE": 1, "HAS_WEIGHT": False, "SAME_STRIDE": True}),
+    "kd": (k._kd_fwd_kernel, {"BLOCK_V": block, "HAS_TARGET": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1,
+                              "SAME_STRIDE": True}),
+}
+for name, (fn, consts) in cases.items():
+    for V in (50257, 50304):
+        sig, attrs = {}, {}
+        for i, a in enumerate(fn.arg_names):
+            if a in consts:
+                sig[a] = "constexpr"
+            elif a in ptr:
+                sig[a], attrs[(i,)] = ptr[a], [["tt.divisibility", 16]]
+            else:
+                sig[a] = "i32" if a in ints or a == "ignore_index" else "fp32"
+                if a in ints and V % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                            target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 3})
+        ptx = cc.asm["ptx"]
+        n = [len(re.findall(op + r"\.global\." + w, ptx)) for op, w in (("ld", "v4"), ("ld", "b16"), ("st", "v4"),
+                                                                        ("st", "b16"))]
+        print(name, V, *n)
+"""
+
+
+def test_loads_vectorised_when_vocab_not_multiple_of_16():
+    """V = 50257 (GPT-2): the aligned main loop and tail must compile to 16-byte loads and stores, as
+    many as at V = 50304 (before the head/main/tail split: 0 ``ld.global.v4``, 33 (CE) / 65 (KD)
+    masked 2-byte ``ld.global.b16`` in the PTX)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _VECTOR_LOADS_SM90], env=env, capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0 and ("ptxas" in proc.stderr or "GPUTarget" in proc.stderr):
+        pytest.skip("this triton cannot compile to sm_90 PTX here")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = {}
+    for ln in proc.stdout.splitlines():
+        if ln[:2] in ("ce", "kd"):
+            name, V, *n = ln.split()
+            counts[name, int(V)] = dict(zip(("ld_v4", "ld_b16", "st_v4", "st_b16"), map(int, n)))
+    for name in ("ce", "kd"):
+        odd, even = counts[name, 50257], counts[name, 50304]
+        # as many 16-byte loads/stores as the aligned vocabulary; 2-byte ones only for the < 16-column
+        # head and end pieces (16 wide: one per thread and operand), never for whole chunks
+        assert odd["ld_v4"] == even["ld_v4"] > 0 and odd["st_v4"] == even["st_v4"] > 0, proc.stdout
+        assert odd["ld_b16"] <= 16 and odd["st_b16"] <= 8, proc.stdout
+
+
+# ----------------------------------------------------------------------------- row walk (head / main / tail)
+# V = BLOCK_V * k + r with a small forced BLOCK_V so the interpreter walks many full chunks; odd V makes
+# each row start at a different offset mod 16 (a different head length); the sliced case has a row
+# stride unrelated to V.
+ROW_WALK = [(2, 64), (3, 64), (17, 16), (64 * 3, 64), (64 * 3 + 1, 64), (64 * 3 + 15, 64), (64 * 4 + 33, 64),
+            (1025, 256), (4096 + 7, 1024)]  # fmt: skip
+
+
+@pytest.mark.parametrize("V,block", ROW_WALK)
+def test_ce_row_walk_any_vocab_matches_float64(V, block):
+    from fastft.kernels.cross_entropy import cross_entropy_forward
+
+    N = 19
+    for sliced in (False, True):
+        base = randn(N, V + 5 if sliced else V, scale=3.0)
+        x = base[:, 3 : 3 + V] if sliced else base
+        t = _targets(N, V, "cpu")
+        for eps, w in ((0.0, None), (0.1, None), (0.0, torch.rand(V) + 0.2), (0.2, torch.rand(V) + 0.2)):
+            g = torch.full_like(x, float("nan"))  # every element must be written
+            loss = cross_entropy_forward(x, t, label_smoothing=eps, grad_out=g, weight=w, block_v=block)
+            x64 = x.double().requires_grad_()
+            ref = F.cross_entropy(x64, t, reduction="none", label_smoothing=eps,
+                                  weight=None if w is None else w.double())  # fmt: skip
+            (gref,) = torch.autograd.grad(ref.sum(), x64)
+            tag = f"V={V} block={block} sliced={sliced} eps={eps} weight={w is not None}"
+            assert_close(loss, ref, torch.float32, name=f"loss {tag}")
+            assert_close(g, gref, torch.float32, name=f"grad {tag}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ce_row_walk_low_precision_within_torch_error(dtype):
+    from fastft.kernels.cross_entropy import cross_entropy_forward
+
+    N, V = 13, 64 * 5 + 11
+    x = randn(N, V, scale=3.0, dtype=dtype)
+    t = _targets(N, V, "cpu")
+    g = torch.empty_like(x)
+    loss = cross_entropy_forward(x, t, grad_out=g, block_v=64)
+    x64 = x.double().requires_grad_()
+    ref = F.cross_entropy(x64, t, reduction="none")
+    (gref,) = torch.autograd.grad(ref.sum(), x64)
+    xl = x.clone().requires_grad_()
+    own = F.cross_entropy(xl.float(), t, reduction="none").to(dtype)  # torch's loss rounds to the dtype
+    (gown,) = torch.autograd.grad(F.cross_entropy(xl, t, reduction="sum"), xl)
+    assert_within_torch_error(loss.to(dtype), own, ref, name="loss")
+    assert_within_torch_error(g, gown, gref, name="grad")
+
+
+# ----------------------------------------------------------------------------- class weights
+WEIGHT_SHAPES = [(37, 2), (50, 7), (6, 1030)]  # small-V tiled kernel and the row-looping one
+
+
+@pytest.mark.parametrize("N,V", WEIGHT_SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_ce_class_weights_match_torch_float64(device, N, V, reduction, backend):
+    for eps in (0.0, 0.15):
+        x = randn(N, V, device=device, scale=2.0).requires_grad_()
+        t = _targets(N, V, device)
+        w = torch.rand(V, device=device) * 3 + 0.05
+        g = _upstream(reduction, N, device)
+        with fastft.backend(backend):
+            loss = cross_entropy(x, t, weight=w, reduction=reduction, label_smoothing=eps)
+            (gx,) = torch.autograd.grad(loss, x, g)
+        x64 = x.detach().double().requires_grad_()
+        ref = F.cross_entropy(x64, t, weight=w.double(), reduction=reduction, label_smoothing=eps)
+        (gref,) = torch.autograd.grad(ref, x64, g.double())
+        assert_close(loss, ref, torch.float32, name=f"loss eps={eps}")
+        assert_close(gx, gref, torch.float32, name=f"grad eps={eps}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N,V", [(64, 5), (8, 2000)])
+def test_ce_class_weights_low_precision_within_torch_error(device, dtype, N, V):
+    x = randn(N, V, device=device, scale=3.0, dtype=dtype)
+    t = _targets(N, V, device)
+    w = torch.rand(V, device=device) + 0.1
+    xk = x.clone().requires_grad_()
+    with fastft.backend("triton"):
+        loss = cross_entropy(xk, t, weight=w, label_smoothing=0.1)
+        (gx,) = torch.autograd.grad(loss, xk)
+    x64 = x.double().requires_grad_()
+    ref = F.cross_entropy(x64, t, weight=w.double(), label_smoothing=0.1)
+    (gref,) = torch.autograd.grad(ref, x64)
+    xt = x.clone().requires_grad_()
+    own = F.cross_entropy(xt, t, weight=w.to(dtype), label_smoothing=0.1)
+    (gown,) = torch.autograd.grad(own, xt)
+    assert_within_torch_error(loss, own, ref, name="loss")
+    assert_within_torch_error(gx, gown, gref, name="grad")
+
+
+def test_ce_class_weights_module_inplace_and_errors(device):
+    from fastft.nn import CrossEntropyLoss
+
+    N, V = 30, 6
+    w = torch.rand(V, device=device) + 0.5
+    x = randn(N, V, device=device)
+    t = _targets(N, V, device)
+    mod = CrossEntropyLoss(w, ignore_index=-100)
+    assert torch.equal(mod.state_dict()["weight"], w) and "weight=(6,)" in repr(mod)
+    ref = torch.nn.CrossEntropyLoss(weight=w.double())(x.double(), t)
+    with fastft.backend("triton"):
+        assert_close(mod(x, t), ref, torch.float32)
+        src = x.clone().requires_grad_()
+        loss = cross_entropy(src * 1.0, t, weight=w, inplace_backward=True)  # a non-leaf: may be overwritten
+        loss.backward()
+    x64 = x.double().requires_grad_()
+    F.cross_entropy(x64, t, weight=w.double()).backward()
+    assert_close(loss, ref, torch.float32)
+    assert_close(src.grad, x64.grad, torch.float32, name="inplace grad")
+    for bad in (torch.ones(V + 1), torch.ones(V, V), torch.ones(V, dtype=torch.long)):
+        with pytest.raises((ValueError, TypeError), match="weight"):
+            cross_entropy(x, t, weight=bad.to(device))
+
+
+def test_ce_class_weights_opcheck():
+    """The custom op with its new optional weight passes torch's schema / fake / autograd checks."""
+    x = randn(9, 5).requires_grad_()
+    t = _targets(9, 5, "cpu")
+    w = torch.rand(5) + 0.1
+    op = torch.ops.fastft.cross_entropy.default
+    for red in (0, 1, 2):
+        torch.library.opcheck(op, (x, t, -100, 0.1, red, True, w))
+    torch.library.opcheck(op, (x, t, -100, 0.0, 1, True, None))
+
+
+def test_ce_class_weights_all_ignored_and_compile(device):
+    x = randn(4, 3, device=device).requires_grad_()
+    t = torch.full((4,), -100, device=device)
+    w = torch.rand(3, device=device)
+    loss = cross_entropy(x, t, weight=w)
+    ref = F.cross_entropy(x.detach(), t, weight=w)
+    assert torch.isnan(loss) and torch.isnan(ref)
+    (gx,) = torch.autograd.grad(loss, x)
+    assert torch.equal(gx, torch.zeros_like(gx))
+    f = torch.compile(lambda a, b, c: cross_entropy(a, b, weight=c), fullgraph=True, backend="eager")
+    t2 = _targets(4, 3, device)
+    assert_close(f(x, t2, w), F.cross_entropy(x.detach().double(), t2, weight=w.double()), torch.float32)

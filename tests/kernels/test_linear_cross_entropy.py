@@ -190,3 +190,66 @@ def test_linear_ce_gpt2_head_memory_gpu():
     assert_within_torch_error(loss, lt, l64, name="loss")
     for name, a, tt, r in zip(("hidden", "weight"), grads, gts, g64):
         assert_within_torch_error(a, tt, r, name=f"grad {name}")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_ce_class_weight_matches_torch(device, reduction):
+    N, H, V = 41, 12, 37
+    h = randn(N, H, device=device).requires_grad_()
+    w = randn(V, H, device=device).requires_grad_()
+    t = torch.randint(0, V, (N,), device=device)
+    t[:5] = -100
+    cw = torch.rand(V, device=device) + 0.1
+    g = randn(N, device=device) if reduction == "none" else torch.tensor(1.3, device=device)
+    with fastft.backend("triton"):
+        loss = linear_cross_entropy(h, w, t, class_weight=cw, reduction=reduction, label_smoothing=0.1,
+                                    chunk_size=16)  # fmt: skip
+        gh, gw = torch.autograd.grad(loss, (h, w), g)
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.cross_entropy(h64 @ w64.t(), t, weight=cw.double(), reduction=reduction, label_smoothing=0.1)
+    gh_ref, gw_ref = torch.autograd.grad(ref, (h64, w64), g.double())
+    assert_close(loss, ref, torch.float32)
+    assert_close(gh, gh_ref, torch.float32, name="grad hidden")
+    assert_close(gw, gw_ref, torch.float32, name="grad weight")
+
+
+def test_linear_ce_weight_grad_accumulates_in_fp32():
+    """bf16 inputs, many chunks: the head's weight gradient must be an fp32 sum of exact chunk
+    products (error ~ fp32 eps x number of chunks), not a sum of bf16-rounded chunk products
+    (error ~ bf16 eps = 2^-8 relative). The logits/dlogits themselves are bf16, so the reference
+    is the float64 sum of the kernel's own bf16 dlogits chunks times the bf16 hidden states."""
+    from fastft.ops.cross_entropy import _accumulate_mm, linear_ce_wgrad_path
+
+    V, H, chunk, n_chunks = 64, 32, 16, 40
+    acc = torch.zeros(V, H)
+    ref = torch.zeros(V, H, dtype=torch.float64)
+    chunks = [
+        (randn(chunk, V, dtype=torch.bfloat16), randn(chunk, H, dtype=torch.bfloat16))
+        for _ in range(n_chunks)
+    ]
+    for g, h in chunks:
+        _accumulate_mm(acc, g.t(), h)
+        ref += g.double().t() @ h.double()
+    assert linear_ce_wgrad_path() == "fp32-upcast"
+    err = (acc.double() - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    assert err <= 64 * torch.finfo(torch.float32).eps * scale, f"{err:.2e} vs scale {scale:.2e}"
+    # the old path (a bf16 product per chunk, summed in fp32) on the same chunks
+    acc16 = torch.zeros(V, H)
+    for g, h in chunks:
+        acc16 += g.t() @ h
+    bf16_err = (acc16.double() - ref).abs().max().item()
+    assert bf16_err > 10 * err, "the check would not tell bf16 from fp32 accumulation"
+
+
+def test_linear_ce_bf16_records_wgrad_path():
+    from fastft.ops.cross_entropy import linear_ce_wgrad_path
+
+    h = randn(20, 8, dtype=torch.bfloat16).requires_grad_()
+    w = randn(30, 8, dtype=torch.bfloat16).requires_grad_()
+    t = torch.randint(0, 30, (20,))
+    linear_cross_entropy(h, w, t, chunk_size=8).backward()
+    assert linear_ce_wgrad_path() == "fp32-upcast"
+    h32 = h.detach().float().requires_grad_()
+    linear_cross_entropy(h32, w.detach().float().requires_grad_(), t, chunk_size=8).backward()
+    assert linear_ce_wgrad_path() == "same-dtype"

@@ -307,3 +307,20 @@ def test_cublas_main_gemm_variant(layout, dtype, device, monkeypatch):
     monkeypatch.setenv("FASTFT_LORA_MAIN_GEMM", "bogus")
     with pytest.raises(ValueError, match="FASTFT_LORA_MAIN_GEMM"):
         _check((4, 8, 8, 2), layout, dtype, device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_dropout_backward_uses_forward_mask(layout, dtype, device):
+    """The dropout kernels (fused mask regeneration in forward and backward) on the GPU, both 16-bit dtypes."""
+    test_dropout_backward_uses_forward_mask(layout, dtype, device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", SHAPES, ids=lambda c: "x".join(map(str, c)))
+def test_gpu_forward_backward(case, layout, dtype, device):
+    """The CPU suite's awkward shapes, compiled for the GPU (fused rank-r path included)."""
+    _check(case, layout, dtype, device)
