@@ -923,10 +923,11 @@ def _accuracy(model: nn.Module, ds, tokenizer, batch_size: int) -> float:
     return correct / max(total, 1)
 
 
-def _run_hf_trainer(cfg, tokenizer, val, name: str, shape: dict, note: str) -> dict:
+def build_hf_trainer(cfg, tokenizer):
+    """(trainer, model, args): the HF baseline of ``cfg`` (a fastft TrainConfig) at its best, on
+    the same prepared splits as fastft (``prepare_data``), sdpa attention, dynamic padding."""
     import transformers
 
-    t0, c0, load0 = time.perf_counter(), time.process_time(), _loadavg()
     data = _prepare(cfg, tokenizer)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         cfg.model,
@@ -948,6 +949,12 @@ def _run_hf_trainer(cfg, tokenizer, val, name: str, shape: dict, note: str) -> d
         data_collator=transformers.DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
     )
+    return trainer, model, args
+
+
+def _run_hf_trainer(cfg, tokenizer, val, name: str, shape: dict, note: str) -> dict:
+    t0, c0, load0 = time.perf_counter(), time.process_time(), _loadavg()
+    trainer, model, args = build_hf_trainer(cfg, tokenizer)
     with StepClock() as clock:
         out = trainer.train()
     wall, cpu, load1 = time.perf_counter() - t0, time.process_time() - c0, _loadavg()

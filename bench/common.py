@@ -805,7 +805,16 @@ def markdown_report(data: dict[str, Any]) -> str:
         notes = [r["note"] for r in recs if r.get("note")]
         for n in dict.fromkeys(notes):
             out.append(f"- {n}")
-        if notes:
+        bases = [
+            f"{r['name']} baseline `{r['impl']}`: {r['config']}"
+            for r in recs
+            if r.get("status", "ok") == "ok"
+            and r.get("config")
+            and not str(r.get("impl", "")).startswith("fastft")
+        ]
+        for b in dict.fromkeys(bases):
+            out.append(f"- {b}")
+        if notes or bases:
             out.append("")
         out.append(markdown_table(recs))
     return "\n".join(out) + "\n"
