@@ -221,3 +221,20 @@ def test_step_clock_times_every_optimizer_step():
     got = clock.per_step()
     assert got["optimizer_steps"] == 5 and got["steps_timed"] == 3
     assert got["cpu_ms_per_step"] >= 0 and got["wall_ms_per_step"] >= 0
+
+
+def test_cpu_train_target_judged_only_on_a_full_epoch():
+    def rows():
+        base = dict(name="cpu_train", status="ok", accuracy=0.80, cpu_ms_per_step=200.0, cpu_s=10.0)
+        return [dict(base, impl="hf_trainer", mean_ms=120.0), dict(base, impl="fastft", mean_ms=100.0)]
+
+    full = rows()
+    e2e._judge_cpu_train(full, n_val=1000)
+    assert full[1]["speedup_vs_hf_trainer"] == pytest.approx(1.2) and full[1]["target_met"] is True
+    short = rows()
+    e2e._judge_cpu_train(short, n_val=1000, full_epoch=False)
+    assert short[1]["target_met"] is None
+    worse = rows()
+    worse[1]["accuracy"] = 0.70  # faster but less accurate than the tolerance allows
+    e2e._judge_cpu_train(worse, n_val=1000)
+    assert worse[1]["target_met"] is False
