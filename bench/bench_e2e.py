@@ -8,15 +8,18 @@ memory counter sees one model at a time):
   BERT-base-sized sequence classifier (random init: speed does not depend on the weights) on
   batches whose lengths follow a review-length distribution, padded to the longest in the batch
   as HF's ``DataCollatorWithPadding`` does. ``fastft``: ``fastft.patch(model)`` + FusedAdamW (the
-  patched attention drops the padding when its owner implements unpadding); ``hf``: sdpa attention +
-  ``torch.optim.AdamW(fused=True)`` on CUDA (the default foreach AdamW on CPU).
+  patched attention drops the padding when its owner implements unpadding); ``hf``: HF at its best,
+  ``attn_implementation="sdpa"`` + ``torch.optim.AdamW(fused=True)``. Both get the same
+  length-grouped batches (the order of HF's ``LengthGroupedSampler``, as a careful user trains).
 * ``gpt2_lora`` -- GPT-2-small-sized causal LM with LoRA r=16, alpha=32 on c_attn/c_proj/c_fc,
   packed full-length blocks. ``fastft``: ``fastft.patch(model, lora=...)`` + FusedAdamW;
-  ``hf_peft``: ``peft.get_peft_model`` + torch AdamW.
+  ``hf_peft``: ``peft.get_peft_model`` + torch AdamW(fused=True).
 * ``cpu_train`` (CPU only) -- the ``fastft train`` default run (TrainConfig defaults: all-MiniLM-L6-v2
-  on Rotten Tomatoes) for a bounded number of steps against ``transformers.Trainer`` with the same
-  model, the same prepared data (``fastft.train.data.prepare_data``) and hyperparameters: wall time
-  to the same number of steps, and validation accuracy measured by the same code for both.
+  on Rotten Tomatoes, one epoch; ``--quick``: 12 steps; ``FASTFT_BENCH_TRAIN_STEPS=epoch|N``) against
+  ``transformers.Trainer`` at its best (length grouping, ``optim="adamw_torch_fused"``, sdpa) with
+  the same model, the same prepared data (``fastft.train.data.prepare_data``) and hyperparameters:
+  steady-state time per optimizer step (process CPU and wall), and validation accuracy measured by
+  the same code for both.
 
 On CUDA both sides run under bf16 autocast with fp32 master weights; on CPU in fp32. On CPU the
 models are shrunk (fewer/narrower layers, shorter sequences) so the part runs in minutes; the
@@ -33,6 +36,7 @@ import logging
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 import traceback
@@ -61,7 +65,7 @@ log = logging.getLogger("fastft.bench")
 TARGETS = {
     "bert_cls": "≥2× hf samples/s at ≤0.6× peak memory (H100)",
     "gpt2_lora": "≥1.5× hf_peft tokens/s at ≤0.5× peak memory (H100)",
-    "cpu_train": "≥1.3× hf_trainer samples/s at equal accuracy (CPU)",
+    "cpu_train": "≥1.1× hf_trainer (length-grouped, fused AdamW) samples/s at equal accuracy (CPU)",
 }
 GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -232,9 +236,15 @@ def _autocast(device: torch.device):
 
 
 def _torch_adamw(params, device: torch.device, lr: float) -> torch.optim.Optimizer:
-    if device.type == "cuda":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    """The fastest torch AdamW a careful user picks: ``fused=True`` (CUDA and, since torch 2.4, CPU)."""
+    return torch.optim.AdamW(list(params), lr=lr, weight_decay=0.01, fused=True)
+
+
+def _optimizer_desc(opt: torch.optim.Optimizer) -> str:
+    """What actually ran: ``torch AdamW(fused=True)`` etc., read back from the optimizer itself."""
+    d = opt.defaults
+    kind = "fused=True" if d.get("fused") else ("foreach=True" if d.get("foreach") else "default loop")
+    return f"torch.optim.{type(opt).__name__}({kind})"
 
 
 def _fastft_optimizer(params, lr: float) -> tuple[torch.optim.Optimizer | None, str | None]:
@@ -505,13 +515,41 @@ def _target_met(scenario: str, rec: dict, device: torch.device) -> bool | None:
 # --------------------------------------------------------------------------------------------
 
 
+MEGABATCH_MULT = 50  # transformers' LengthGroupedSampler: megabatches of (at most) 50 batches
+
+
+def length_grouped_batches(lengths: list[int], batch: int, rng: random.Random) -> list[list[int]]:
+    """``lengths`` cut into batches in the order of transformers' ``LengthGroupedSampler``
+    (``train_sampling_strategy="group_by_length"``): shuffle, split into megabatches of
+    ``min(len // (4 * batch), 50)`` batches, sort each megabatch by length (longest first), cut into
+    batches. This is how a careful user's HF Trainer batches, and what fastft's trainer does too."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mult = max(1, min(len(lengths) // (4 * batch), MEGABATCH_MULT))
+    mega = mult * batch
+    flat: list[int] = []
+    for i in range(0, len(order), mega):
+        flat += sorted(order[i : i + mega], key=lambda j: -lengths[j])
+    return [[lengths[j] for j in flat[i : i + batch]] for i in range(0, len(flat), batch)]
+
+
+def _pick_evenly(items: list, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (every part of a sorted megabatch is represented)."""
+    if n >= len(items):
+        return list(items)
+    return [items[int((k + 0.5) * len(items) / n)] for k in range(n)]
+
+
 def _bert_batches(sz: dict, dist: str, device: torch.device, vocab: int) -> tuple[list[dict], str]:
+    """``n_batches`` batches of one length-grouped epoch (a pool of 50 batches' worth of review
+    lengths grouped as HF's ``LengthGroupedSampler`` does, then batches picked evenly across it),
+    each padded to its longest member as ``DataCollatorWithPadding`` does."""
     rng = random.Random(0)
     g = torch.Generator().manual_seed(0)
+    pool, source = review_lengths(dist, MEGABATCH_MULT * 4 * sz["batch"], sz["max_len"], rng)
+    grouped = [b for b in length_grouped_batches(pool, sz["batch"], rng) if len(b) == sz["batch"]]
     out = []
-    source = ""
-    for _ in range(sz["n_batches"]):
-        lens, source = review_lengths(dist, sz["batch"], sz["max_len"], rng)
+    for lens in _pick_evenly(grouped, sz["n_batches"]):
         S = max(lens)
         ids = torch.randint(1000, vocab, (len(lens), S), generator=g)
         mask = torch.zeros(len(lens), S, dtype=torch.long)
@@ -522,7 +560,7 @@ def _bert_batches(sz: dict, dist: str, device: torch.device, vocab: int) -> tupl
         out.append(
             {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
         )
-    return out, source
+    return out, source + ", length-grouped batches (HF LengthGroupedSampler order)"
 
 
 def _build_bert(sz: dict, device: torch.device):
@@ -565,14 +603,23 @@ def _bench_bert_dist(sz: dict, dist: str, device: torch.device, peaks: dict) -> 
     shape = {"model": sz["label"], "B": sz["batch"], "lengths": dist, "max_len": sz["max_len"]}
     note = (
         f"bert_cls: random-init {sz['label']} ({sz['config']}), batch {sz['batch']}, {source}, "
-        "padded to the longest in each batch"
+        "padded to the longest in each batch; HF baseline = attn_implementation='sdpa' + "
+        "torch.optim.AdamW(fused=True) on the same length-grouped batches"
     )
     cfg_holder: dict = {}
 
     def hf():
         model, cfg_holder["cfg"] = _build_bert(sz, device)
-        extra = {"config": "sdpa + torch AdamW" + (" (fused)" if device.type == "cuda" else " (foreach)")}
-        return model, _torch_adamw(model.parameters(), device, lr), extra
+        opt = _torch_adamw(model.parameters(), device, lr)
+        attn = getattr(model.config, "_attn_implementation", None)
+        if attn != "sdpa":  # the baseline must be HF at its best: say so loudly rather than compare to eager
+            raise RuntimeError(f"HF baseline attention is {attn!r}, not 'sdpa'")
+        extra = {
+            "config": f"HF attn_implementation={attn} + {_optimizer_desc(opt)}, length-grouped batches",
+            "attn_implementation": attn,
+            "optimizer": _optimizer_desc(opt),
+        }
+        return model, opt, extra
 
     def ours():
         model, cfg_holder["cfg"] = _build_bert(sz, device)
@@ -643,11 +690,13 @@ def bench_gpt2_lora(device: torch.device, quick: bool, peaks: dict) -> list[dict
         with _quiet_warnings():
             model = peft.get_peft_model(model, pcfg)
         opt = _torch_adamw([p for p in model.parameters() if p.requires_grad], device, lr)
-        return (
-            model,
-            opt,
-            {"config": "PEFT LoRA + sdpa + torch AdamW" + (" (fused)" if device.type == "cuda" else "")},
-        )
+        attn = getattr(model.config, "_attn_implementation", None)
+        extra = {
+            "config": f"PEFT LoRA + attn_implementation={attn} + {_optimizer_desc(opt)}",
+            "attn_implementation": attn,
+            "optimizer": _optimizer_desc(opt),
+        }
+        return model, opt, extra
 
     def ours():
         model, cfg_holder["cfg"] = _build_gpt2(sz, device)
@@ -696,7 +745,162 @@ def _quiet_warnings():
 
 
 def cpu_train_steps(quick: bool) -> dict[str, int]:
-    return dict(max_steps=12 if quick else 60, max_eval_samples=256 if quick else 1000)
+    """How long both cpu_train runs go: one epoch, as ``fastft train`` does by default
+    (``max_steps=-1``); 12 steps with ``--quick``; ``FASTFT_BENCH_TRAIN_STEPS=epoch|N`` overrides."""
+    env = os.environ.get("FASTFT_BENCH_TRAIN_STEPS", "").strip().lower()
+    if env and env != "epoch":
+        n = int(env) if env.isdigit() else 0
+        if n <= 0:
+            raise ValueError(f"FASTFT_BENCH_TRAIN_STEPS must be 'epoch' or a step count > 0 (got {env!r})")
+        max_steps = n
+    else:
+        max_steps = -1 if (env == "epoch" or not quick) else 12
+    return dict(max_steps=max_steps, max_eval_samples=256 if quick else 1000)
+
+
+class StepClock:
+    """Process CPU time and wall time at the end of every optimizer step, from torch's global
+    optimizer post-step hook: the same instrument for HF's loop and fastft's, touching neither.
+    The interval between two step ends holds everything a step costs (data loading, collation,
+    forward, backward, optimizer, schedule, logging)."""
+
+    def __enter__(self) -> StepClock:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.marks: dict[int, list[tuple[float, float]]] = {}
+        self._handle = register_optimizer_step_post_hook(self._hook)
+        return self
+
+    def _hook(self, opt, args, kwargs) -> None:
+        self.marks.setdefault(id(opt), []).append((time.process_time(), time.perf_counter()))
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def per_step(self, skip: int = 1) -> dict[str, float] | None:
+        """Mean CPU/wall ms per step after the first ``skip`` steps (warm-up), or None if too few."""
+        marks = max(self.marks.values(), key=len, default=[])
+        if len(marks) < skip + 2:
+            return None
+        (c0, w0), (c1, w1) = marks[skip], marks[-1]
+        n = len(marks) - 1 - skip
+        return {
+            "optimizer_steps": len(marks),
+            "steps_timed": n,
+            "cpu_ms_per_step": (c1 - c0) * 1e3 / n,
+            "wall_ms_per_step": (w1 - w0) * 1e3 / n,
+        }
+
+
+def fastft_total_steps(cfg, n_train: int) -> int:
+    """Optimizer steps of a fastft run (trainer.py's rule), so HF gets the same warmup."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = max(1, math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def _hf_fields() -> dict[str, dataclasses.Field]:
+    import transformers
+
+    return {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}
+
+
+def hf_length_grouping(fields: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingArguments switch for length-grouped batches in this transformers: the field
+    ``train_sampling_strategy`` (>= 5.24, where ``group_by_length`` is gone), else ``group_by_length``."""
+    if "train_sampling_strategy" in fields:
+        return {"train_sampling_strategy": "group_by_length"}
+    if "group_by_length" in fields:
+        return {"group_by_length": True}
+    raise RuntimeError(
+        "transformers.TrainingArguments has neither train_sampling_strategy nor group_by_length"
+    )
+
+
+def hf_warmup(fields: dict[str, Any], steps: int) -> dict[str, Any]:
+    """``steps`` warmup steps for this transformers: ``warmup_steps`` is an int before 5.x and a
+    float after (>= 1: steps, < 1: a ratio, which replaced ``warmup_ratio``); a whole number of
+    steps means the same in both."""
+    f = fields["warmup_steps"]
+    is_float = f.type is float or f.type == "float" or "float" in str(f.type)
+    return {"warmup_steps": float(steps) if is_float else int(steps)}
+
+
+def hf_training_args(cfg, n_train: int, output_dir: str):
+    """``transformers.TrainingArguments`` for the HF baseline at its best, with ``cfg``'s (a fastft
+    TrainConfig) model-side hyperparameters: length-grouped batches, ``optim="adamw_torch_fused"``,
+    the same lr / schedule / warmup steps / weight decay / betas / eps / clipping / batch / steps."""
+    import transformers
+
+    fields = _hf_fields()
+    total = fastft_total_steps(cfg, n_train)
+    # fastft's rule (trainer.py): warmup_steps if > 0 else int(ratio * total steps)
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_ratio * total)
+    length = {"max_steps": cfg.max_steps} if cfg.max_steps > 0 else {"num_train_epochs": cfg.epochs}
+    return transformers.TrainingArguments(
+        output_dir=output_dir,
+        **length,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_epsilon=cfg.adam_eps,
+        max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type=cfg.scheduler,
+        **hf_warmup(fields, min(warmup, total)),
+        **hf_length_grouping(fields),
+        optim="adamw_torch_fused",
+        seed=cfg.seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=cfg.logging_steps,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def hf_baseline_config(args) -> dict[str, Any]:
+    """The HF TrainingArguments that make it a careful user's baseline, as recorded in the JSON."""
+    import transformers
+
+    keys = (
+        "train_sampling_strategy",
+        "group_by_length",
+        "optim",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "weight_decay",
+        "max_grad_norm",
+        "per_device_train_batch_size",
+        "num_train_epochs",
+        "max_steps",
+        "logging_steps",
+        "torch_compile",
+    )
+    out: dict[str, Any] = {"transformers": transformers.__version__}
+    for k in keys:
+        if hasattr(args, k):
+            v = getattr(args, k)
+            out[k] = getattr(v, "value", v)
+    return out
+
+
+def _describe_hf(conf: dict[str, Any]) -> str:
+    grouping = (
+        f"train_sampling_strategy={conf['train_sampling_strategy']}"
+        if "train_sampling_strategy" in conf
+        else f"group_by_length={conf.get('group_by_length')}"
+    )
+    return (
+        f"transformers {conf['transformers']} Trainer({grouping}, optim={conf.get('optim')}, "
+        f"attn_implementation={conf.get('attn_implementation')}, DataCollatorWithPadding)"
+    )
 
 
 def _accuracy(model: nn.Module, ds, tokenizer, batch_size: int) -> float:
@@ -719,6 +923,104 @@ def _accuracy(model: nn.Module, ds, tokenizer, batch_size: int) -> float:
     return correct / max(total, 1)
 
 
+def build_hf_trainer(cfg, tokenizer):
+    """(trainer, model, args): the HF baseline of ``cfg`` (a fastft TrainConfig) at its best, on
+    the same prepared splits as fastft (``prepare_data``), sdpa attention, dynamic padding."""
+    import transformers
+
+    data = _prepare(cfg, tokenizer)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        cfg.model,
+        num_labels=data.num_labels,
+        id2label=data.id2label,
+        label2id=data.label2id,
+        attn_implementation="sdpa",
+    )
+    args = hf_training_args(cfg, len(data.splits["train"]), cfg.output_dir)
+    keep = [
+        c
+        for c in ("input_ids", "attention_mask", "token_type_ids", "labels")
+        if c in data.splits["train"].column_names
+    ]
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.splits["train"].select_columns(keep),
+        data_collator=transformers.DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
+    return trainer, model, args
+
+
+def _run_hf_trainer(cfg, tokenizer, val, name: str, shape: dict, note: str) -> dict:
+    t0, c0, load0 = time.perf_counter(), time.process_time(), _loadavg()
+    trainer, model, args = build_hf_trainer(cfg, tokenizer)
+    with StepClock() as clock:
+        out = trainer.train()
+    wall, cpu, load1 = time.perf_counter() - t0, time.process_time() - c0, _loadavg()
+    conf = hf_baseline_config(args)
+    conf["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    conf["optimizer_ran"] = _optimizer_desc(inner)
+    with contextlib.suppress(Exception):  # private API: only a cross-check of the sampler that ran
+        conf["sampler"] = type(trainer._get_train_sampler()).__name__
+    acc = _accuracy(model, val, tokenizer, cfg.eval_batch_size)
+    rec = _train_record(
+        name,
+        "hf_trainer",
+        shape,
+        clock.per_step(),
+        wall,
+        out.metrics.get("train_runtime"),
+        out.global_step,
+        cfg,
+    )
+    rec.update(
+        accuracy=acc,
+        note=note + f"; HF baseline: {_describe_hf(conf)}",
+        steps_done=int(out.global_step),
+        cpu_s=cpu,
+        loadavg_1m=[load0, load1],
+        baseline_config=conf,
+        config=_describe_hf(conf),
+        optimizer=conf["optimizer_ran"],
+    )
+    return rec
+
+
+def _run_fastft(cfg, tokenizer, val, name: str, shape: dict, note: str) -> dict:
+    from fastft.train import Trainer
+
+    t0, c0, load0 = time.perf_counter(), time.process_time(), _loadavg()
+    with StepClock() as clock:
+        result = Trainer(cfg).train()
+    wall, cpu, load1 = time.perf_counter() - t0, time.process_time() - c0, _loadavg()
+    model = _load_trained(cfg.output_dir)
+    acc = _accuracy(model, val, tokenizer, cfg.eval_batch_size) if model is not None else None
+    steps_done = (result or {}).get("global_step")
+    rec = _train_record(
+        name, "fastft", shape, clock.per_step(), wall, _find_runtime(result), steps_done or 1, cfg
+    )
+    rec.update(
+        accuracy=acc,
+        note=note,
+        steps_done=steps_done,
+        cpu_s=cpu,
+        loadavg_1m=[load0, load1],
+        config=f"fastft train defaults (group_by_length={cfg.group_by_length}, fused={cfg.fused})",
+    )
+    rec["train_result"] = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))}
+    if acc is None:
+        rec["accuracy_note"] = "trained model not found in the output dir; accuracy not measured"
+    return rec
+
+
+def _prepare(cfg, tokenizer):
+    from fastft.train.data import prepare_data
+
+    return prepare_data(cfg, tokenizer)
+
+
 def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict]:
     steps = cpu_train_steps(quick)
     name = "cpu_train"
@@ -728,8 +1030,7 @@ def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict
             not_available(PART, name, "fastft", "CPU scenario: run with --device cpu", shape, scenario=name)
         ]
     try:
-        from fastft.train import TrainConfig, Trainer
-        from fastft.train.data import prepare_data
+        from fastft.train import TrainConfig
     except Exception as e:
         return [
             not_available(
@@ -755,122 +1056,60 @@ def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict
     ).resolved()
     tokenizer = transformers.AutoTokenizer.from_pretrained(base.tokenizer or base.model)
     shape.update(batch_size=base.batch_size, max_length=base.max_length, lr=base.lr)
+    length = f"{steps['max_steps']} steps" if steps["max_steps"] > 0 else f"{base.epochs:g} epoch(s)"
     note = (
         f"cpu_train: TrainConfig defaults (model {_model_name(base.model)}, "
         f"batch {base.batch_size}, lr {base.lr}, max_length {base.max_length}, group_by_length "
-        f"{base.group_by_length}) for {steps['max_steps']} steps; the HF Trainer gets the same model, "
-        "splits and hyperparameters (its default random sampler, dynamic padding); time = each trainer's "
-        "own training-loop runtime (whole-run wall time in wall_s); accuracy on the same "
+        f"{base.group_by_length}) for {length}, no evaluation during training; the HF Trainer gets the "
+        "same model, splits and hyperparameters; speed = mean wall time per optimizer step after the "
+        "first (torch optimizer step hook; CPU time beside it); accuracy on the same "
         f"{steps['max_eval_samples']} validation rows by the same code"
     )
     # Tokenize once outside the timing so both runs read a warm cache.
-    prep = prepare_data(dataclasses.replace(base, output_dir=os.path.join(out_root, "prep")), tokenizer)
-    val = prep.splits["validation"]
+    val = _prepare(dataclasses.replace(base, output_dir=os.path.join(out_root, "prep")), tokenizer).splits[
+        "validation"
+    ]
     records: list[dict] = []
+    for impl, fn in (("hf_trainer", _run_hf_trainer), ("fastft", _run_fastft)):
+        try:
+            cfg = dataclasses.replace(base, output_dir=os.path.join(out_root, impl))
+            records.append(fn(cfg, tokenizer, val, name, shape, note))
+        except Exception as e:
+            _log_failure(f"e2e cpu_train {impl}")
+            records.append(
+                not_available(PART, name, impl, _short(e), shape, scenario=name, target=TARGETS[name])
+            )
+        finally:
+            gc.collect()
+    _judge_cpu_train(records, len(val), full_epoch=steps["max_steps"] <= 0)
+    return records
 
-    # --- HF Trainer ---
-    try:
-        t0, c0, load0 = time.perf_counter(), time.process_time(), _loadavg()
-        cfg = dataclasses.replace(base, output_dir=os.path.join(out_root, "hf"))
-        data = prepare_data(cfg, tokenizer)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            cfg.model, num_labels=data.num_labels, id2label=data.id2label, label2id=data.label2id
-        )
-        args = transformers.TrainingArguments(
-            output_dir=cfg.output_dir,
-            max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.batch_size,
-            learning_rate=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            adam_beta1=cfg.adam_beta1,
-            adam_beta2=cfg.adam_beta2,
-            adam_epsilon=cfg.adam_eps,
-            max_grad_norm=cfg.max_grad_norm,
-            lr_scheduler_type=cfg.scheduler,
-            # fastft's rule (trainer.py): warmup_steps if > 0 else int(ratio * total steps)
-            warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_ratio * cfg.max_steps),
-            seed=cfg.seed,
-            use_cpu=True,
-            report_to="none",
-            save_strategy="no",
-            eval_strategy="no",
-            logging_steps=max(1, cfg.max_steps),
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
-        keep = [
-            c
-            for c in ("input_ids", "attention_mask", "token_type_ids", "labels")
-            if c in data.splits["train"].column_names
-        ]
-        train_ds = data.splits["train"].select_columns(keep)
-        trainer = transformers.Trainer(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            data_collator=transformers.DataCollatorWithPadding(tokenizer),
-        )
-        out = trainer.train()
-        wall, cpu, load1 = time.perf_counter() - t0, time.process_time() - c0, _loadavg()
-        acc = _accuracy(model, val, tokenizer, cfg.eval_batch_size)
-        rec = _train_record(
-            name, "hf_trainer", shape, wall, out.metrics.get("train_runtime"), acc, cfg, note, peaks
-        )
-        rec.update(
-            steps_done=int(out.global_step), cpu_s=cpu, loadavg_1m=[load0, load1], optimizer=str(args.optim)
-        )
-        records.append(rec)
-    except Exception as e:
-        _log_failure("e2e cpu_train hf")
-        records.append(
-            not_available(PART, name, "hf_trainer", _short(e), shape, scenario=name, target=TARGETS[name])
-        )
-    finally:
-        model = trainer = None
-        gc.collect()
 
-    # --- fastft train default ---
-    try:
-        cfg = dataclasses.replace(base, output_dir=os.path.join(out_root, "fastft"))
-        t0, c0, load0 = time.perf_counter(), time.process_time(), _loadavg()
-        result = Trainer(cfg).train()
-        wall, cpu, load1 = time.perf_counter() - t0, time.process_time() - c0, _loadavg()
-        model = _load_trained(cfg.output_dir)
-        acc = _accuracy(model, val, tokenizer, cfg.eval_batch_size) if model is not None else None
-        rec = _train_record(name, "fastft", shape, wall, _find_runtime(result), acc, cfg, note, peaks)
-        rec.update(steps_done=(result or {}).get("global_step"), cpu_s=cpu, loadavg_1m=[load0, load1])
-        rec["train_result"] = {
-            k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))
-        }
-        if acc is None:
-            rec["accuracy_note"] = "trained model not found in the output dir; accuracy not measured"
-        records.append(rec)
-    except Exception as e:
-        _log_failure("e2e cpu_train fastft")
-        records.append(
-            not_available(PART, name, "fastft", _short(e), shape, scenario=name, target=TARGETS[name])
-        )
-    finally:
-        model = None
-        gc.collect()
+CPU_TRAIN_TARGET = 1.1  # issue 15: >= 1.1x HF Trainer at its best, at equal accuracy
 
+
+def _judge_cpu_train(records: list[dict], n_val: int, full_epoch: bool = True) -> None:
+    """Ratios, accuracy tolerance and ``target_met`` (judged only on a full one-epoch run: the
+    target is about the default run, and a few steps say nothing about it)."""
     add_ratios(records, ["hf_trainer"], time_field="mean_ms")
     hf = next((r for r in records if r["impl"] == "hf_trainer" and r["status"] == "ok"), None)
     for r in records:
-        if r["impl"] == "fastft" and r["status"] == "ok" and hf is not None:
-            s = r.get("speedup_vs_hf_trainer")
-            if r.get("cpu_s") and hf.get("cpu_s"):
-                # process CPU time (whole run) is far less sensitive than wall time to other jobs
-                r["cpu_time_ratio_vs_hf_trainer"] = hf["cpu_s"] / r["cpu_s"]
-            if r.get("accuracy") is not None and hf.get("accuracy") is not None:
-                delta = r["accuracy"] - hf["accuracy"]
-                # "equal accuracy": not worse by more than two binomial standard errors of an accuracy
-                # on these rows (at least 1 point): two runs with different data order differ by that much
-                n = max(1, len(val))
-                tol = max(0.01, 2 * math.sqrt(hf["accuracy"] * (1 - hf["accuracy"]) / n))
-                r.update(accuracy_delta_vs_hf_trainer=delta, accuracy_tolerance=tol)
-                r["target_met"] = bool(s is not None and s >= 1.3 and delta >= -tol)
-    return records
+        if r["impl"] != "fastft" or r["status"] != "ok" or hf is None:
+            continue
+        s = r.get("speedup_vs_hf_trainer")
+        if r.get("cpu_ms_per_step") and hf.get("cpu_ms_per_step"):
+            # steady-state process CPU time per step: far less sensitive than wall time to other jobs
+            r["cpu_time_ratio_vs_hf_trainer"] = hf["cpu_ms_per_step"] / r["cpu_ms_per_step"]
+        if r.get("cpu_s") and hf.get("cpu_s"):
+            r["whole_run_cpu_time_ratio_vs_hf_trainer"] = hf["cpu_s"] / r["cpu_s"]
+        if r.get("accuracy") is not None and hf.get("accuracy") is not None:
+            delta = r["accuracy"] - hf["accuracy"]
+            # "equal accuracy": not worse by more than two binomial standard errors of an accuracy
+            # on these rows (at least 1 point): two runs with different data order differ by that much
+            tol = max(0.01, 2 * math.sqrt(hf["accuracy"] * (1 - hf["accuracy"]) / max(1, n_val)))
+            r.update(accuracy_delta_vs_hf_trainer=delta, accuracy_tolerance=tol)
+            met = bool(s is not None and s >= CPU_TRAIN_TARGET and delta >= -tol)
+            r["target_met"] = met if full_epoch else None
 
 
 def _loadavg() -> float | None:
@@ -917,42 +1156,27 @@ def _load_trained(output_dir: str):
 
 
 def _train_record(
-    name: str,
-    impl: str,
-    shape: dict,
-    wall: float,
-    loop_s: float | None,
-    acc: float | None,
-    cfg,
-    note: str,
-    peaks: dict,
+    name: str, impl: str, shape: dict, clock: dict | None, wall: float, loop_s: float | None, steps: int, cfg
 ) -> dict:
-    """Speed = the training loop's own runtime (HF: ``train_runtime``; fastft: ``train_runtime_s``)
-    over ``max_steps`` steps; the whole run's wall time (data prep, model load, final save and, for
-    fastft, its end-of-run test evaluation) is kept beside it."""
-    secs = loop_s if loop_s else wall
-    step_ms = secs * 1e3 / cfg.max_steps
-    stats = {"median_ms": step_ms, "p20_ms": None, "p80_ms": None, "n": cfg.max_steps}
-    rec = make_record(
-        PART,
-        name,
-        impl,
-        shape,
-        "float32",
-        stats,
-        None,
-        device="cpu",
-        note=note,
-        target=TARGETS[name],
-        scenario=name,
-    )
+    """Speed = mean wall time per optimizer step after the first (``StepClock``: the same hook on
+    both sides); without it (under 3 steps), the trainer's own loop runtime / ``steps``. The whole
+    run's wall time (data prep, model load, final save, fastft's end-of-run test evaluation) and
+    the trainer's own loop runtime are kept beside it."""
+    if clock is not None:
+        step_ms, n = clock["wall_ms_per_step"], clock["steps_timed"]
+    else:
+        n = max(1, steps)
+        step_ms = (loop_s or wall) * 1e3 / n
+    stats = {"median_ms": step_ms, "p20_ms": None, "p80_ms": None, "n": n}
+    rec = make_record(PART, name, impl, shape, "float32", stats, None, device="cpu", scenario=name)
     rec.update(
         mean_ms=step_ms,
+        samples_per_s=cfg.batch_size * cfg.grad_accum * 1e3 / step_ms,
         wall_s=wall,
         train_loop_s=loop_s,
-        samples_per_s=cfg.max_steps * cfg.batch_size / secs,
-        accuracy=acc,
+        target=TARGETS["cpu_train"],
         peak_mem_kind="not measured (whole run)",
+        **(clock or {}),
     )
     return rec
 
@@ -991,8 +1215,37 @@ def run(device: torch.device, quick: bool = False, scenarios: list[str] | None =
     return records
 
 
-def main() -> None:
-    main_for(run, PART)
+def _add_args(p) -> None:
+    p.add_argument(
+        "--scenarios",
+        default=None,
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (same as FASTFT_BENCH_E2E)",
+    )
+    p.add_argument(
+        "--train-steps",
+        default=None,
+        help="cpu_train length: 'epoch' (default; --quick: 12) or a step count "
+        "(same as FASTFT_BENCH_TRAIN_STEPS)",
+    )
+
+
+def _apply_args(args) -> None:
+    if args.scenarios:
+        os.environ["FASTFT_BENCH_E2E"] = args.scenarios
+    if args.train_steps:
+        os.environ["FASTFT_BENCH_TRAIN_STEPS"] = args.train_steps
+    try:  # a bad value fails here with one line and exit 2, before any model is built
+        cpu_train_steps(False)
+        unknown = [s for s in os.environ.get("FASTFT_BENCH_E2E", "").split(",") if s and s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    except ValueError as e:
+        print(f"python -m bench.bench_e2e: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    main_for(run, PART, argv, add_args=_add_args, apply_args=_apply_args)
 
 
 if __name__ == "__main__":

@@ -805,7 +805,16 @@ def markdown_report(data: dict[str, Any]) -> str:
         notes = [r["note"] for r in recs if r.get("note")]
         for n in dict.fromkeys(notes):
             out.append(f"- {n}")
-        if notes:
+        bases = [
+            f"{r['name']} baseline `{r['impl']}`: {r['config']}"
+            for r in recs
+            if r.get("status", "ok") == "ok"
+            and r.get("config")
+            and not str(r.get("impl", "")).startswith("fastft")
+        ]
+        for b in dict.fromkeys(bases):
+            out.append(f"- {b}")
+        if notes or bases:
             out.append("")
         out.append(markdown_table(recs))
     return "\n".join(out) + "\n"
@@ -816,17 +825,29 @@ def markdown_report(data: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def main_for(run: Callable[..., list[dict[str, Any]]], part: str, argv: list[str] | None = None) -> Path:
+def main_for(
+    run: Callable[..., list[dict[str, Any]]],
+    part: str,
+    argv: list[str] | None = None,
+    *,
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    apply_args: Callable[[argparse.Namespace], None] | None = None,
+) -> Path:
     """Command line of ``python -m bench.bench_<part>``: ``--quick``, ``--device``, ``--out``, ``--no-plots``.
 
     Runs ``run(device, quick)``, writes the JSON, the markdown and the plots, and prints the table.
+    A part may add its own options (``add_args``) and act on them before the run (``apply_args``).
     """
     p = argparse.ArgumentParser(prog=f"python -m bench.bench_{part}", description=f"fastft benchmark: {part}")
     p.add_argument("--quick", action="store_true", help="small shapes / few repeats (smoke run)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda if present)")
     p.add_argument("--out", default=None, help="output folder (default: bench/results)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    if add_args is not None:
+        add_args(p)
     args = p.parse_args(argv)
+    if apply_args is not None:
+        apply_args(args)
     device = resolve_device(args.device)
     peaks = measure_peaks(device, quick=args.quick)
     records = run(device, quick=args.quick)

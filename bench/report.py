@@ -274,11 +274,12 @@ def readme_section(json_path: Path, readme: Path = README) -> str:
     e2e = data.get("parts", {}).get("e2e", {}).get("records", [])
     if e2e:
         lines += ["End to end:", "", markdown_table(e2e)]
+        lines += baseline_lines(e2e)
         for r in e2e:  # whole runs are sequential: show the load-insensitive CPU-time view beside wall time
             if r.get("cpu_time_ratio_vs_hf_trainer") is not None:
                 lines += [
-                    f"{r['name']}: process CPU time ratio {r['cpu_time_ratio_vs_hf_trainer']:.2f}× vs hf_trainer "
-                    f"(wall-time loop ratio {r.get('speedup_vs_hf_trainer') or 0:.2f}×; 1-min load average "
+                    f"{r['name']}: wall time per step {r.get('speedup_vs_hf_trainer') or 0:.2f}× vs hf_trainer, "
+                    f"process CPU time per step {r['cpu_time_ratio_vs_hf_trainer']:.2f}× (1-min load average "
                     f"{r.get('loadavg_1m')}), accuracy {r.get('accuracy')} (tolerance "
                     f"{r.get('accuracy_tolerance') or 0:.3f}).",
                     "",
@@ -291,6 +292,19 @@ def readme_section(json_path: Path, readme: Path = README) -> str:
     if others:
         lines += ["", "Kernel plots: " + ", ".join(f"[{p.stem.split('-', 4)[-1]}]({rel(p)})" for p in others)]
     return "\n".join(lines) + "\n"
+
+
+def baseline_lines(records: list[dict]) -> list[str]:
+    """One line per end-to-end scenario naming the exact baseline configuration that ran."""
+    out = []
+    for r in records:
+        if (
+            r.get("status", "ok") == "ok"
+            and r.get("config")
+            and not str(r.get("impl", "")).startswith("fastft")
+        ):
+            out.append(f"- {r['name']} baseline `{r['impl']}`: {r['config']}")
+    return out + [""] if out else []
 
 
 def newest_for_readme(results_dir: Path = RESULTS_DIR) -> Path | None:

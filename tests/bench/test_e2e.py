@@ -121,3 +121,120 @@ def test_missing_fastft_part_is_recorded_not_raised(monkeypatch):
     rows = e2e.bench_bert(torch.device("cpu"), True, PEAKS)
     assert rows[0]["status"] == "ok"
     assert rows[1]["status"] == "not available" and "fastft.optim is not built yet" in rows[1]["reason"]
+
+
+def test_hf_trainer_baseline_has_length_grouping_and_fused_adamw(tmp_path):
+    """The TrainingArguments the cpu_train bench builds, for the installed transformers."""
+    import dataclasses
+
+    transformers = pytest.importorskip("transformers")
+    from fastft.train import TrainConfig
+
+    cfg = TrainConfig(device="cpu", eval_strategy="no")
+    args = e2e.hf_training_args(cfg, n_train=8910, output_dir=str(tmp_path))
+    fields = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    if "train_sampling_strategy" in fields:  # transformers >= 5.24
+        assert args.train_sampling_strategy == "group_by_length"
+    else:
+        assert args.group_by_length is True
+    assert getattr(args.optim, "value", args.optim) == "adamw_torch_fused"
+    # the same schedule as `fastft train`'s default: one epoch of ceil(8910/32) = 279 steps, 6% warmup
+    assert args.num_train_epochs == cfg.epochs and args.max_steps == -1
+    assert e2e.fastft_total_steps(cfg, 8910) == 279 and args.warmup_steps == int(0.06 * 279)
+    assert (args.learning_rate, args.per_device_train_batch_size) == (cfg.lr, cfg.batch_size)
+    assert (args.weight_decay, args.max_grad_norm) == (cfg.weight_decay, cfg.max_grad_norm)
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == cfg.scheduler
+    conf = e2e.hf_baseline_config(args)
+    assert conf["optim"] == "adamw_torch_fused" and "group_by_length" in str(conf)
+    # what Trainer actually builds from those arguments: a LengthGroupedSampler and fused torch AdamW
+    model = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=2))
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"input_ids": [[1] * n for n in range(2, 70)], "labels": [0, 1] * 34})
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=ds)
+    assert type(trainer._get_train_sampler()).__name__ == "LengthGroupedSampler"
+    opt = trainer.create_optimizer()
+    assert getattr(opt, "optimizer", opt).defaults.get("fused") is True
+
+
+def test_hf_version_switches():
+    assert e2e.hf_length_grouping({"train_sampling_strategy": 1, "group_by_length": 1}) == {
+        "train_sampling_strategy": "group_by_length"
+    }
+    assert e2e.hf_length_grouping({"group_by_length": 1}) == {"group_by_length": True}
+    with pytest.raises(RuntimeError):
+        e2e.hf_length_grouping({})
+    F = type("F", (), {})
+    old, new = F(), F()
+    old.type, new.type = int, "float"
+    assert e2e.hf_warmup({"warmup_steps": old}, 16) == {"warmup_steps": 16}
+    got = e2e.hf_warmup({"warmup_steps": new}, 16)["warmup_steps"]
+    assert isinstance(got, float) and got == 16.0
+
+
+def test_length_grouped_batches_match_hf_sampler_grouping():
+    rng = random.Random(0)
+    lens = [rng.randint(5, 80) for _ in range(1000)]
+    B = 5
+    batches = e2e.length_grouped_batches(lens, B, random.Random(1))
+    assert sorted(n for b in batches for n in b) == sorted(lens)  # a permutation, nothing dropped
+    mega = min(len(lens) // (4 * B), 50) * B
+    flat = [n for b in batches for n in b]
+    for i in range(0, len(flat), mega):  # each megabatch sorted longest first
+        assert flat[i : i + mega] == sorted(flat[i : i + mega], reverse=True)
+    # far less padding than random batches
+    pad = lambda bs: sum(max(b) * len(b) - sum(b) for b in bs) / sum(map(sum, bs))
+    shuffled = lens[:]
+    random.Random(2).shuffle(shuffled)
+    assert pad(batches) < 0.2 * pad([shuffled[i : i + B] for i in range(0, len(shuffled), B)])
+
+
+def test_bert_cls_baseline_is_sdpa_fused_on_grouped_batches(monkeypatch):
+    _tiny_sizes(monkeypatch)
+    rows = e2e.bench_bert(torch.device("cpu"), True, PEAKS)
+    hf = rows[0]
+    assert hf["attn_implementation"] == "sdpa" and hf["optimizer"] == "torch.optim.AdamW(fused=True)"
+    assert "length-grouped" in hf["note"] and "length-grouped" in hf["config"]
+
+
+def test_cpu_train_steps_env(monkeypatch):
+    monkeypatch.delenv("FASTFT_BENCH_TRAIN_STEPS", raising=False)
+    assert e2e.cpu_train_steps(False)["max_steps"] == -1  # one epoch, as `fastft train` by default
+    assert e2e.cpu_train_steps(True)["max_steps"] == 12
+    monkeypatch.setenv("FASTFT_BENCH_TRAIN_STEPS", "7")
+    assert e2e.cpu_train_steps(False)["max_steps"] == 7
+    monkeypatch.setenv("FASTFT_BENCH_TRAIN_STEPS", "epoch")
+    assert e2e.cpu_train_steps(True)["max_steps"] == -1
+    monkeypatch.setenv("FASTFT_BENCH_TRAIN_STEPS", "-3")
+    with pytest.raises(ValueError, match="FASTFT_BENCH_TRAIN_STEPS"):
+        e2e.cpu_train_steps(False)
+
+
+def test_step_clock_times_every_optimizer_step():
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    with e2e.StepClock() as clock:
+        for _ in range(5):
+            p.grad = torch.ones(4)
+            opt.step()
+    p.grad = torch.ones(4)
+    opt.step()  # after the clock is closed: not counted
+    got = clock.per_step()
+    assert got["optimizer_steps"] == 5 and got["steps_timed"] == 3
+    assert got["cpu_ms_per_step"] >= 0 and got["wall_ms_per_step"] >= 0
+
+
+def test_cpu_train_target_judged_only_on_a_full_epoch():
+    def rows():
+        base = dict(name="cpu_train", status="ok", accuracy=0.80, cpu_ms_per_step=200.0, cpu_s=10.0)
+        return [dict(base, impl="hf_trainer", mean_ms=120.0), dict(base, impl="fastft", mean_ms=100.0)]
+
+    full = rows()
+    e2e._judge_cpu_train(full, n_val=1000)
+    assert full[1]["speedup_vs_hf_trainer"] == pytest.approx(1.2) and full[1]["target_met"] is True
+    short = rows()
+    e2e._judge_cpu_train(short, n_val=1000, full_epoch=False)
+    assert short[1]["target_met"] is None
+    worse = rows()
+    worse[1]["accuracy"] = 0.70  # faster but less accurate than the tolerance allows
+    e2e._judge_cpu_train(worse, n_val=1000)
+    assert worse[1]["target_met"] is False
