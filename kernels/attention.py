@@ -141,36 +141,63 @@ def _attention_fwd_inner(
 # ----------------------------------------------------------------------------------------------------------
 # configs
 # ----------------------------------------------------------------------------------------------------------
+_SHAPES = {
+    "fwd": [(128, 64, 8, 3, (64, 128)), (64, 64, 4, 3, (64, 128)), (128, 32, 4, 4, (64,))],
+    "dq": [(64, 64, 8, 2, (64,)), (32, 64, 4, 3, (64,)), (64, 32, 4, 3, (64,)),
+           (64, 32, 8, 2, (128,)), (32, 128, 8, 2, (128,)), (32, 64, 8, 2, (128,))],
+    "dkdv": [(32, 64, 4, 3, (64,)), (64, 32, 4, 3, (64,)), (32, 64, 8, 2, (64, 128)), (32, 64, 8, 3, (128,)),
+             (32, 32, 4, 2, (64, 128))],
+}  # fmt: skip
+
+
 def _hopper_configs(kind: str) -> list[triton.Config]:
-    """A pruned list for sm90: large tiles for the forward, 64x64/128x64-ish for the two backward passes."""
-    if kind == "fwd":
-        shapes = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 2)]
-    else:
-        shapes = [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    """Configs for sm90, pruned with sm_90 AOT compiles (tests/kernels/test_sm90_compile.py, triton 3.9,
+    worst variant: mask + causal + dropout): every config kept for a head dim compiles to <= 227 KB of
+    shared memory and no register spills in bf16/fp16. Entries are (BLOCK_M, BLOCK_N, warps, stages,
+    head dims). Dropped: 128x128 / 64x128 forward tiles (spill with dropout even at D = 64), 64x64/4-warp
+    and 128x64 backward tiles (spill at D = 64), and at D = 128 every backward tile with 64 rows per
+    4 warps (255 registers plus 0.03-1.5 KB of stack): there only 32-row (dK/dV: 32 keys) tiles or
+    8 warps stay under 255 registers."""
+    shapes = _SHAPES[kind]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st, _ in shapes
+    ]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles whose SRAM footprint explodes at head dim 128 and tiles far larger than the sequence."""
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
-    seq = named_args.get("max_seqlen", 1 << 30)
-    out = [
-        c for c in configs if not (block_d >= 128 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 64)
-    ]
-    small = [
-        c
-        for c in out
-        if c.kwargs["BLOCK_M"] <= max(16, next_pow2(seq)) and c.kwargs["BLOCK_N"] <= max(16, next_pow2(seq))
-    ]
-    return small or out or configs[:1]
+def _head_dims(kind: str, cfg: triton.Config) -> tuple[int, ...]:
+    """Padded head dims (BLOCK_D) a config is kept for: its listed dims, and <= 64 for those listing 64."""
+    key = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    for m, n, w, st, dims in _SHAPES[kind]:
+        if (m, n, w, st) == key:
+            return dims
+    return (64, 128)
+
+
+def _prune_for(kind: str):
+    def prune(configs, named_args, **kwargs):
+        """Keep the configs compiled clean for this head dim, then drop tiles far larger than the sequence."""
+        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+        want = 128 if block_d > 64 else 64
+        seq = named_args.get("max_seqlen", 1 << 30)
+        out = [c for c in configs if want in _head_dims(kind, c)]
+        small = [
+            c
+            for c in out
+            if c.kwargs["BLOCK_M"] <= max(16, next_pow2(seq))
+            and c.kwargs["BLOCK_N"] <= max(16, next_pow2(seq))
+        ]
+        return small or out or configs[:1]
+
+    return prune
 
 
 # The interpreter is slow per program, so one biggish tile (and never a benchmark sweep).
 _PINNED = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
 _FWD_CONFIGS = _PINNED if INTERPRET else _hopper_configs("fwd")
-_BWD_CONFIGS = _PINNED if INTERPRET else _hopper_configs("bwd")
+_DQ_CONFIGS = _PINNED if INTERPRET else _hopper_configs("dq")
+_DKDV_CONFIGS = _PINNED if INTERPRET else _hopper_configs("dkdv")
 _KEY = ["max_seqlen_bucket", "BLOCK_D", "IS_CAUSAL", "HAS_MASK", "VARLEN", "DROPOUT", "DOT_DTYPE"]
-_PRUNE = None if INTERPRET else {"early_config_prune": _prune}
+_PRUNE = {k: None if INTERPRET else {"early_config_prune": _prune_for(k)} for k in ("fwd", "dq", "dkdv")}
 # Scalars that change per call or per batch shape. Triton would otherwise specialise each on
 # "== 1" and "% 16 == 0" and compile a new variant whenever that flips: a fresh dropout seed every
 # step, a new padded length, the varlen LSE row stride (= total tokens), the mask's batch stride.
@@ -184,7 +211,7 @@ _NO_SPECIALIZE = [
 # ----------------------------------------------------------------------------------------------------------
 # forward kernel
 # ----------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE["fwd"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _attention_fwd_kernel(
     Q, K, V, O, LSE, KPM, CU,
@@ -287,7 +314,7 @@ def _attention_bwd_preprocess_kernel(
              mask=offs_m < seqlen_q)  # fmt: skip
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=_DKDV_CONFIGS, key=_KEY, prune_configs_by=_PRUNE["dkdv"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, KPM, CU,
@@ -383,7 +410,7 @@ def _attention_bwd_dkdv_kernel(
     )
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=_DQ_CONFIGS, key=_KEY, prune_configs_by=_PRUNE["dq"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, KPM, CU,
