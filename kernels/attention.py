@@ -180,6 +180,9 @@ def _prune_for(kind: str):
         want = 128 if block_d > 64 else 64
         seq = named_args.get("max_seqlen", 1 << 30)
         out = [c for c in configs if want in _head_dims(kind, c)]
+        if kind == "fwd" and want == 128 and kwargs.get("DOT_DTYPE") == tl.float32:
+            # fp32 (TF32) operands double the tiles: 128x64 with 3 stages needs 262,144 B > 227 KB
+            out = [c for c in out if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] < 128 * 64]
         small = [
             c
             for c in out

@@ -84,6 +84,19 @@ def test_fwd_bwd_fp32_matches_float64(device, b, h, s, d, causal, masked):
         assert_close(got, want, torch.float32, name=name)
 
 
+@pytest.mark.parametrize("b,h,s,d,masked", [(1, 2, 113, 80, False), (2, 3, 113, 80, True)])
+def test_fp32_within_2x_torch_error(device, b, h, s, d, masked):
+    """fp32 causal at S = 113, D = 80 (the worst case of a FlashAttention-rule sweep): error vs float64
+    <= 2x torch's own fp32 SDPA error, forward and all gradients."""
+    q, k, v, do = (randn(b, h, s, d, device=device) for _ in range(4))
+    mask = padding_mask(b, s, device, seed=6) if masked else None
+    got = run(q, k, v, do, key_padding_mask=mask, is_causal=True)[:4]
+    ref = ref_grads(q, k, v, do, mask=mask, causal=True)
+    tor = _torch_same_dtype(q, k, v, do, torch.float32, mask, True)
+    for name, g, t, r in zip(("out", "dq", "dk", "dv"), got, tor, ref):
+        assert_within_torch_error(g, t, r, name=f"{name} fp32")
+
+
 def test_scale_and_cross_lengths(device):
     """Non-causal attention with Sq != Sk (cross-attention) and a custom softmax scale."""
     q, do = randn(2, 2, 5, 24, device=device), randn(2, 2, 5, 24, device=device)
