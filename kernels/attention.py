@@ -396,7 +396,7 @@ def _attention_bwd_dkdv_kernel(
             pz = p
         dv += tl.dot(tl.trans(pz.to(DOT_DTYPE)), do, input_precision=DOT_PREC)
         # Delta = +inf marks a row with one visible key (set by the dQ kernel): its dS is exactly 0.
-        ds = tl.where((delta == float("inf"))[:, None], 0.0, p * (dp - delta[:, None]))
+        ds = p * tl.where((delta == float("inf"))[:, None], 0.0, dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(DOT_DTYPE)), q, input_precision=DOT_PREC)
     dk = dk * sm_scale
     dk_base = DK + b64 * stride_kb + h64 * stride_kh + start * stride_ks
