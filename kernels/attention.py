@@ -7,7 +7,8 @@ One set of kernels serves two layouts:
 * **varlen**: packed, unpadded q/k/v (total, H, D) plus ``cu_seqlens`` (B + 1, int32); each program
   reads its sequence's start and length, so padding costs nothing.
 
-Features: causal masking (top-left aligned, Sq == Sk), a softmax scale, head dims 1..128 (padded to
+Features: causal masking (bottom-right aligned: query i sees keys j <= i + Sk - Sq, the KV-cache
+convention; the usual top-left when Sq == Sk), a softmax scale, head dims 1..128 (padded to
 the next power of two >= 16 with masked loads), any sequence length, fp16/bf16/fp32, and attention
 dropout from an in-kernel Philox stream: the keep-mask of element (b, h, i, j) is
 ``tl.rand(seed + b*H + h, i * RNG_STRIDE + j) > p``, recomputed bit-identically in backward. (The
@@ -30,6 +31,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from fastft.kernels._utils import INTERPRET, dot_dtype, next_pow2, tl_dtype
 
 LOG2E = 1.4426950408889634
@@ -50,22 +52,39 @@ def _attention_visible(
     IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr,
 ):
-    """(BLOCK_M, BLOCK_N) bool: key n is in range, not padding, and (causal) not in the future of query m."""
+    """(BLOCK_M, BLOCK_N) bool: key n is in range, not padding, and (causal) not in the future of query m.
+
+    Causal is bottom-right aligned: query m sees keys n <= m + (seqlen_k - seqlen_q) (the KV-cache
+    convention of FlashAttention and SDPA's causal_lower_right; top-left when Sq == Sk)."""
     in_k = offs_n < seqlen_k
     keep = (offs_m[:, None] < seqlen_q) & in_k[None, :]
     if HAS_MASK:
         kpm = tl.load(kpm_row_ptr + offs_n * stride_ms, mask=in_k, other=0)
         keep = keep & (kpm != 0)[None, :]
     if IS_CAUSAL:
-        keep = keep & (offs_m[:, None] >= offs_n[None, :])
+        keep = keep & ((offs_m[:, None] + (seqlen_k - seqlen_q)) >= offs_n[None, :])
     return keep
+
+
+@triton.jit
+def _attention_rng_offsets(offs_m, offs_n, rng_stride):
+    """(lo, hi) uint32 halves of the int64 Philox counter ``m * rng_stride + n`` of each element.
+
+    int64 because ``m * rng_stride`` passes 2**31 at S ~ 46k; for counters below 2**32 (hi = 0) the
+    draw equals ``tl.rand(seed, counter)``, so short sequences keep their old stream."""
+    off = offs_m.to(tl.int64)[:, None] * rng_stride + offs_n.to(tl.int64)[None, :]
+    lo = (off & 0xFFFFFFFF).to(tl.uint32)
+    hi = ((off >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    return lo, hi
 
 
 @triton.jit
 def _attention_dropout_keep(seed_bh, offs_m, offs_n, rng_stride, dropout_p):
     """(BLOCK_M, BLOCK_N) bool keep-mask of the Philox stream of one (batch, head)."""
-    rng_offs = offs_m[:, None] * rng_stride + offs_n[None, :]
-    return tl.rand(seed_bh, rng_offs) > dropout_p
+    lo, hi = _attention_rng_offsets(offs_m, offs_n, rng_stride)
+    zero = tl.zeros_like(lo)
+    r, _, _, _ = tl.random.philox(seed_bh, lo, hi, zero, zero)
+    return tl.random.uint_to_uniform_float(r) > dropout_p
 
 
 @triton.jit
@@ -122,43 +141,81 @@ def _attention_fwd_inner(
 # ----------------------------------------------------------------------------------------------------------
 # configs
 # ----------------------------------------------------------------------------------------------------------
+_SHAPES = {
+    "fwd": [(128, 64, 8, 3, (64, 128)), (64, 64, 4, 3, (64, 128)), (128, 32, 4, 4, (64,))],
+    "dq": [(64, 64, 8, 2, (64,)), (32, 64, 4, 3, (64,)), (64, 32, 4, 3, (64,)),
+           (64, 32, 8, 2, (128,)), (32, 128, 8, 2, (128,)), (32, 64, 8, 2, (128,))],
+    "dkdv": [(32, 64, 4, 3, (64,)), (64, 32, 4, 3, (64,)), (32, 64, 8, 2, (64, 128)), (32, 64, 8, 3, (128,)),
+             (32, 32, 4, 2, (64, 128))],
+}  # fmt: skip
+
+
 def _hopper_configs(kind: str) -> list[triton.Config]:
-    """A pruned list for sm90: large tiles for the forward, 64x64/128x64-ish for the two backward passes."""
-    if kind == "fwd":
-        shapes = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 2)]
-    else:
-        shapes = [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    """Configs for sm90, pruned with sm_90 AOT compiles (tests/kernels/test_sm90_compile.py, triton 3.9,
+    worst variant: mask + causal + dropout): every config kept for a head dim compiles to <= 227 KB of
+    shared memory and no register spills in bf16/fp16. Entries are (BLOCK_M, BLOCK_N, warps, stages,
+    head dims). Dropped: 128x128 / 64x128 forward tiles (spill with dropout even at D = 64), 64x64/4-warp
+    and 128x64 backward tiles (spill at D = 64), and at D = 128 every backward tile with 64 rows per
+    4 warps (255 registers plus 0.03-1.5 KB of stack): there only 32-row (dK/dV: 32 keys) tiles or
+    8 warps stay under 255 registers."""
+    shapes = _SHAPES[kind]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st, _ in shapes
+    ]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles whose SRAM footprint explodes at head dim 128 and tiles far larger than the sequence."""
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
-    seq = named_args.get("max_seqlen", 1 << 30)
-    out = [
-        c for c in configs if not (block_d >= 128 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 64)
-    ]
-    small = [
-        c
-        for c in out
-        if c.kwargs["BLOCK_M"] <= max(16, next_pow2(seq)) and c.kwargs["BLOCK_N"] <= max(16, next_pow2(seq))
-    ]
-    return small or out or configs[:1]
+def _head_dims(kind: str, cfg: triton.Config) -> tuple[int, ...]:
+    """Padded head dims (BLOCK_D) a config is kept for: its listed dims, and <= 64 for those listing 64."""
+    key = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    for m, n, w, st, dims in _SHAPES[kind]:
+        if (m, n, w, st) == key:
+            return dims
+    return (64, 128)
+
+
+def _prune_for(kind: str):
+    def prune(configs, named_args, **kwargs):
+        """Keep the configs compiled clean for this head dim, then drop tiles far larger than the sequence."""
+        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+        want = 128 if block_d > 64 else 64
+        seq = named_args.get("max_seqlen", 1 << 30)
+        out = [c for c in configs if want in _head_dims(kind, c)]
+        if kind == "fwd" and want == 128 and kwargs.get("DOT_DTYPE") == tl.float32:
+            # fp32 (TF32) operands double the tiles: 128x64 with 3 stages needs 262,144 B > 227 KB
+            out = [c for c in out if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] < 128 * 64]
+        small = [
+            c
+            for c in out
+            if c.kwargs["BLOCK_M"] <= max(16, next_pow2(seq))
+            and c.kwargs["BLOCK_N"] <= max(16, next_pow2(seq))
+        ]
+        return small or out or configs[:1]
+
+    return prune
 
 
 # The interpreter is slow per program, so one biggish tile (and never a benchmark sweep).
 _PINNED = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
 _FWD_CONFIGS = _PINNED if INTERPRET else _hopper_configs("fwd")
-_BWD_CONFIGS = _PINNED if INTERPRET else _hopper_configs("bwd")
+_DQ_CONFIGS = _PINNED if INTERPRET else _hopper_configs("dq")
+_DKDV_CONFIGS = _PINNED if INTERPRET else _hopper_configs("dkdv")
 _KEY = ["max_seqlen_bucket", "BLOCK_D", "IS_CAUSAL", "HAS_MASK", "VARLEN", "DROPOUT", "DOT_DTYPE"]
-_PRUNE = None if INTERPRET else {"early_config_prune": _prune}
+_PRUNE = {k: None if INTERPRET else {"early_config_prune": _prune_for(k)} for k in ("fwd", "dq", "dkdv")}
+# Scalars that change per call or per batch shape. Triton would otherwise specialise each on
+# "== 1" and "% 16 == 0" and compile a new variant whenever that flips: a fresh dropout seed every
+# step, a new padded length, the varlen LSE row stride (= total tokens), the mask's batch stride.
+# None of them feeds a vectorised load (Q/K/V/O strides stay specialised: H * D is stable).
+_NO_SPECIALIZE = [
+    "seed", "rng_stride", "seqlen_q", "seqlen_k", "max_seqlen", "max_seqlen_bucket",
+    "stride_lb", "stride_lh", "stride_mb",
+]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
 # forward kernel
 # ----------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
-@triton.jit
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE["fwd"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _attention_fwd_kernel(
     Q, K, V, O, LSE, KPM, CU,
     stride_qb, stride_qh, stride_qs, stride_qd,
@@ -174,7 +231,7 @@ def _attention_fwd_kernel(
 ):  # fmt: skip
     """Forward: O = softmax(scale Q K^T + mask) V (with dropout), LSE = log2-sum-exp2 per query row.
 
-    Grid: (cdiv(max query length, BLOCK_M), B * H).
+    Grid: (B * H, cdiv(max query length, BLOCK_M)).
     Pointers: Q/K/V/O the tensors (padded: [B, H, S, D]; varlen: [T, H, D] with stride_*b = 0),
     LSE fp32 (padded: [B, H, Sq]; varlen: [H, T]), KPM the key-padding mask [B, Sk] (uint8, only read
     when HAS_MASK), CU cu_seqlens [B + 1] int32 (only read when VARLEN).
@@ -183,8 +240,8 @@ def _attention_fwd_kernel(
     qk_scale = scale * log2(e), dropout_p, seed (Philox key base), rng_stride (RNG row stride),
     max_seqlen / max_seqlen_bucket (autotune key and pruning only).
     """
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     start, seqlen_q, seqlen_k = _attention_seq_bounds(CU, b, seqlen_q, seqlen_k, VARLEN)
@@ -207,8 +264,8 @@ def _attention_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     hi = seqlen_k
-    if IS_CAUSAL:
-        hi = tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M)
+    if IS_CAUSAL:  # bottom-right: the block's last query sees keys < (pid_m + 1) * BLOCK_M + Sk - Sq
+        hi = tl.maximum(tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M + seqlen_k - seqlen_q), 0)
     acc, l_i, m_i = _attention_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, KPM + b64 * stride_mb, offs_m, offs_d, hi,
         stride_ks, stride_kd, stride_vs, stride_vd, stride_ms,
@@ -229,7 +286,7 @@ def _attention_fwd_kernel(
 # ----------------------------------------------------------------------------------------------------------
 # backward kernels
 # ----------------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["stride_lb", "stride_lh", "seqlen_q"])
 def _attention_bwd_preprocess_kernel(
     O, DO, DELTA, CU,
     stride_ob, stride_oh, stride_os, stride_od,
@@ -239,9 +296,9 @@ def _attention_bwd_preprocess_kernel(
     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Delta[b, h, i] = sum_d dO * O (fp32). O/DO as in the forward (strides stride_o*, stride_g*),
-    DELTA laid out like LSE (stride_l*). Grid: (cdiv(max query length, BLOCK_M), B * H)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    DELTA laid out like LSE (stride_l*). Grid: (B * H, cdiv(max query length, BLOCK_M))."""
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     start, seqlen_q, _ = _attention_seq_bounds(CU, b, seqlen_q, seqlen_q, VARLEN)
@@ -260,8 +317,8 @@ def _attention_bwd_preprocess_kernel(
              mask=offs_m < seqlen_q)  # fmt: skip
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
-@triton.jit
+@triton.autotune(configs=_DKDV_CONFIGS, key=_KEY, prune_configs_by=_PRUNE["dkdv"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, KPM, CU,
     stride_qb, stride_qh, stride_qs, stride_qd,
@@ -275,13 +332,13 @@ def _attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    """dK, dV for one key block, looping over query blocks. Grid: (cdiv(max key length, BLOCK_N), B * H).
+    """dK, dV for one key block, looping over query blocks. Grid: (B * H, cdiv(max key length, BLOCK_N)).
 
     Pointers as in the forward plus DO (dO, strides stride_g*), DELTA (like LSE), DK/DV laid out like
     K/V (same strides as K and V respectively). sm_scale is the softmax scale, qk_scale = sm_scale*log2(e).
     """
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_n = tl.program_id(1)
     b = bh // H
     h = bh % H
     start, seqlen_q, seqlen_k = _attention_seq_bounds(CU, b, seqlen_q, seqlen_k, VARLEN)
@@ -312,8 +369,8 @@ def _attention_bwd_dkdv_kernel(
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     lo = 0
-    if IS_CAUSAL:
-        lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M  # queries before this key block see none of it
+    if IS_CAUSAL:  # queries before row pid_n * BLOCK_N - (Sk - Sq) see none of this key block
+        lo = (tl.maximum(pid_n * BLOCK_N - (seqlen_k - seqlen_q), 0) // BLOCK_M) * BLOCK_M
     for start_m in range(lo, seqlen_q, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < seqlen_q
@@ -338,7 +395,8 @@ def _attention_bwd_dkdv_kernel(
         else:
             pz = p
         dv += tl.dot(tl.trans(pz.to(DOT_DTYPE)), do, input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
+        # Delta = +inf marks a row with one visible key (set by the dQ kernel): its dS is exactly 0.
+        ds = p * tl.where((delta == float("inf"))[:, None], 0.0, dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(DOT_DTYPE)), q, input_precision=DOT_PREC)
     dk = dk * sm_scale
     dk_base = DK + b64 * stride_kb + h64 * stride_kh + start * stride_ks
@@ -355,8 +413,8 @@ def _attention_bwd_dkdv_kernel(
     )
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
-@triton.jit
+@triton.autotune(configs=_DQ_CONFIGS, key=_KEY, prune_configs_by=_PRUNE["dq"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, KPM, CU,
     stride_qb, stride_qh, stride_qs, stride_qd,
@@ -370,10 +428,10 @@ def _attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    """dQ for one query block, looping over key blocks. Grid: (cdiv(max query length, BLOCK_M), B * H).
+    """dQ for one query block, looping over key blocks. Grid: (B * H, cdiv(max query length, BLOCK_M)).
     Pointers/strides as in the dK/dV kernel; DQ is laid out like Q (strides stride_q*)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     start, seqlen_q, seqlen_k = _attention_seq_bounds(CU, b, seqlen_q, seqlen_k, VARLEN)
@@ -408,7 +466,8 @@ def _attention_bwd_dq_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     hi = seqlen_k
     if IS_CAUSAL:
-        hi = tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M)
+        hi = tl.maximum(tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M + seqlen_k - seqlen_q), 0)
+    n_vis = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_msk = (offs_n < seqlen_k)[:, None] & d_ok[None, :]
@@ -428,7 +487,13 @@ def _attention_bwd_dq_kernel(
             dp = tl.where(z, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(DOT_DTYPE), k, input_precision=DOT_PREC)
-    dq = dq * sm_scale
+        n_vis += tl.sum(keep.to(tl.int32), 1)
+    # A row with one visible key has P = 1 there, so dS = dP - Delta = 0 exactly (torch gets 0), but dP
+    # (a dot) and Delta (a row sum) round differently: zero it, and mark the row for the dK/dV kernel.
+    single = n_vis == 1
+    dq = tl.where(single[:, None], 0.0, dq * sm_scale)
+    tl.store(DELTA + b64 * stride_lb + h64 * stride_lh + (start + offs_m) * stride_ls, float("inf"),
+             mask=m_ok & single)  # fmt: skip
     dq_base = DQ + b64 * stride_qb + h64 * stride_qh + start * stride_qs
     tl.store(
         dq_base + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
@@ -478,6 +543,15 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, varlen: bool) -> N
         raise ValueError(f"attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM}; use the torch path")
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: fp32 inputs follow torch's matmul rule (TF32 only when
+    ``torch.backends.cuda.matmul.allow_tf32``); IEEE fp32 dots run on CUDA cores and spill at D = 128,
+    so fastft.ops sends that case to SDPA. The interpreter (CPU tests) keeps exact fp32."""
+    if dtype == torch.float32 and (INTERPRET or not torch.backends.cuda.matmul.allow_tf32):
+        return "ieee"
+    return "tf32"
+
+
 def _meta(q: torch.Tensor, head_dim: int, max_seqlen: int) -> dict:
     # Under the interpreter bf16 operands are fed to tl.dot as fp32: triton 3.9's interpreter returns
     # garbage for bf16 tl.dot (see _utils.dot_dtype). On a GPU they stay bf16.
@@ -485,8 +559,7 @@ def _meta(q: torch.Tensor, head_dim: int, max_seqlen: int) -> dict:
     return dict(
         BLOCK_D=max(16, next_pow2(head_dim)),
         DOT_DTYPE=tl_dtype(dd),
-        # fp32 inputs are the tests' exact mode: keep IEEE products instead of TF32.
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PREC=dot_precision(q.dtype),
         max_seqlen_bucket=next_pow2(max(1, max_seqlen)),
     )
 
@@ -527,8 +600,6 @@ def attention_forward(
     else:
         B, H, sq, _ = q.shape
         sk = k.shape[2]
-        if is_causal and sq != sk:
-            raise ValueError(f"attention: causal needs equal query/key lengths, got {sq} and {sk}")
         cu = q  # unused dummy pointer
         lse = torch.empty((B, H, sq), device=q.device, dtype=torch.float32)
         lse_strides = lse.stride()
@@ -537,7 +608,7 @@ def attention_forward(
     kpm, m_strides = _mask_arg(key_padding_mask, q, B, sk)
     o = torch.empty_like(q)
     rng_stride = max(sk, max_seqlen)
-    grid = lambda META: (triton.cdiv(max(sq, 1), META["BLOCK_M"]), B * H)
+    grid = attention_grid(B * H, sq, "BLOCK_M")
     if B * H == 0 or q.numel() == 0:
         return o.zero_(), lse.fill_(float("inf"))
     _attention_fwd_kernel[grid](
@@ -552,9 +623,15 @@ def attention_forward(
 
 
 def _check_grid(B: int, H: int) -> None:
-    # B * H is the grid's second axis, which CUDA caps at 65535.
-    if B * H > 65535:
-        raise ValueError(f"attention: batch x heads = {B * H} > 65535; split the batch into chunks")
+    # B * H is grid axis 0 (2**31 - 1 programs); the sequence blocks on axis 1 stay far below 65535.
+    if B * H > 2**31 - 1:
+        raise ValueError(f"attention: batch x heads = {B * H} > 2**31 - 1; split the batch into chunks")
+
+
+def attention_grid(bh: int, seqlen: int, block: str):
+    """Launch grid (B * H, cdiv(seqlen, META[block])): batch x heads on axis 0, which CUDA allows up to
+    2**31 - 1 (axes 1 and 2 stop at 65535, too few for e.g. 8192 x 12 heads)."""
+    return lambda META: (bh, triton.cdiv(max(seqlen, 1), META[block]))
 
 
 def _mask_arg(mask: torch.Tensor | None, q: torch.Tensor, B: int, sk: int):
@@ -612,7 +689,7 @@ def attention_backward(
     delta = torch.empty_like(lse)
     meta = _meta(q, head_dim, max_seqlen)
     pre_block = 64 if not INTERPRET else 32
-    _attention_bwd_preprocess_kernel[(triton.cdiv(max(sq, 1), pre_block), B * H)](
+    _attention_bwd_preprocess_kernel[(B * H, triton.cdiv(max(sq, 1), pre_block))](
         o, do, delta, cu, *_strides4(o, varlen), *_strides4(do, varlen), *lse_strides,
         H, sq, head_dim, VARLEN=varlen, BLOCK_M=pre_block, BLOCK_D=meta["BLOCK_D"],
     )  # fmt: skip
@@ -633,11 +710,12 @@ def attention_backward(
     )
     strides = (*_strides4(q, varlen), *_strides4(k, varlen), *_strides4(v, varlen), *_strides4(do, varlen),
                *lse_strides, *m_strides)  # fmt: skip
-    _attention_bwd_dkdv_kernel[lambda META: (triton.cdiv(max(sk, 1), META["BLOCK_N"]), B * H)](
-        q, k, v, do, lse, delta, dk, dv, kpm, cu, *strides, *scalars, **common
-    )
-    _attention_bwd_dq_kernel[lambda META: (triton.cdiv(max(sq, 1), META["BLOCK_M"]), B * H)](
+    # dQ first: it marks rows with a single visible key in Delta, whose dS the dK/dV kernel then zeroes.
+    _attention_bwd_dq_kernel[attention_grid(B * H, sq, "BLOCK_M")](
         q, k, v, do, lse, delta, dq, kpm, cu, *strides, *scalars, **common
+    )
+    _attention_bwd_dkdv_kernel[attention_grid(B * H, sk, "BLOCK_N")](
+        q, k, v, do, lse, delta, dk, dv, kpm, cu, *strides, *scalars, **common
     )
     return dq, dk, dv
 
@@ -648,4 +726,7 @@ def attention_flops(batch: int, heads: int, seqlen: int, head_dim: int, *, causa
     return f / 2 if causal else f
 
 
-__all__ = ["attention_forward", "attention_backward", "attention_flops", "MAX_HEAD_DIM", "LOG2E"]
+__all__ = [
+    "attention_forward", "attention_backward", "attention_flops", "attention_grid", "dot_precision",
+    "MAX_HEAD_DIM", "LOG2E",
+]  # fmt: skip

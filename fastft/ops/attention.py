@@ -141,13 +141,15 @@ def reference_attention(
 
     q (B, H, Sq, D), k/v (B, H, Sk, D) with equal head counts; returns (B, H, Sq, D).
     """
-    if attention_mask is None:
-        # Every row sees at least key 0 (causal is top-left aligned), so there is no empty row.
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
     sq, sk = q.shape[-2], k.shape[-2]
-    keep = attention_mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]
-    if is_causal:
-        keep = keep & torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril()
+    if attention_mask is None and (not is_causal or sq == sk):
+        # Every row sees at least key 0, so there is no empty row.
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    keep = torch.ones(1, 1, 1, sk, dtype=torch.bool, device=q.device)
+    if attention_mask is not None:
+        keep = attention_mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]
+    if is_causal:  # bottom-right aligned: query i sees keys j <= i + sk - sq
+        keep = keep & torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
     empty = ~keep.any(-1, keepdim=True)
     # Give empty rows a harmless full view (SDPA would return NaN or garbage), then zero them: the
     # masked_fill also stops any gradient from reaching q/k/v through those rows.
@@ -164,7 +166,7 @@ def unpad_input(
     """Pack the real tokens of a padded batch.
 
     x (B, S, ...) and mask (B, S) (non-zero = real token) -> (x_unpad (T, ...), indices (T,) into the
-    flattened B*S positions, cu_seqlens (B + 1,) int32, max_seqlen). Host-syncs once (nonzero / max).
+    flattened B*S positions, cu_seqlens (B + 1,) int32, max_seqlen). Host-syncs once (max and total length).
     """
     b, s = attention_mask.shape
     indices, cu_seqlens, max_seqlen = unpad_indices(attention_mask)
@@ -175,10 +177,13 @@ def unpad_indices(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """(indices, cu_seqlens int32, max_seqlen) of the real tokens of a (B, S) mask (see :func:`unpad_input`)."""
     m = attention_mask.bool()
     lens = m.sum(1, dtype=torch.int32)
-    indices = m.flatten().nonzero().flatten()
     cu_seqlens = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(lens.max().item()) if lens.numel() else 0
-    return indices, cu_seqlens, max_seqlen
+    if not lens.numel():
+        return m.new_zeros(0, dtype=torch.long), cu_seqlens, 0
+    # The one host sync: max_seqlen sizes the launch grid and the total sizes the index tensor.
+    max_seqlen, total = torch.stack([lens.max(), cu_seqlens[-1]]).tolist()
+    indices = torch.nonzero_static(m.flatten(), size=total).flatten()
+    return indices, cu_seqlens, int(max_seqlen)
 
 
 def pad_input(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
@@ -203,8 +208,10 @@ def _unsupported(q: torch.Tensor, is_causal: bool, sq: int, sk: int, varlen: boo
         return f"dtype {q.dtype} (kernel supports float16/bfloat16/float32)"
     if q.shape[-1] > _MAX_HEAD_DIM:
         return f"head dim {q.shape[-1]} > {_MAX_HEAD_DIM}"
-    if is_causal and sq != sk and not varlen:
-        return "causal attention with different query and key lengths"
+    if q.is_cuda and q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        # Exact (IEEE) fp32 dots run on CUDA cores and spill registers at D = 128: SDPA is faster.
+        # With torch.backends.cuda.matmul.allow_tf32 = True the kernel uses TF32 tensor cores.
+        return "fp32 without TF32 (set torch.backends.cuda.matmul.allow_tf32 = True for the kernel)"
     return None
 
 
@@ -226,7 +233,9 @@ def scaled_dot_product_attention(
     Args:
         attention_mask: (B, Sk), 1/True = real key, 0/False = padding (the HF ``attention_mask``);
             never an S x S tensor. Query rows with no visible key return 0.
-        is_causal: query i sees keys j <= i (top-left aligned).
+        is_causal: query i sees keys j <= i + Sk - Sq (bottom-right aligned, as FlashAttention and a KV
+            cache need; the usual j <= i when Sq == Sk). With Sq > Sk the first Sq - Sk rows see no key
+            and return 0.
         dropout_p: attention-probability dropout (apply only in training).
         scale: softmax scale, default 1/sqrt(D).
     Hkv may divide H (grouped-query attention).

@@ -24,7 +24,11 @@ part of the contract -- their hidden states become 0 instead of HF's values):
 * **attention level** (any family, Triton path; ``FASTFT_ATTN_UNPAD=0`` disables): a padded batch's
   q/k/v are packed per layer, attention runs varlen, the output is scattered back.
 
-The unpadding indices are computed once per mask tensor and kept on it (one host sync per forward).
+Host syncs: the unpadding indices (and varlen's ``max_seqlen``, a launch-grid size the host must know)
+are computed once per mask tensor and kept on it: **one host sync per forward**, none per layer. On a
+GPU the mask builder does not test "is anything padded?" (that would be a second sync); the unpadding
+finds out for free and drops a mask without padding. Without unpadding (``FASTFT_ATTN_UNPAD=0``,
+``FASTFT_UNPAD_MODEL=0``) the kernel reads the (B, S) mask directly and nothing syncs.
 
 ``apply(model, family)`` switches *this instance*: the model gets a private copy of its config
 (shared configs would otherwise leak the switch into other instances) with
@@ -85,8 +89,12 @@ def fastft_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     if mask is None:
         return None
     mask = mask[:, -kwargs["kv_length"] :].to(torch.bool)
-    # Same host check as HF's flash-attention mask: no padding -> no mask (the kernel's fast path).
-    return None if bool(mask.all()) else mask
+    if mask.device.type == "cpu":
+        # No padding -> no mask (SDPA's unmasked fast path); free on CPU. On a GPU this check would
+        # be a host sync per forward: the mask stays, and the unpadding (which syncs once anyway)
+        # finds a batch without padding and drops it (see _unpad_state / _known_dense).
+        return None if bool(mask.all()) else mask
+    return mask
 
 
 def _mask_reason(args, kwargs, mu) -> str | None:
@@ -130,6 +138,12 @@ def _unpad_state(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     res = unpad_indices(mask)
     setattr(mask, _STATE_ATTR, (mask._version, res))
     return res
+
+
+def _known_dense(mask: torch.Tensor) -> bool:
+    """True when this mask's unpadding state is already computed and it has no padding (no sync)."""
+    st = getattr(mask, _STATE_ATTR, None)
+    return st is not None and st[0] == mask._version and st[1][0].numel() == mask.numel()
 
 
 def _is_packed(hidden: torch.Tensor, mask: torch.Tensor) -> bool:
@@ -188,6 +202,8 @@ def fastft_attention_forward(
             is_causal=is_causal, dropout_p=dropout, scale=scaling,
         )  # fmt: skip
         return out[None], None
+    if attention_mask is not None and attention_mask.dim() == 2 and _known_dense(attention_mask):
+        attention_mask = None
     if reason is None and attention_mask is not None and attention_mask.dim() != 2:
         reason = "a 4D/custom attention mask"
     if reason is None and is_causal and sq != sk:
@@ -229,6 +245,11 @@ def fastft_attention_forward(
 def _unpadded_attention(query, key, value, mask, dropout, scaling, is_causal) -> torch.Tensor:
     b, h, s, d = query.shape
     indices, cu_seqlens, max_seqlen = _unpad_state(mask)
+    if indices.numel() == b * s:  # no padding after all: the plain kernel, no pack/scatter
+        out = scaled_dot_product_attention(
+            query, key, value, is_causal=is_causal, dropout_p=dropout, scale=scaling
+        )
+        return out.transpose(1, 2).contiguous()
     pack = lambda x: x.transpose(1, 2).reshape(b * s, x.shape[1], d).index_select(0, indices)
     out = varlen_attention(
         pack(query), pack(key), pack(value), cu_seqlens, max_seqlen, is_causal=is_causal, dropout_p=dropout,
@@ -271,6 +292,8 @@ def _pack_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
         return None  # a KV cache for generation must keep the padded layout
     b, s, d = hidden.shape
     indices, _, _ = _unpad_state(mask)
+    if indices.numel() == b * s:
+        return None  # nothing is padded: run the blocks as they are (the attention drops the mask)
     packed = hidden.reshape(b * s, d).index_select(0, indices)[None]
     if args:
         return (packed, *args[1:]), kwargs

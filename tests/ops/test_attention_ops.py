@@ -41,6 +41,38 @@ def test_sdpa_matches_float64_both_paths(device, backend, causal):
     assert fastft.report()["attention"].startswith(backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sq,sk,masked", [(3, 11, False), (11, 3, False), (4, 9, True)])
+def test_causal_cross_lengths_bottom_right_both_paths(device, backend, sq, sk, masked):
+    """is_causal with Sq != Sk is bottom-right aligned on both paths (no torch fallback for the kernel),
+    checked against a float64 reference with an explicit (j <= i + Sk - Sq) mask."""
+    q = randn(2, 2, sq, 16, device=device)
+    k, v = randn(2, 2, sk, 16, device=device), randn(2, 2, sk, 16, device=device)
+    mask = padding_mask(2, sk, device, seed=1) if masked else None
+    with fastft.backend(backend):
+        got = grads(
+            lambda q, k, v: scaled_dot_product_attention(q, k, v, attention_mask=mask, is_causal=True),
+            q,
+            k,
+            v,
+        )
+    assert fastft.report()["attention"].startswith(backend)
+    explicit = (torch.arange(sk)[None, :] <= torch.arange(sq)[:, None] + sk - sq).to(device)
+    km = explicit[None, None] if mask is None else explicit[None, None] & mask.bool()[:, None, None, :]
+
+    def ref(q, k, v):
+        s = (q.double() @ k.double().transpose(-1, -2)) * 16**-0.5
+        empty = ~km.any(-1, keepdim=True)
+        p = torch.softmax(s.masked_fill(~km, float("-inf")).masked_fill(empty, 0.0), -1).masked_fill(
+            ~km | empty, 0
+        )
+        return p @ v.double()
+
+    want = grads(ref, q, k, v)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert_close(g, w, torch.float32, name=f"{backend} {name}")
+
+
 def test_reference_all_padding_rows_defined(device):
     """The torch path defines rows with no visible key as 0 with zero grads, like the kernel."""
     q, k, v = (randn(2, 2, 6, 16, device=device) for _ in range(3))

@@ -103,6 +103,42 @@ def test_mask_hook_hands_over_2d_mask():
     assert got.dim() == 4
 
 
+def test_mask_hook_does_no_host_check_off_cpu(monkeypatch):
+    """On a GPU "is anything padded?" would be a host sync per forward: the builder must not ask it
+    there (a meta tensor raises on bool()); the unpadding later finds a mask without padding."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    attn_patch.register()
+    cfg = tiny_bert_config()
+    cfg._attn_implementation = "fastft"
+    ones = torch.ones(2, 6, dtype=torch.bool, device="meta")
+    got = create_bidirectional_mask(
+        config=cfg, inputs_embeds=torch.zeros(2, 6, 32, device="meta"), attention_mask=ones
+    )
+    assert got is not None and got.shape == (2, 6) and got.device.type == "meta"
+
+
+def test_dense_mask_found_at_unpad_time_is_dropped():
+    """A mask without padding: the unpadding state (one sync) says so, later layers drop the mask."""
+    from fastft.ops.attention import unpad_indices
+
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    assert not attn_patch._known_dense(mask)  # nothing computed yet: no guess, no sync
+    idx, cu, mx = attn_patch._unpad_state(mask)
+    assert attn_patch._known_dense(mask) and mx == 6 and idx.numel() == 12
+    part = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    idx, cu, mx = unpad_indices(part)
+    assert idx.tolist() == [0, 1, 6, 7, 8, 9, 10] and cu.tolist() == [0, 2, 7] and mx == 5
+    attn_patch._unpad_state(part)
+    assert not attn_patch._known_dense(part)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 6, 16, generator=g) for _ in range(3))
+    with fastft.backend("triton"):
+        got = attn_patch._unpadded_attention(q, k, v, mask, 0.0, None, True)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    assert_close(got, want, torch.float32, name="dense mask")
+
+
 def test_unsupported_mask_falls_back_to_sdpa():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
