@@ -257,3 +257,23 @@ def _run(rank: int, out: str) -> None:
         json.dump(res, f)
     D.barrier(st)
     D.cleanup(st)
+    # cleanup must really stop the backend: threads left here are torn down at interpreter exit,
+    # racing the other rank's exit (the SIGABRT "terminate called without an active exception").
+    with open(os.path.join(out, f"threads-{rank}.json"), "w") as f:
+        json.dump(native_threads(), f)
+
+
+def native_threads() -> list[str]:
+    """Names of this process's OS threads (Linux /proc; [] elsewhere)."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    names = []
+    for t in tids:
+        try:
+            with open(f"/proc/self/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
