@@ -506,15 +506,14 @@ def _release_process_groups() -> None:
     """
     import sys
 
-    if "torch.distributed.device_mesh" not in sys.modules:
-        return
-    from torch.distributed.device_mesh import DeviceMesh
+    if "torch.distributed.device_mesh" in sys.modules:
+        from torch.distributed.device_mesh import DeviceMesh
 
-    # Every mesh, not only wrap_model's: DTensor state-dict code deep-copies meshes, and each copy
-    # (__setstate__) re-resolves the groups into a registry of its own.
-    for obj in gc.get_objects():
-        if isinstance(obj, DeviceMesh) and isinstance(getattr(obj, "_pg_registry", None), dict):
-            obj._pg_registry.clear()
+        # Every mesh, not only wrap_model's: DTensor state-dict code deep-copies meshes, and each
+        # copy (__setstate__) re-resolves the groups into a registry of its own.
+        for obj in gc.get_objects():
+            if isinstance(obj, DeviceMesh) and isinstance(getattr(obj, "_pg_registry", None), dict):
+                obj._pg_registry.clear()
     if "torch.distributed.tensor" in sys.modules:  # only if DTensor was used (private APIs: best effort)
         for clear in _dtensor_cache_clearers():
             try:
