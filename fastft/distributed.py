@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import logging
 import os
 import warnings
@@ -157,10 +158,27 @@ def init_distributed(device: str | torch.device | None = None, *, timeout_s: flo
     kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
     if backend == "nccl":
         kwargs["device_id"] = dev  # binds the communicator to this GPU up front (no lazy init on barrier)
+    _import_group_defaults()
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, **kwargs)
     state = DistState(rank, world, local_rank, dev, rank == 0, backend, owns_group=True)
     log.debug("fastft.distributed: rank %d/%d (local %d) on %s via %s", rank, world, local_rank, dev, backend)
     return state
+
+
+def _import_group_defaults() -> None:
+    """Import ``torch.distributed.nn`` before the process group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated at import: imported
+    after ``init_process_group`` (``torch.distributed.fsdp`` imports it, e.g. from :func:`is_fsdp`)
+    they hold the default group for good, so ``destroy_process_group`` cannot free it -- its gloo
+    threads and sockets and rank 0's TCPStore server then live until interpreter exit, where their
+    C++ teardown races the peer ranks' own exit (a rank dies with SIGABRT, "terminate called
+    without an active exception"). Imported first, those defaults are ``None``.
+    """
+    try:
+        import torch.distributed.nn  # noqa: F401
+    except ImportError:  # pragma: no cover - a torch build without it
+        pass
 
 
 def _active(state: DistState | None = None) -> bool:
@@ -472,6 +490,64 @@ def cleanup(state: DistState | None = None) -> None:
         return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _release_process_groups()
+
+
+def _release_process_groups() -> None:
+    """Let the destroyed process groups really go: their backend threads and sockets, and rank 0's
+    TCPStore server, stop here instead of at interpreter exit.
+
+    A DeviceMesh holds strong references to its groups (``_pg_registry``), and DTensor's sharding /
+    redistribution caches keep every mesh ever used alive. ``destroy_process_group`` alone therefore
+    leaves the gloo threads (``pt_gloo_runloop``, ``gloo_tcp_loop``) and ``pt_tcpstore_uv`` running
+    until the interpreter is torn down, where they are destroyed in no fixed order, while the peer
+    ranks exit and close their sockets: under load a rank then aborts with "terminate called
+    without an active exception" (SIGABRT).
+    """
+    import sys
+
+    if "torch.distributed.device_mesh" in sys.modules:
+        from torch.distributed.device_mesh import DeviceMesh
+
+        # Every mesh, not only wrap_model's: DTensor state-dict code deep-copies meshes, and each
+        # copy (__setstate__) re-resolves the groups into a registry of its own.
+        for obj in gc.get_objects():
+            if isinstance(obj, DeviceMesh) and isinstance(getattr(obj, "_pg_registry", None), dict):
+                obj._pg_registry.clear()
+    if "torch.distributed.tensor" in sys.modules:  # only if DTensor was used (private APIs: best effort)
+        for clear in _dtensor_cache_clearers():
+            try:
+                clear()
+            except Exception as e:  # noqa: BLE001 - a torch version without that cache
+                log.debug("fastft.distributed: could not clear a DTensor cache: %s", e)
+    gc.collect()  # the groups sit in reference cycles (mesh <-> specs); free them now, not at exit
+
+
+def _dtensor_cache_clearers() -> list:
+    """The clear() of each DTensor cache that keeps DeviceMeshes (torch 2.11 .. 2.13; missing ones skipped)."""
+    out = []
+    try:
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+        out.append(_clear_sharding_prop_cache)
+    except ImportError:
+        pass
+    try:
+        from torch.distributed.tensor import _redistribute as R
+
+        out += [f for f in (getattr(R, "clear_redistribute_planner_cache", None),) if f]
+        out += [
+            f.cache_clear for f in (getattr(R, "_gen_transform_infos", None),) if hasattr(f, "cache_clear")
+        ]
+    except ImportError:
+        pass
+    try:
+        from torch.distributed.tensor._collective_utils import MeshTopoInfo
+
+        out.append(MeshTopoInfo.build_from_mesh.cache_clear)
+    except (ImportError, AttributeError):
+        pass
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

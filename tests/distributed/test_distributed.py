@@ -136,6 +136,21 @@ def test_only_rank0_gets_the_fsdp_state_dict(two_ranks):
     ]
 
 
+def test_cleanup_stops_the_backend_threads(two_ranks):
+    """Once a rank is done (cleanup() called, its models dropped) no gloo / TCPStore thread is left
+    for interpreter exit to tear down: that teardown raced the peer rank's exit and now and then
+    aborted a rank ("terminate called without an active exception"). Before the fix these stayed:
+    pt_gloo_runloop x2, gloo_tcp_loop, and pt_tcpstore_uv on rank 0."""
+    out, _ = two_ranks
+    for rank in range(W.WORLD):
+        with open(os.path.join(out, f"threads-{rank}.json")) as f:
+            threads = json.load(f)
+        if not threads:
+            pytest.skip("no /proc/self/task on this platform")
+        left = [t for t in threads if "gloo" in t or "tcpstore" in t]
+        assert not left, f"rank {rank}: backend threads still running at exit: {left}"
+
+
 def test_no_sync_skips_the_all_reduce(two_ranks):
     _, results = two_ranks
     for res in results:

@@ -7,6 +7,7 @@ Results are written as JSON / safetensors into ``out`` and checked by the parent
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -128,6 +129,9 @@ def run(rank: int, out: str, port: int) -> None:
         os.environ.update(torchrun_env(rank, WORLD, port))
         torch.set_num_threads(1)
         _run(rank, out)
+        gc.collect()  # what is left now is torn down at interpreter exit
+        with open(os.path.join(out, f"threads-{rank}.json"), "w") as f:
+            json.dump(native_threads(), f)
     except BaseException:
         with open(os.path.join(out, f"error-{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())
@@ -257,3 +261,21 @@ def _run(rank: int, out: str) -> None:
         json.dump(res, f)
     D.barrier(st)
     D.cleanup(st)
+    with open(os.path.join(out, f"threads-cleanup-{rank}.json"), "w") as f:
+        json.dump(native_threads(), f)
+
+
+def native_threads() -> list[str]:
+    """Names of this process's OS threads (Linux /proc; [] elsewhere)."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    names = []
+    for t in tids:
+        try:
+            with open(f"/proc/self/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
