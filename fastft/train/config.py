@@ -64,7 +64,7 @@ class DataConfig:
     label_column: str | None = _f(None, "column with the label(s) (default: label/labels/... detected)")
     task: str = _f(
         "auto",
-        "what to train: auto | classification | multilabel | regression | causal_lm",
+        "what to train: auto (detected from the labels) or a task of fastft.train.tasks",
         choices="tasks",  # the registry's names, checked in validate()
     )
     max_length: int = _f(64, "truncate texts to this many tokens")
