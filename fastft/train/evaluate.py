@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fastft.train.tasks import Task
+from fastft.train.tasks import IGNORE_INDEX, Task
 
 __all__ = ["evaluate_model", "best_metric_spec", "is_better"]
 
@@ -62,12 +62,26 @@ def evaluate_model(
         count = D.all_reduce_sum(count, dist_state)
     n = total if total is not None else sum(len(i) for i in index)
     idx = torch.cat(index) if index else torch.empty(0, dtype=torch.long, device=device)
-    # one process: the loader's order is the dataset order, without repeats
-    gathered = {
-        k: D.gather_for_metrics(torch.cat(v), dist_state, n, index=idx) if multi else torch.cat(v)
-        for k, v in rows.items()
-    }
+    gathered = {}
+    for k, parts in rows.items():
+        pad = IGNORE_INDEX if k == "labels" else 0  # token-level rows differ in length across batches
+        t = _cat_padded(parts, pad)
+        # one process: the loader's order is the dataset order, without repeats
+        gathered[k] = D.gather_for_metrics(t, dist_state, n, index=idx, pad_value=pad) if multi else t
     mean_loss = float(loss_sum / count.clamp_min(1))
     if rows and "labels" not in gathered:  # an unlabelled split: nothing to score
         return {}
     return task.metrics(gathered, mean_loss, int(count))
+
+
+def _cat_padded(parts: list[torch.Tensor], pad: float) -> torch.Tensor:
+    """Concatenate along dim 0, padding trailing dims (e.g. sequence length) to the largest with ``pad``."""
+    if all(p.shape[1:] == parts[0].shape[1:] for p in parts):
+        return torch.cat(parts)
+    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+    out = parts[0].new_full((sum(len(p) for p in parts), *shape), pad)
+    start = 0
+    for p in parts:
+        out[(slice(start, start + len(p)), *(slice(0, n) for n in p.shape[1:]))] = p
+        start += len(p)
+    return out

@@ -98,3 +98,12 @@ def test_causal_collate_masks_padding():
     mask = np.array([[1, 1, 0], [1, 0, 0]])
     labels = get_task("causal_lm").collate_labels({}, {"input_ids": ids, "attention_mask": mask}, False)
     assert labels.tolist() == [[5, 6, -100], [7, -100, -100]]
+
+
+def test_evaluator_pads_token_level_rows_across_batches():
+    from fastft.train.evaluate import _cat_padded
+
+    a, b = torch.ones(2, 3, dtype=torch.long), torch.full((1, 5), 2, dtype=torch.long)
+    out = _cat_padded([a, b], -100)
+    assert out.shape == (3, 5) and out[:2, 3:].eq(-100).all() and out[2].eq(2).all()
+    assert _cat_padded([a, a], 0).shape == (4, 3)
