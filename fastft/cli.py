@@ -67,6 +67,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help_ = f.metadata.get("help", "") + f" [default: {shown}]"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
         choices = f.metadata.get("choices")
+        if choices == "tasks":  # the task registry's names
+            from fastft.train.tasks import task_names
+
+            choices = task_names()
         if typ.startswith("bool"):
             p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
             continue
@@ -130,8 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             s.add_argument("--output", default=None, help="also write the metrics as JSON here")
         else:
-            s.add_argument("--output", default="predictions.csv", help="predictions CSV to write")
+            s.add_argument(
+                "--output",
+                default=None,
+                help="predictions file to write (default: predictions.csv, or .jsonl)",
+            )
             s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+            g = s.add_argument_group("generation (causal LM models)")
+            g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt row")
+            g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+            g.add_argument(
+                "--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)"
+            )
+            g.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
     return p
 
 
@@ -161,8 +176,7 @@ def _quiet() -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from fastft.train.config import ConfigError
-    from fastft.train.data import DataError
+    from fastft.train.errors import ConfigError, DataError
 
     return (ConfigError, DataError)
 
@@ -195,18 +209,18 @@ def _saved_run_config(model_dir: str) -> dict:
 
 def _load_for_inference(args: argparse.Namespace, require_labels: bool):
     import torch
-    import transformers
 
     from fastft.train.config import ConfigError, TrainConfig
     from fastft.train.data import prepare_file
-    from fastft.train.trainer import check_model, load_tokenizer, problem_type_of_model
+    from fastft.train.models import check_model, from_pretrained, load_tokenizer
+    from fastft.train.tasks import task_of_model
 
     if not os.path.isfile(args.file):
         raise ConfigError(f"--file {args.file}: file not found; check the path")
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be > 0 (got {args.batch_size})")
     mcfg = check_model(args.model)
-    problem_type = problem_type_of_model(mcfg)
+    task = task_of_model(mcfg)
     saved = _saved_run_config(args.model)
     cfg = TrainConfig(
         text_column=args.text_column or saved.get("text_column"),
@@ -218,29 +232,15 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
         cfg.text_column = args.text_column or "text"
         cfg.label_column = args.label_column or "label"
     tok = load_tokenizer(args.model, mcfg)
-    label2id = getattr(mcfg, "label2id", None)
-    if problem_type != "single_label_classification" and problem_type != "multi_label_classification":
-        label2id = None
-    ds = prepare_file(
-        args.file, cfg, tok, problem_type=problem_type, label2id=label2id, require_labels=require_labels
-    )
-    auto = (
-        transformers.AutoModelForCausalLM
-        if problem_type == "causal_lm"
-        else transformers.AutoModelForSequenceClassification
-    )
-    try:
-        model = auto.from_pretrained(args.model, dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(
-            f"cannot load {args.model} ({str(e).splitlines()[0][:160]}); pass a saved model folder"
-        ) from None
+    label2id = getattr(mcfg, "label2id", None) if task.named_labels else None
+    ds = prepare_file(args.file, cfg, tok, task=task, label2id=label2id, require_labels=require_labels)
+    model = from_pretrained(task, args.model)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
-    return model, tok, ds, cfg, problem_type, device
+    return model, tok, ds, cfg, task, device
 
 
-def _inference_loader(args: argparse.Namespace, ds, tok, cfg, problem_type: str):
+def _inference_loader(args: argparse.Namespace, ds, tok, cfg, task):
     """Batches of ``ds`` in file order (no shuffling or length grouping), for eval and predict."""
     from fastft.train.data import make_dataloader
 
@@ -252,82 +252,59 @@ def _inference_loader(args: argparse.Namespace, ds, tok, cfg, problem_type: str)
         seed=0,
         group_by_length=False,
         max_length=cfg.max_length,
-        problem_type=problem_type,
+        task=task,
     )
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from fastft.train.trainer import evaluate_model
+def _write_atomic(path: str, write) -> None:
+    """``write(fh)`` into ``path`` through a temp file: never a half-written output."""
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        write(fh)
+    os.replace(tmp, path)
 
-    model, tok, ds, cfg, pt, device = _load_for_inference(args, require_labels=True)
-    loader = _inference_loader(args, ds, tok, cfg, pt)
-    metrics = evaluate_model(model, loader, problem_type=pt, device=device, total=len(ds))
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fastft.train.evaluate import evaluate_model
+
+    model, tok, ds, cfg, task, device = _load_for_inference(args, require_labels=True)
+    loader = _inference_loader(args, ds, tok, cfg, task)
+    metrics = evaluate_model(model, loader, task=task, device=device, total=len(ds))
     metrics = {"file": args.file, "model": args.model, "rows": len(ds), **metrics}
     text = json.dumps(metrics, indent=2, default=str)
     print(text)
     if args.output:
-        tmp = args.output + ".tmp"  # never a half-written metrics file
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, args.output)
+        _write_atomic(args.output, lambda fh: fh.write(text + "\n"))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
     from fastft.train.config import ConfigError
 
-    if os.path.exists(args.output) and not args.overwrite:
-        raise ConfigError(f"--output {args.output} already exists; pass --overwrite or another --output")
-    model, tok, ds, cfg, pt, device = _load_for_inference(args, require_labels=False)
-    if pt == "causal_lm":
+    if args.max_new_tokens <= 0 or args.num_beams <= 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ConfigError(
-            "predict needs a classification/regression model; for a causal LM use `fastft eval` (perplexity)"
+            "--max-new-tokens and --num-beams must be > 0, --temperature >= 0, --top-p in (0, 1]"
         )
-    loader = _inference_loader(args, ds, tok, cfg, pt)
-    outs = []
-    with torch.no_grad():
-        for batch in loader:
-            inputs = {
-                k: v.to(device)
-                for k, v in batch.items()
-                if k in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            outs.append(model(**inputs).logits.float().cpu())
-    logits = torch.cat(outs).numpy()
-    id2label = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+    model, tok, ds, cfg, task, device = _load_for_inference(args, require_labels=False)
+    output = args.output or f"predictions.{task.predict_format}"
+    if os.path.exists(output) and not args.overwrite:
+        raise ConfigError(f"--output {output} already exists; pass --overwrite or another --output")
     text_cols = [c for c in (cfg.text_column or "text", cfg.text_pair_column) if c and c in ds.column_names]
-    header = list(text_cols)
-    rows: list[list[Any]] = [[ds[c][i] for c in text_cols] for i in range(len(ds))]
-    if pt == "regression":
-        header.append("prediction")
-        for r, v in zip(rows, logits.reshape(len(rows), -1)[:, 0]):
-            r.append(float(v))
-    else:
-        names = [str(id2label.get(i, i)) for i in range(logits.shape[1])]
-        if pt == "multi_label_classification":
-            probs = 1.0 / (1.0 + np.exp(-logits))
-            header += ["prediction", *[f"prob_{n}" for n in names]]
-            for r, pr in zip(rows, probs):
-                r.append(";".join(n for n, p in zip(names, pr) if p > 0.5))
-                r.extend(round(float(p), 6) for p in pr)
-        else:
-            z = logits - logits.max(-1, keepdims=True)
-            probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-            header += ["prediction", "score", *[f"prob_{n}" for n in names]]
-            for r, pr in zip(rows, probs):
-                k = int(pr.argmax())
-                r += [names[k], round(float(pr[k]), 6), *(round(float(p), 6) for p in pr)]
-    tmp = args.output + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    options = argparse.Namespace(**{**vars(args), "max_length": cfg.max_length})
+    loader = _inference_loader(args, ds, tok, cfg, task)
+    records = task.predict(model, tok, ds, loader, device=device, text_columns=text_cols, options=options)
+
+    def write(fh):
+        if task.predict_format == "jsonl":
+            fh.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+            return
         w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, args.output)
-    print(f"wrote {len(rows)} predictions to {args.output}")
+        w.writerow(list(records[0]) if records else text_cols)
+        w.writerows(list(r.values()) for r in records)
+
+    _write_atomic(output, write)
+    print(f"wrote {len(records)} predictions to {output}")
     return 0
 
 
@@ -339,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet()
+    from fastft.train.errors import first_line
     from fastft.train.trainer import TrainingError
 
     user_errors = _user_errors()
@@ -357,8 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         return cmd_predict(args)
     except user_errors as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        print(f"fastft {args.command}: error: {msg}", file=sys.stderr, flush=True)
+        print(f"fastft {args.command}: error: {first_line(e, 10_000)}", file=sys.stderr, flush=True)
         return 2
     except TrainingError as e:
         print(f"fastft {args.command}: failed: {e}", file=sys.stderr, flush=True)

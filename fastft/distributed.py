@@ -49,7 +49,6 @@ __all__ = [
     "all_reduce_mean",
     "broadcast_object",
     "gather_for_metrics",
-    "eval_row_mask",
     "barrier",
     "main_process_first",
     "cleanup",
@@ -380,42 +379,24 @@ def _all_gather_var(t: torch.Tensor, pad_value: float) -> list[torch.Tensor]:
     return [o[: s[0]] if o.dim() else o for o, s in zip(out, shapes_l)]
 
 
-def _interleave_batches(parts: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
-    """Rank-major blocks of ``batch_size`` rows -> global batch order (step-major, rank order)."""
-    n = parts[0].shape[0]
-    if batch_size <= 0 or any(p.shape[0] != n for p in parts) or n % batch_size:
-        raise ValueError(
-            f"gather_for_metrics: batch_size={batch_size} but the ranks hold {[p.shape[0] for p in parts]} rows; "
-            "every rank must hold the same number of full batches (make_dataloader pads for world_size > 1)"
-        )
-    stacked = torch.stack(parts)  # (W, steps*B, ...)
-    w, rest = stacked.shape[0], stacked.shape[2:]
-    per_step = stacked.reshape(w, n // batch_size, batch_size, *rest).transpose(0, 1)
-    return [per_step.reshape(-1, *rest)]
-
-
 def gather_for_metrics(
     t: torch.Tensor,
     state: DistState,
     total: int,
     *,
-    batch_size: int | None = None,
     index: torch.Tensor | None = None,
     pad_value: float = 0,
 ) -> torch.Tensor:
     """Every rank's rows of ``t`` (dim 0 = samples), once each: ``total`` rows in dataset order.
 
-    The layout of the local rows must be given unless it is the plain contiguous one:
-
-    * ``batch_size=B``: the layout of ``fastft.train.data.make_dataloader`` (``shuffle=False``) --
-      rank r evaluated global batches r, r+W, r+2W, ... of B rows each, and the last step was
-      padded with repeated rows. The rows are put back in global-batch order and cut at ``total``.
-    * neither: the ranks' tensors are concatenated in rank order and cut at ``total`` (rank r
+    * ``index`` (the dataset row of each local row, shape (n_local,); every batch of
+      ``fastft.train.data.make_dataloader`` carries it as ``batch["index"]``): any sharding works --
+      rows are placed by index, duplicates (shard padding) dropped, and a missing row raises.
+    * no ``index``: the ranks' tensors are concatenated in rank order and cut at ``total`` (rank r
       evaluated the contiguous r-th shard, padding at the end of the last shard).
-    * ``index`` (the dataset row of each local row, shape (n_local,)), any sharding works: rows are
-    placed by index, duplicates dropped, and a missing row raises. Trailing dims that differ across
-    ranks (e.g. sequence length) are padded with ``pad_value``. Returns on ``t``'s device, on every
-    rank. In one process: ``t[:total]`` (or ordered by ``index``).
+
+    Trailing dims that differ across ranks (e.g. sequence length) are padded with ``pad_value``.
+    Returns on ``t``'s device, on every rank. In one process: ``t[:total]`` (or ordered by ``index``).
     """
     if index is not None and index.shape[0] != t.shape[0]:
         raise ValueError(
@@ -423,8 +404,6 @@ def gather_for_metrics(
         )
     if _active(state):
         parts = _all_gather_var(t, pad_value)
-        if batch_size is not None and index is None and parts[0].dim() > 0:
-            parts = _interleave_batches(parts, batch_size)
         cat = torch.cat(parts, 0) if parts[0].dim() > 0 else torch.stack(parts)
         idx = torch.cat(_all_gather_var(index.long(), -1), 0) if index is not None else None
     else:
@@ -447,18 +426,6 @@ def gather_for_metrics(
         raise ValueError(f"gather_for_metrics: {missing} of {total} rows were evaluated by no rank")
     out = cat[first]
     return out.to(t.device)
-
-
-def eval_row_mask(state: DistState, step: int, n_rows: int, batch_size: int, total: int) -> torch.Tensor:
-    """Which rows of this rank's ``step``-th eval batch are real samples (not shard padding).
-
-    For ``make_dataloader``'s layout (rank r holds global batches r, r+W, ... of ``batch_size``
-    rows; the order is padded with repeated rows up to a multiple of W batches): a row is real iff
-    its position in the global order is below ``total``. Use it to keep duplicates out of summed
-    eval losses / token counts (set their labels to -100, or mask their per-row loss). Bool (n_rows,).
-    """
-    first = (step * state.world_size + state.rank) * batch_size
-    return (torch.arange(n_rows) + first) < total
 
 
 def barrier(state: DistState | None = None) -> None:

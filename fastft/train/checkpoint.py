@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastft.train.config import ConfigError
+from fastft.train.errors import ConfigError, first_line
 from fastft.train.outdir import is_stray_tmp
+from fastft.train.state import TrainState
 
 __all__ = [
     "save_checkpoint",
@@ -144,10 +145,13 @@ def save_checkpoint(
     optimizer_state: dict[str, Any],
     scheduler_state: dict[str, Any],
     scaler_state: dict[str, Any] | None,
-    trainer_state: dict[str, Any],
+    state: TrainState,
+    meta: dict[str, Any] | None = None,
     rng: dict[str, Any] | None = None,
 ) -> str:
-    """Write ``output_dir/checkpoint-<step>`` atomically and return its path (call on rank 0 only)."""
+    """Write ``output_dir/checkpoint-<step>`` atomically and return its path (call on rank 0 only).
+
+    ``trainer_state.json`` = ``state.to_dict(**meta)`` (``meta``: run facts such as the config)."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp = os.path.join(output_dir, f".checkpoint-{step}.tmp-{os.getpid()}")
     if os.path.exists(tmp):
@@ -171,7 +175,7 @@ def save_checkpoint(
             files.append(p)
         p = os.path.join(tmp, STATE_FILE)
         with open(p, "w", encoding="utf-8") as fh:
-            json.dump(trainer_state, fh, indent=2, default=str)
+            json.dump(state.to_dict(**(meta or {})), fh, indent=2, default=str)
         files.append(p)
         for f in files:
             _fsync_file(f)
@@ -190,7 +194,7 @@ def save_checkpoint(
     return final
 
 
-def _corrupt(path: str, why: str) -> ConfigError:
+def corrupt(path: str, why: str) -> ConfigError:
     return ConfigError(
         f"checkpoint {path} is corrupt or incomplete ({why}); delete it and pass --resume with an older "
         "checkpoint, or start over with --overwrite"
@@ -200,7 +204,8 @@ def _corrupt(path: str, why: str) -> ConfigError:
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Read and check every file of a checkpoint; :class:`ConfigError` if anything is wrong.
 
-    Returns ``{"path", "trainer_state", "model", "optimizer", "scheduler", "scaler", "rng"}``.
+    Returns ``{"path", "trainer_state" (the JSON), "state" (its :class:`TrainState`), "model",
+    "optimizer", "scheduler", "scaler", "rng"}``.
     """
     if not os.path.isdir(path):
         raise ConfigError(
@@ -213,27 +218,24 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         for key in ("global_step", "epoch", "batch_in_epoch"):
             if not isinstance(out["trainer_state"].get(key), int):
                 raise ValueError(f"{STATE_FILE} has no integer {key!r}")
-    except (OSError, ValueError) as e:
-        raise _corrupt(path, f"{STATE_FILE}: {str(e).splitlines()[0]}") from None
+        out["state"] = TrainState.from_dict(out["trainer_state"])
+    except (OSError, ValueError, TypeError) as e:
+        raise corrupt(path, f"{STATE_FILE}: {first_line(e)}") from None
     try:
         out["model"] = load_state_dict_file(os.path.join(path, "model.safetensors"))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise _corrupt(
-            path, f"model.safetensors: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
+        raise corrupt(path, f"model.safetensors: {first_line(e)}") from None
     for name, required in (("optimizer", True), ("scheduler", True), ("scaler", False), ("rng", True)):
         f = os.path.join(path, f"{name}.pt")
         if not os.path.exists(f):
             if required:
-                raise _corrupt(path, f"{name}.pt is missing")
+                raise corrupt(path, f"{name}.pt is missing")
             out[name] = None
             continue
         try:
             out[name] = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
-            raise _corrupt(
-                path, f"{name}.pt: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            ) from None
+            raise corrupt(path, f"{name}.pt: {first_line(e)}") from None
     return out
 
 

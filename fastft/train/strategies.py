@@ -33,6 +33,10 @@ __all__ = [
 ]
 
 
+#: task heads of a model fastft has no family row for (HF's usual names).
+DEFAULT_HEADS = ("classifier", "score")
+
+
 def _family(model: nn.Module) -> Family:
     fam = family_of(model)
     if fam is None:
@@ -131,6 +135,16 @@ def apply_head_only(model: nn.Module) -> None:
     if not names:
         raise ValueError(f"head_only: no task head ({', '.join(fam.heads)}) found on {type(model).__name__}")
     _set(model, names)
+
+
+def train_heads(model: nn.Module) -> None:
+    """Make the task heads (the family table's ``heads``) trainable, e.g. a new classifier under LoRA."""
+    fam = family_of(model)
+    for head in fam.heads if fam else DEFAULT_HEADS:
+        m = get_path(model, head)
+        if m is not None:
+            for p in m.parameters():
+                p.requires_grad_(True)
 
 
 def gradual_groups_unfrozen(step: int, epoch: int, unfreeze_every: int, n_groups: int) -> int:

@@ -219,9 +219,6 @@ def _run(rank: int, out: str) -> None:
     res["gather_contiguous"] = D.gather_for_metrics(contiguous, st, total).tolist()
     inter_idx = torch.tensor([[0, 2, 4, 6], [1, 3, 5, 0]][rank])
     res["gather_index"] = D.gather_for_metrics(inter_idx.float() * 10, st, total, index=inter_idx).tolist()
-    # make_dataloader's layout: rank r holds global batches r, r+W, ... of 2 rows; 7 rows -> 8 padded
-    batched = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 0]][rank], dtype=torch.float32)
-    res["gather_batched"] = D.gather_for_metrics(batched, st, total, batch_size=2).tolist()
     # ... and with the real eval loader: each row's input id encodes its dataset row.
     from types import SimpleNamespace
 
@@ -240,17 +237,18 @@ def _run(rank: int, out: str) -> None:
         shuffle=False,
         seed=0,
         group_by_length=False,
-        problem_type="single_label_classification",
+        task="classification",
         rank=rank,
         world_size=WORLD,
     )
-    local = torch.cat([b["input_ids"][:, 0] for b in loader]).float()
-    real = [
-        b["input_ids"][:, 0][D.eval_row_mask(st, j, b["input_ids"].shape[0], 2, total)].tolist()
-        for j, b in enumerate(loader)
-    ]
+    batches = list(loader)
+    local = torch.cat([b["input_ids"][:, 0] for b in batches]).float()
+    index = torch.cat([b["index"] for b in batches])
+    # each batch says which of its rows are order padding (repeats): the rest is each real row once
+    real = [b["input_ids"][:, 0][~b["repeat"]].tolist() for b in batches]
     res["eval_real_rows"] = sorted(D.broadcast_object(real, st, src=0) + D.broadcast_object(real, st, src=1))
-    res["gather_loader"] = D.gather_for_metrics(local, st, total, batch_size=2).tolist()
+    res["index_matches_rows"] = bool((local == 100 + index.float()).all())
+    res["gather_loader"] = D.gather_for_metrics(local, st, total, index=index).tolist()
     # ranks with different row counts and different trailing dims (padded with pad_value)
     uneven = torch.full((3 if rank == 0 else 2, 2 + rank), float(rank + 1))
     res["gather_uneven"] = D.gather_for_metrics(uneven, st, 5, pad_value=-1).tolist()

@@ -232,6 +232,9 @@ def test_causal_lm_perplexity(work, tmp_path, capsys):
     assert "TEST PERPLEXITY" in capsys.readouterr().out
     model, _, res = _check_outputs(str(out), "AutoModelForCausalLM")
     assert res["problem_type"] == "causal_lm"
+    # the split was made from the one train file: results.json names the file in the output dir
+    assert res["data"]["split_indices"] == os.path.join(str(out), "split_indices.json")
+    assert os.path.isfile(res["data"]["split_indices"])
     assert res["test"]["perplexity"] == pytest.approx(np.exp(res["test"]["loss"]), rel=1e-6)
     # training reduced the perplexity below uniform over the vocabulary
     assert res["test"]["perplexity"] < model.config.vocab_size

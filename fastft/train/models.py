@@ -1,0 +1,166 @@
+"""Model loading and family facts: config checks, the tokenizer, ``from_pretrained`` by the task's
+auto-class (one place for the error), the task model, the teacher and the strategy's freezing."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from fastft.train import strategies as strat
+from fastft.train.errors import ConfigError, first_line
+from fastft.train.tasks import LabelSpace, Task
+
+__all__ = [
+    "check_model",
+    "load_tokenizer",
+    "is_decoder",
+    "from_pretrained",
+    "load_task_model",
+    "load_teacher",
+    "apply_strategy",
+]
+
+
+def check_model(path: str, flag: str = "--model"):
+    """The model's ``AutoConfig``; :class:`ConfigError` when it is neither a folder nor reachable."""
+    from transformers import AutoConfig
+
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"{flag} {path}: the folder has no config.json; pass a Hugging Face model folder")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - OSError / ValueError / hub errors
+        raise ConfigError(
+            f"unknown model {path!r} ({first_line(e, 160)}); pass {flag} <local model folder> (the hub is offline here)"
+        ) from None
+
+
+def is_decoder(model_config) -> bool:
+    """A causal decoder, by the family table (``fastft/patching/families.py``) or the config flag."""
+    from fastft.patching.families import FAMILIES
+
+    mt = getattr(model_config, "model_type", "")
+    return bool(getattr(model_config, "is_decoder", False)) or any(
+        f.causal and mt in f.model_types for f in FAMILIES
+    )
+
+
+def load_tokenizer(path: str, model_config=None):
+    """AutoTokenizer with a pad token guaranteed (GPT-style tokenizers: pad = eos)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"cannot load a tokenizer from {path!r} ({first_line(e, 160)}); pass --tokenizer <folder>"
+        ) from None
+    if tok.pad_token is None:
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        elif tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+        else:
+            raise ConfigError(
+                f"tokenizer {path!r} has no pad, eos or unk token; pass a --tokenizer that has one"
+            )
+    if model_config is not None and is_decoder(model_config):
+        tok.padding_side = "right"  # decoders: the last real token is found from the attention mask
+    return tok
+
+
+def from_pretrained(task: Task, path: str, what: str = "--model", *, quiet: bool = False, **kw: Any):
+    """``task.auto_class.from_pretrained(path, dtype=float32, **kw)``; one line naming the fix on failure."""
+    import transformers
+
+    auto = getattr(transformers, task.auto_class)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
+    try:
+        return auto.from_pretrained(path, dtype=torch.float32, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"cannot load {what} {path!r} as {auto.__name__} ({first_line(e)}); pass a compatible model folder"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_task_model(
+    task: Task, path: str, space: LabelSpace, model_config, tokenizer, user_num_labels: int | None
+):
+    """The model to train: the task's auto-class with the data's label space."""
+    kw = task.model_kwargs(space)
+    saved_n = getattr(model_config, "num_labels", None)
+    archs = getattr(model_config, "architectures", None) or []
+    head = task.auto_class.replace("AutoModel", "")
+    if (
+        kw.get("num_labels") is not None
+        and any(a.endswith(head) for a in archs)
+        and saved_n not in (None, space.num_labels)
+    ):
+        if user_num_labels is None:
+            raise ConfigError(
+                f"the model's classifier has {saved_n} labels but the data has {space.num_labels}; "
+                f"check --label-column, or pass --num-labels {space.num_labels} to re-initialise the classifier"
+            )
+        kw["ignore_mismatched_sizes"] = True
+    model = from_pretrained(task, path, quiet=True, **kw)
+    pad = tokenizer.pad_token_id
+    if getattr(model.config, "pad_token_id", None) is None and pad is not None:
+        model.config.pad_token_id = pad
+    n_emb = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_emb:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {n_emb} embeddings; "
+            "pass the model's own --tokenizer"
+        )
+    return model
+
+
+def load_teacher(task: Task, path: str, model, space: LabelSpace):
+    """The frozen distillation teacher; checked against the student by the task."""
+    teacher = from_pretrained(task, path, "--teacher")
+    why = task.check_teacher(teacher, model, space)
+    if why:
+        raise ConfigError(why)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
+    """Freeze / LoRA / head-only / gradual as ``cfg.strategy`` says; -> (always-frozen names, groups)."""
+    always_frozen: set[str] = set()
+    n_groups = 0
+    try:
+        if cfg.strategy == "lora":
+            import fastft
+
+            kw: dict[str, Any] = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+            if cfg.lora_target_modules:
+                kw["target_modules"] = list(cfg.lora_target_modules)
+            fastft.add_lora(model, **kw)
+            if fresh_head:  # a new task head must train (add_lora keeps heads as they are)
+                strat.train_heads(model)
+        elif cfg.strategy == "head_only":
+            strat.apply_head_only(model)
+        if cfg.strategy in ("freeze", "gradual", "full") and (cfg.strategy == "freeze" or cfg.freeze_layers):
+            strat.apply_freeze(model, cfg.freeze_layers)
+            always_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        if cfg.strategy == "gradual":
+            n_groups = len(strat.layer_groups(model))
+            strat.apply_gradual(model, 1, always_frozen)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"--strategy {cfg.strategy}: {first_line(e)}") from None
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"--strategy {cfg.strategy} leaves no trainable parameter; lower --freeze-layers")
+    return always_frozen, n_groups

@@ -1,0 +1,245 @@
+"""The :class:`Task` protocol: everything that differs between training tasks, in one object.
+
+The data pipeline, the training loop, the evaluator and the CLI call these methods and never ask
+which task they run. A task is stateless (one shared instance per task in the registry); the
+label space it learns from the data travels in :class:`LabelSpace`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Task", "LabelSpace", "EvalBatch", "MODEL_INPUTS", "IGNORE_INDEX"]
+
+#: the batch keys that are model inputs (everything else in a batch is bookkeeping or labels).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+#: label value that no loss or metric counts (HF convention).
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LabelSpace:
+    """What a task learned from the training labels; saved in the model config when it has names."""
+
+    num_labels: int
+    label2id: dict[str, int] | None = None
+    id2label: dict[int, str] | None = None
+
+
+@dataclass
+class EvalBatch:
+    """One evaluated batch: summed loss and item count (already without shard-padding rows) and the
+    per-row tensors that are gathered across ranks by dataset index for the metrics."""
+
+    loss_sum: torch.Tensor
+    count: torch.Tensor
+    rows: dict[str, torch.Tensor]
+
+
+def model_inputs(batch: dict) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+class Task(ABC):
+    """One training task. Subclass it in one file of ``fastft/train/tasks/`` and register it.
+
+    Class attributes:
+
+    * ``name``: the ``--task`` value; ``aliases``: other accepted spellings.
+    * ``problem_type``: the string saved as ``problem_type`` in the model config and results.json
+      (Hugging Face's values where HF has one), read back by ``fastft eval|predict``.
+    * ``auto_class``: the ``transformers`` auto-class that loads the model.
+    * ``needs_labels``: whether rows must carry a label (causal LM: no).
+    * ``label_in_dataset``: whether the tokenized dataset keeps a ``labels`` column for the collate;
+      ``batch_columns``: further tokenized columns :meth:`collate_labels` reads.
+    * ``text_columns`` / ``pair_for`` / ``label_columns``: column names tried, in order, when
+      ``--text-column`` / ``--text-pair-column`` / ``--label-column`` are not given.
+    * ``best_metric``: the metric that picks the best checkpoint by default; ``lower_is_better``:
+      the metrics (of this task) where lower wins.
+    * ``predict_format``: ``"csv"`` or ``"jsonl"`` -- how ``fastft predict`` writes :meth:`predict`'s rows.
+    """
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    problem_type: str = ""
+    auto_class: str = "AutoModelForSequenceClassification"
+    needs_labels: bool = True
+    label_in_dataset: bool = True
+    #: the task head is newly initialised: it trains under LoRA (a causal LM's lm_head does not).
+    fresh_head: bool = True
+    #: labels have names (``label2id`` in the model config) that eval files are encoded with.
+    named_labels: bool = False
+    #: extra tokenized columns the collate needs (e.g. ``word_ids`` for token-level labels).
+    batch_columns: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] = (
+        "text",
+        "sentence",
+        "sentence1",
+        "review",
+        "content",
+        "document",
+        "premise",
+        "question",
+        "comment",
+        "tweet",
+        "body",
+        "utterance",
+    )
+    pair_for: dict[str, str] = {"sentence1": "sentence2", "premise": "hypothesis"}
+    label_columns: tuple[str, ...] = (
+        "label",
+        "labels",
+        "category",
+        "class",
+        "target",
+        "score",
+        "sentiment",
+        "y",
+    )
+    best_metric: str = "loss"
+    lower_is_better: tuple[str, ...] = ("loss",)
+    predict_format: str = "csv"
+
+    # ---- data ------------------------------------------------------------------------------------
+    def detects(self, labels: list, texts: list) -> bool:
+        """``--task auto``: do these raw label values (and texts) look like this task's? Detection asks
+        the registered tasks in registry order; the first that says yes wins."""
+        return False
+
+    @abstractmethod
+    def encode_labels(
+        self, values: list, num_labels: int | None, label2id: dict[str, int] | None
+    ) -> tuple[list, LabelSpace]:
+        """Raw label values of all splits -> (encoded values, label space). ``label2id`` given = a
+        fixed label space (a trained model's, or a built-in dataset's); ``num_labels`` = the user's
+        ``--num-labels`` (the labels must fit it). Raises ``DataError`` on bad labels."""
+
+    def strata(self, labels: list) -> list | None:
+        """Values to stratify the train/validation/test split by (``None``: not stratified)."""
+        return None
+
+    def label_counts(self, labels: list, space: LabelSpace) -> dict | None:
+        """Per-label row counts of one split for the data report (``None``: not meaningful)."""
+        return None
+
+    def tokenize(
+        self, batch: dict[str, list], tokenizer, text_col: str, pair_col: str | None, max_length: int
+    ) -> dict:
+        """One ``datasets.map(batched=True)`` batch -> model columns (+ ``length``). Token-level tasks
+        override it to tokenize pre-split words and align their labels through ``word_ids``."""
+        enc = tokenizer(
+            batch[text_col], batch[pair_col] if pair_col else None, truncation=True, max_length=max_length
+        )
+        out = {
+            k: [list(x) for x in enc[k]]
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+            if k in enc
+        }
+        out["length"] = [len(x) for x in out["input_ids"]]
+        return out
+
+    def tokenize_key(self) -> list:
+        """What, besides the tokenizer, data and max length, changes this task's tokenization (cache key)."""
+        return [False]
+
+    def collate_labels(
+        self, feats: dict[str, list], padded: dict[str, np.ndarray], left: bool
+    ) -> torch.Tensor | None:
+        """The batch's ``labels`` tensor from the raw rows ``feats`` and the padded model columns
+        (``padded["input_ids"]`` is (B, width); ``left`` = left padding)."""
+        if "labels" not in feats:
+            return None
+        return torch.tensor(feats["labels"], dtype=torch.float32)
+
+    # ---- training --------------------------------------------------------------------------------
+    def count_items(self, batch: dict) -> int:
+        """Items the loss averages over (sequences; label tokens for token-level tasks)."""
+        return int(batch["labels"].shape[0])
+
+    @abstractmethod
+    def item_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-item loss (B,) in float32, as the training loss defines it (used by the evaluator)."""
+
+    def loss(self, model, batch: dict, n_items: int, *, teacher=None, cfg=None) -> torch.Tensor:
+        """Loss of one micro-batch = sum of its per-item losses / ``n_items`` (the whole accumulated
+        batch's item count). ``cfg`` (a ``TrainConfig``) carries ``fused`` and the KD settings."""
+        logits = model(**model_inputs(batch)).logits.float()
+        return self.item_losses(logits, batch["labels"]).sum() / n_items
+
+    def check_teacher(self, teacher, model, space: LabelSpace) -> str | None:
+        """Why ``teacher`` cannot teach ``model`` (one line naming the fix), or ``None``."""
+        if teacher.config.num_labels != space.num_labels:
+            return (
+                f"--teacher has {teacher.config.num_labels} labels but the data has {space.num_labels}; "
+                "pass a teacher trained on the same labels"
+            )
+        return None
+
+    def model_kwargs(self, space: LabelSpace) -> dict[str, Any]:
+        """Extra ``from_pretrained`` keyword arguments (label count, names, problem_type)."""
+        kw: dict[str, Any] = {"num_labels": space.num_labels, "problem_type": self.problem_type}
+        if space.label2id:
+            kw.update(label2id=dict(space.label2id), id2label={int(k): v for k, v in space.id2label.items()})
+        return kw
+
+    def claims_model(self, config) -> bool:
+        """Is a saved model (its ``AutoConfig``) one of this task's? Asked in registry order."""
+        return getattr(config, "problem_type", None) == self.problem_type
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def eval_batch(self, model, batch: dict) -> EvalBatch:
+        """Loss sum, count and gatherable rows of one eval batch; rows flagged in ``batch["repeat"]``
+        (shard padding under torchrun) are left out of the loss sum (they are dropped at gathering)."""
+        logits = model(**model_inputs(batch)).logits.float()
+        rows = {"logits": logits}
+        loss_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+        count = torch.zeros((), dtype=torch.float64, device=logits.device)
+        if "labels" in batch:
+            rows["labels"] = batch["labels"]
+            keep = ~batch["repeat"] if "repeat" in batch else torch.ones(len(logits), dtype=torch.bool)
+            keep = keep.to(logits.device)
+            loss_sum = (self.item_losses(logits, batch["labels"]) * keep).sum().double()
+            count = keep.sum().double()
+        return EvalBatch(loss_sum, count, rows)
+
+    @abstractmethod
+    def metrics(self, rows: dict[str, torch.Tensor], mean_loss: float, count: int) -> dict[str, Any]:
+        """The metrics dict from the gathered rows (dataset order, each row once) and the mean loss."""
+
+    def headline(self, test: dict) -> str | None:
+        """The one-line summary of the test metrics printed at the end of ``fastft train``."""
+        return None
+
+    def describe(self, space: LabelSpace) -> str:
+        """The ``task`` line of the start-up summary."""
+        return f"{self.problem_type}, {space.num_labels} labels"
+
+    # ---- prediction ------------------------------------------------------------------------------
+    def predict(
+        self, model, tokenizer, ds, batches, *, device, text_columns: list[str], options
+    ) -> list[dict]:
+        """``fastft predict`` rows (ordered dicts, one per input row, in file order): the input
+        text columns then the task's outputs. ``batches`` iterates ``ds`` in file order;
+        ``options`` holds the CLI's generation flags."""
+        logits = []
+        with torch.no_grad():
+            for batch in batches:
+                inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+                logits.append(model(**inputs).logits.float().cpu())
+        out = torch.cat(logits).numpy()
+        id2label = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+        records = []
+        for i in range(len(ds)):
+            rec = {c: ds[c][i] for c in text_columns}
+            rec.update(self.prediction_fields(out[i], id2label))
+            records.append(rec)
+        return records
+
+    def prediction_fields(self, logits: np.ndarray, id2label: dict[int, str]) -> dict[str, Any]:
+        """The output columns of one row from its logits (used by the default :meth:`predict`)."""
+        raise NotImplementedError(f"{self.name} has no prediction output")
