@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from fastft.kernels._utils import INTERPRET, next_pow2
 
 # ----------------------------------------------------------------------------- helpers

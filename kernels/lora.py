@@ -32,6 +32,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+
 from fastft.kernels._utils import INTERPRET, dot_dtype, next_pow2, tl_dtype
 
 __all__ = ["lora_forward", "lora_backward", "lora_keep_mask"]
