@@ -40,8 +40,13 @@ import pandas as pd
 
 CLASSES = ("fresh", "rotten", "plot")
 DEFAULT_MIX = {"fresh": 0.64, "rotten": 0.27, "plot": 0.09}
-# words in fastft's output that mean "this run looks wrong" (the collapse / small-data warnings)
-WARN_WORDS = ("collapse", "warning:", "single class", "constant predictor", "class weights", "too few")
+
+
+# fastft's warnings are lines starting "warning:" (diagnose's collapse / small-data lines among them);
+# "collapse" also counts, in case the wiring words it differently. Python's "UserWarning:" lines do not.
+def _is_warning(line: str) -> bool:
+    low = line.strip().lower()
+    return low.startswith("warning:") or "collapse" in low
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,9 +199,7 @@ def run_fastft(paths: dict[str, str], hp: dict[str, Any], out_dir: str, extra: l
         "cpu_s": round(_child_cpu() - c0, 1),
     }
     text = proc.stdout + "\n" + proc.stderr
-    rec["warning_lines"] = [
-        ln.strip() for ln in text.splitlines() if any(w in ln.lower() for w in WARN_WORDS)
-    ]
+    rec["warning_lines"] = [ln.strip() for ln in text.splitlines() if _is_warning(ln)]
     rec["warned"] = bool(rec["warning_lines"])
     if proc.returncode != 0:
         rec["error_tail"] = text.strip().splitlines()[-5:]
