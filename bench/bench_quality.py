@@ -19,6 +19,10 @@ Usage::
     python -m bench.bench_quality --out quality.json            # the measurement (minutes of CPU)
     python -m bench.bench_quality --quick --out /tmp/q.json     # tiny smoke run (for the tests)
     python -m bench.bench_quality --fastft-args "--class-weights auto"   # extra flags for fastft only
+
+On a loaded machine the four trainings (2 settings x 2 trainers) can run as parallel invocations on
+one ``--work-dir`` (``--configs 1 --impls hf`` ...; the split files are written atomically and are
+identical), and a last ``--reuse`` invocation scores them all and prints the table without retraining.
 """
 
 from __future__ import annotations
@@ -127,7 +131,9 @@ def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]
     paths = {}
     for name, frame in splits.items():
         paths[name] = os.path.join(folder, f"{name}.csv")
-        frame.to_csv(paths[name], index=False)
+        tmp = f"{paths[name]}.tmp-{os.getpid()}"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, paths[name])  # atomic: parallel invocations on one --work-dir never read half a file
     return paths
 
 
@@ -199,14 +205,23 @@ def run_fastft(paths: dict[str, str], hp: dict[str, Any], out_dir: str, extra: l
         "cpu_s": round(_child_cpu() - c0, 1),
     }
     text = proc.stdout + "\n" + proc.stderr
+    with open(f"{out_dir}.log", "w", encoding="utf-8") as fh:
+        fh.write(text)
     rec["warning_lines"] = [ln.strip() for ln in text.splitlines() if _is_warning(ln)]
-    rec["warned"] = bool(rec["warning_lines"])
     if proc.returncode != 0:
         rec["error_tail"] = text.strip().splitlines()[-5:]
+        rec["warned"] = bool(rec["warning_lines"])
         return rec
+    rec.update(_fastft_results(out_dir))
+    rec["warned"] = rec["warned"] or bool(rec["warning_lines"])
+    return rec
+
+
+def _fastft_results(out_dir: str) -> dict[str, Any]:
     with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as fh:
         res = json.load(fh)
     test = res.get("test") or {}
+    rec: dict[str, Any] = {"warned": bool(res.get("collapsed"))}
     rec["results_json"] = {
         "test_accuracy": test.get("accuracy"),
         "test_f1_macro": test.get("f1_macro"),
@@ -215,7 +230,6 @@ def run_fastft(paths: dict[str, str], hp: dict[str, Any], out_dir: str, extra: l
         "collapsed": res.get("collapsed"),
     }
     rec["validation_curve"] = _fastft_evals(os.path.join(out_dir, "metrics.jsonl"))
-    rec["warned"] = rec["warned"] or bool(res.get("collapsed"))
     return rec
 
 
@@ -368,24 +382,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     extra = shlex.split(args.fastft_args or "")
+    texts = test["text"].tolist()
     for i, hp in enumerate(runs):
-        entry: dict[str, Any] = {"hp": hp}
-        f = run_fastft(paths, hp, os.path.join(work, f"fastft-{i}"), extra)
-        if f.get("rc") == 0:
-            f["test"] = score(
-                predict_logits(os.path.join(work, f"fastft-{i}"), test["text"].tolist(), hp["max_length"]),
-                y,
-                id2label,
-            )
-        entry["fastft"] = f
-        h = run_hf(paths, hp, os.path.join(work, f"hf-{i}"), label2id)
-        h["test"] = score(
-            predict_logits(h["model_dir"], test["text"].tolist(), hp["max_length"]), y, id2label
-        )
-        entry["hf_trainer"] = h
+        if args.configs is not None and i not in args.configs:
+            continue
+        entry: dict[str, Any] = {"config": i, "hp": hp}
+        if "fastft" in args.impls:
+            out_dir = os.path.join(work, f"fastft-{i}")
+            f = _reused(out_dir, args.reuse) or _saved(out_dir, run_fastft(paths, hp, out_dir, extra))
+            if f.get("rc") == 0:
+                f["test"] = score(predict_logits(out_dir, texts, hp["max_length"]), y, id2label)
+            entry["fastft"] = f
+        if "hf" in args.impls:
+            out_dir = os.path.join(work, f"hf-{i}")
+            h = _reused(out_dir, args.reuse) or _saved(out_dir, run_hf(paths, hp, out_dir, label2id))
+            h["test"] = score(predict_logits(h["model_dir"], texts, hp["max_length"]), y, id2label)
+            entry["hf_trainer"] = h
         report["runs"].append(entry)
         print(table([entry]), flush=True)
     return report
+
+
+def _saved(out_dir: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """Keep a run's record next to its outputs, so ``--reuse`` can score it again without training."""
+    with open(f"{out_dir}.record.json", "w", encoding="utf-8") as fh:
+        json.dump(rec, fh, indent=2, default=str)
+    return rec
+
+
+def _reused(out_dir: str, reuse: bool) -> dict[str, Any] | None:
+    path = f"{out_dir}.record.json"
+    if reuse and os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return {**json.load(fh), "reused": True}
+    if reuse and os.path.exists(os.path.join(out_dir, "results.json")):
+        # a fastft run whose bench process was stopped: its stdout is lost, results.json is not
+        return {"rc": 0, "reused": True, "warning_lines": None, **_fastft_results(out_dir)}
+    return None
 
 
 def table(entries: list[dict[str, Any]]) -> str:
@@ -418,6 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the data construction")
     p.add_argument(
         "--fastft-args", default=None, help="extra flags for fastft train, e.g. '--class-weights auto'"
+    )
+    p.add_argument(
+        "--configs", type=int, nargs="+", default=None, help="run only these settings (0: default lr)"
+    )
+    p.add_argument(
+        "--impls", nargs="+", default=["fastft", "hf"], choices=("fastft", "hf"), help="which trainers"
+    )
+    p.add_argument(
+        "--reuse", action="store_true", help="score finished runs in --work-dir again, do not retrain"
     )
     args = p.parse_args(argv)
     report = measure(args)

@@ -93,3 +93,13 @@ def test_warning_lines_are_fastfts_not_pythons():
     assert bq._is_warning("  the model looks collapsed (predicts class 0 for 100% of rows)")
     assert not bq._is_warning("/x/y.py:9: UserWarning: you are shuffling an array")
     assert not bq._is_warning("eval @ step 19: accuracy 0.6391")
+
+
+def test_reuse_reads_back_a_saved_record(tmp_path):
+    out_dir = str(tmp_path / "hf-0")
+    rec = {"global_step": 76, "model_dir": out_dir + "/final", "validation_curve": [{"step": 19}]}
+    assert bq._saved(out_dir, rec) is rec
+    assert bq._reused(out_dir, reuse=False) is None
+    back = bq._reused(out_dir, reuse=True)
+    assert back == {**rec, "reused": True}
+    assert bq._reused(str(tmp_path / "fastft-9"), reuse=True) is None
