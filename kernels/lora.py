@@ -21,6 +21,7 @@ Design (one GEMM kernel serves the forward and the input gradient):
 
 Dropout keeps element (m, k) iff ``tl.rand(seed, m*K + k) >= p`` (Philox, int64 offsets), so the
 backward regenerates exactly the forward's mask from the seed; no mask tensor is stored.
+The dropout epilogue tunes over its own smaller-per-thread tiles (``_gemm_drop_configs``: register use).
 
 The backward thus reads dy twice (GEMM + dB), x once (dA) and W once; the forward reads x and W once.
 """
