@@ -21,6 +21,7 @@ Design (one GEMM kernel serves the forward and the input gradient):
 
 Dropout keeps element (m, k) iff ``tl.rand(seed, m*K + k) >= p`` (Philox, int64 offsets), so the
 backward regenerates exactly the forward's mask from the seed; no mask tensor is stored.
+The dropout epilogue tunes over its own smaller-per-thread tiles (``_gemm_drop_configs``: register use).
 
 The backward thus reads dy twice (GEMM + dB), x once (dA) and W once; the forward reads x and W once.
 """
@@ -68,21 +69,49 @@ def _lora_mask_kernel(OUT, M, K, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.con
 def _gemm_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_L": 32, "GROUP_M": 4}, num_warps=4)]
-    # Hopper, pruned with sm_90a AOT compiles (ptxas -v): these use wgmma + a 3-4 stage cp.async
-    # pipeline without register spills at r <= 128; 128x256 tiles and BLOCK_L=32 with 4 warps spill.
-    cfgs = []
-    for bm, bo, bl, w, s in [
-        (128, 128, 64, 8, 3),
-        (128, 128, 64, 8, 4),
-        (64, 128, 64, 4, 4),
-        (128, 64, 64, 4, 4),
-    ]:
-        cfgs.append(
-            triton.Config(
-                {"BLOCK_M": bm, "BLOCK_O": bo, "BLOCK_L": bl, "GROUP_M": 8}, num_warps=w, num_stages=s
-            )
-        )
-    return cfgs
+    # Hopper, pruned with sm_90 AOT compiles (tests/kernels/test_sm90_compile.py): these use wgmma + a
+    # 3-4 stage cp.async pipeline without register spills at r <= 128; 128x256 tiles and BLOCK_L=32
+    # with 4 warps spill.
+    return [
+        _cfg(*c)
+        for c in ((128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4))
+    ]
+
+
+def _gemm_drop_configs():
+    """Configs of the dropout epilogue (DROP_OUT: the backward dx with lora_dropout > 0).
+
+    The mask costs one Philox draw (4 x 32-bit state, 10 rounds) per output element, and the compiler
+    runs every element of a thread's tile at once: at 64 accumulator elements per thread (all of the
+    tiles above) that alone needs ~256 registers and every config spilled 88-568 B. 32 per thread
+    (BLOCK_M * BLOCK_O / (32 * num_warps)) compiles at 165-176 registers, no spill, bf16 and fp16.
+    """
+    if INTERPRET:
+        return []
+    return [
+        _cfg(*c) for c in ((128, 64, 64, 8, 3), (128, 64, 64, 8, 4), (64, 128, 64, 8, 4), (64, 64, 64, 4, 4))
+    ]
+
+
+def _cfg(bm: int, bo: int, bl: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_O": bo, "BLOCK_L": bl, "GROUP_M": 8}, num_warps=warps, num_stages=stages
+    )
+
+
+_DENSE_CONFIGS = _gemm_configs()
+_DROP_CONFIGS = _gemm_drop_configs()
+
+
+def _prune_gemm(configs, named_args, **kwargs):
+    """The dropout epilogue gets its own smaller-per-thread tiles (see ``_gemm_drop_configs``)."""
+    want = _DROP_CONFIGS if kwargs.get("DROP_OUT", named_args.get("DROP_OUT", False)) else _DENSE_CONFIGS
+    keys = {_cfg_key(c) for c in want}
+    return [c for c in configs if _cfg_key(c) in keys]
+
+
+def _cfg_key(c: triton.Config) -> tuple:
+    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
 
 
 def _skinny_config(dtype: torch.dtype, r_pad: int) -> tuple[int, int, int, int]:
@@ -108,9 +137,10 @@ def _factor_split(M: int, L: int, bm: int, bl: int) -> int:
 
 # restore_value: with ACCUMULATE the tuner's repeated runs would otherwise add the update several times
 @triton.autotune(
-    configs=_gemm_configs(),
+    configs=_DENSE_CONFIGS + _DROP_CONFIGS,
     key=["L", "O", "R_PAD", "DROP_OUT", "FUSE_DOWN", "ACCUMULATE"],
     restore_value=["OUT"],
+    prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_gemm},
 )
 @triton.jit(do_not_specialize=["seed"])
 def _lora_gemm_kernel(

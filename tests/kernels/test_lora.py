@@ -227,9 +227,10 @@ out = []
 for fuse, drop, acc in ((True, False, False), (False, True, False), (False, True, True)):
     if acc:  # the cuBLAS variant's epilogue-only pass (L == 0)
         gemm["L"] = i32(0)
+    cfg = (K._DROP_CONFIGS if drop else K._DENSE_CONFIGS)[0]  # dropout tunes over its own list
     c = build(K._lora_gemm_kernel.fn, gemm, dict(HAS_BIAS=not acc, DROP_OUT=drop, FUSE_DOWN=fuse, ACCUMULATE=acc,
-              DOT=tl.bfloat16, PRECISION="ieee", R_PAD=16, BLOCK_M=128, BLOCK_O=128, BLOCK_L=64, GROUP_M=8),
-              {"num_warps": 8, "num_stages": 3})
+              DOT=tl.bfloat16, PRECISION="ieee", R_PAD=16, **cfg.kwargs),
+              {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
     out.append(("epilogue" if acc else "gemm", "wgmma" in c.asm["ptx"], c.metadata.shared))
 skinny = dict(X=(bf, 0), DOWN=(bf, 0), U=(bf, 0), T=(bf, 0), WS=("*fp32", 0), M=i32(M), L=i32(Kd), R=i32(r),
               rows_per_split=i32(256), stride_xm=i32(Kd), stride_xl=i32(1), stride_dl=i32(1), stride_dj=i32(Kd),
