@@ -67,7 +67,8 @@ def _config(V: int, elem_size: int) -> tuple[int, int]:
     if INTERPRET:
         return min(next_pow2(V), 16384), 1
     block = min(next_pow2(V), 8192 if elem_size <= 2 else 4096)
-    warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    # 8 warps at most: 16 warps (512 threads) cap a thread at 128 registers and the fwd spills there
+    warps = 4 if block <= 1024 else 8
     return block, warps
 
 
