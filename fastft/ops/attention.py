@@ -145,16 +145,44 @@ def reference_attention(
     if attention_mask is None and (not is_causal or sq == sk):
         # Every row sees at least key 0, so there is no empty row.
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
-    keep = torch.ones(1, 1, 1, sk, dtype=torch.bool, device=q.device)
-    if attention_mask is not None:
-        keep = attention_mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]
-    if is_causal:  # bottom-right aligned: query i sees keys j <= i + sk - sq
-        keep = keep & torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
-    empty = ~keep.any(-1, keepdim=True)
+    keep, empty = _reference_mask(attention_mask, sq, sk, is_causal, q.device)
+    if empty is None:  # no empty row: HF sdpa's call exactly (bool mask, no fill)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p, scale=scale)
     # Give empty rows a harmless full view (SDPA would return NaN or garbage), then zero them: the
     # masked_fill also stops any gradient from reaching q/k/v through those rows.
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep | empty, dropout_p=dropout_p, scale=scale)
     return out.masked_fill(empty, 0.0)
+
+
+_REF_MASK_ATTR = "_fastft_reference_mask"
+
+
+def _reference_mask(
+    mask: torch.Tensor | None, sq: int, sk: int, is_causal: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(keep, empty): SDPA's bool mask (B|1, 1, 1|Sq, Sk) and the rows that see no key (None if none).
+
+    Built once per (B, Sk) mask tensor and kept on it: every layer of a forward (and a checkpoint
+    recompute) passes the same mask object, so the per-layer cost is one dictionary look-up. "No
+    empty row" is a host check, free on CPU; on other devices it would sync, so ``empty`` stays.
+    """
+    key = (sq, sk, bool(is_causal), device)
+    cache = mask is not None and not torch.compiler.is_compiling()
+    if cache:
+        cached = getattr(mask, _REF_MASK_ATTR, None)
+        if cached is not None and cached[0] == mask._version and cached[1] == key:
+            return cached[2]
+    keep = torch.ones(1, 1, 1, sk, dtype=torch.bool, device=device)
+    if mask is not None:
+        keep = mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    if is_causal:  # bottom-right aligned: query i sees keys j <= i + sk - sq
+        keep = keep & torch.ones(sq, sk, dtype=torch.bool, device=device).tril(sk - sq)
+    empty = ~keep.any(-1, keepdim=True)
+    if device.type == "cpu" and not torch.compiler.is_compiling() and not bool(empty.any()):
+        empty = None
+    if cache:
+        setattr(mask, _REF_MASK_ATTR, (mask._version, key, (keep, empty)))
+    return keep, empty
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,11 +232,16 @@ def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim_axis:
 
 
 def _unsupported(q: torch.Tensor, is_causal: bool, sq: int, sk: int, varlen: bool) -> str | None:
-    if q.dtype not in _KERNEL_DTYPES:
-        return f"dtype {q.dtype} (kernel supports float16/bfloat16/float32)"
-    if q.shape[-1] > _MAX_HEAD_DIM:
-        return f"head dim {q.shape[-1]} > {_MAX_HEAD_DIM}"
-    if q.is_cuda and q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    return _unsupported_kernel(q.dtype, q.shape[-1], q.is_cuda)
+
+
+def _unsupported_kernel(dtype: torch.dtype, head_dim: int, is_cuda: bool) -> str | None:
+    """Why the kernel cannot take q of this dtype / head dim / device (None if it can)."""
+    if dtype not in _KERNEL_DTYPES:
+        return f"dtype {dtype} (kernel supports float16/bfloat16/float32)"
+    if head_dim > _MAX_HEAD_DIM:
+        return f"head dim {head_dim} > {_MAX_HEAD_DIM}"
+    if is_cuda and dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         # Exact (IEEE) fp32 dots run on CUDA cores and spill registers at D = 128: SDPA is faster.
         # With torch.backends.cuda.matmul.allow_tf32 = True the kernel uses TF32 tensor cores.
         return "fp32 without TF32 (set torch.backends.cuda.matmul.allow_tf32 = True for the kernel)"
@@ -297,18 +330,43 @@ def varlen_attention(
     return out
 
 
+_VARLEN_ATTR = "_fastft_varlen_layout"
+
+
+def _varlen_layout(cu_seqlens: torch.Tensor, max_seqlen: int, device: torch.device):
+    """(mask (B, max_seqlen) bool, indices of the real tokens in B * max_seqlen), once per cu_seqlens.
+
+    Every layer of a forward gets the same cu_seqlens tensor, so the layout (and, through the mask
+    object, the reference's 4D mask) is built once per forward instead of once per layer.
+    """
+    key = (cu_seqlens._version, max_seqlen, device)
+    cache = not torch.compiler.is_compiling()
+    cached = getattr(cu_seqlens, _VARLEN_ATTR, None) if cache else None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    cu = cu_seqlens.to(device=device, dtype=torch.long)
+    lens = cu[1:] - cu[:-1]
+    mask = torch.arange(max_seqlen, device=device)[None, :] < lens[:, None]
+    res = mask, mask.flatten().nonzero().flatten()
+    if cache:
+        setattr(cu_seqlens, _VARLEN_ATTR, (key, res))
+    return res
+
+
 def _varlen_reference(q, k, v, cu_seqlens, max_seqlen, is_causal, dropout_p, scale):
     """Pad to (B, H, max_seqlen, D), run the reference, pack again."""
-    cu = cu_seqlens.to(device=q.device, dtype=torch.long)
-    lens = cu[1:] - cu[:-1]
-    b = lens.numel()
-    mask = torch.arange(max_seqlen, device=q.device)[None, :] < lens[:, None]
-    indices = mask.flatten().nonzero().flatten()
+    mask, indices = _varlen_layout(cu_seqlens, max_seqlen, q.device)
+    b = mask.shape[0]
     if indices.numel() != q.shape[0]:
         raise ValueError(
             f"varlen_attention: cu_seqlens sums to {indices.numel()} tokens but q has {q.shape[0]}"
         )
-    pad = lambda x: pad_input(x, indices, b, max_seqlen).transpose(1, 2)
-    out = reference_attention(pad(q), pad(k), pad(v), attention_mask=mask, is_causal=is_causal,
-                              dropout_p=dropout_p, scale=scale)  # fmt: skip
+    # One zeros + one index_copy for q, k and v together (and one index_select for their grads).
+    if q.shape == k.shape == v.shape and q.dtype == k.dtype == v.dtype:
+        qkv = pad_input(torch.stack((q, k, v), 1), indices, b, max_seqlen)  # (B, S, 3, H, D)
+        qp, kp, vp = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    else:
+        qp, kp, vp = (pad_input(x, indices, b, max_seqlen).transpose(1, 2) for x in (q, k, v))
+    out = reference_attention(qp, kp, vp, attention_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                              scale=scale)  # fmt: skip
     return out.transpose(1, 2).reshape(b * max_seqlen, *q.shape[1:]).index_select(0, indices)

@@ -19,8 +19,10 @@ part of the contract -- their hidden states become 0 instead of HF's values):
   block packs the hidden states of a padded batch to (1, T, D) real tokens once per forward, every block
   (attention, MLP, LayerNorm) then runs on real tokens only, the attention runs varlen on the packed
   q/k/v, and a hook on the last block scatters the result back to (B, S, D) for the pooler/heads.
-  Skipped while a KV cache is used for generation (eval mode). Intermediate ``hidden_states`` captured
-  by ``output_hidden_states=True`` are then packed (1, T, D) too.
+  Skipped while a KV cache is used for generation (eval mode), and on the torch attention path (CPU) for
+  batches padded less than ``TORCH_PACK_MIN_PAD`` (15%): there each layer would pad q/k/v back for SDPA,
+  which costs more than the few padded tokens' GEMMs, so such batches run padded with HF sdpa's mask.
+  Intermediate ``hidden_states`` captured by ``output_hidden_states=True`` are then packed (1, T, D) too.
 * **attention level** (any family, Triton path; ``FASTFT_ATTN_UNPAD=0`` disables): a padded batch's
   q/k/v are packed per layer, attention runs varlen, the output is scattered back.
 
@@ -39,6 +41,7 @@ patched stay on the copy and are dropped by undo.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -50,6 +53,7 @@ from torch import nn
 from fastft._backend import log_once, use_triton
 from fastft.ops.attention import (
     _unsupported,
+    _unsupported_kernel,
     pad_input,
     scaled_dot_product_attention,
     unpad_indices,
@@ -283,7 +287,21 @@ def _block_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch
     return hidden, mask, cache
 
 
-def _pack_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
+#: On the torch attention path, pack only batches with at least this fraction of padding: each layer
+#: then pads q/k/v back for SDPA and packs its output again, which costs more than the padded
+#: tokens' GEMMs when a batch is lightly padded (length-grouped batches pad ~2-5%).
+TORCH_PACK_MIN_PAD = 0.15
+
+
+def _attention_uses_kernel(hidden: torch.Tensor, head_dim: int) -> bool:
+    """Will this model's attention take the Triton path for these hidden states? (logs like the op would)"""
+    dtype = hidden.dtype
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    return use_triton("attention", hidden, unsupported=_unsupported_kernel(dtype, head_dim, hidden.is_cuda))
+
+
+def _pack_pre_hook(module: nn.Module, args: tuple, kwargs: dict, head_dim: int = 0):
     """First block: (B, S, D) hidden states -> (1, T, D) real tokens (the mask stays, for the attention)."""
     hidden, mask, cache = _block_inputs(args, kwargs)
     if hidden is None or mask is None or hidden.dim() != 3 or tuple(mask.shape) != tuple(hidden.shape[:2]):
@@ -294,6 +312,8 @@ def _pack_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
     indices, _, _ = _unpad_state(mask)
     if indices.numel() == b * s:
         return None  # nothing is padded: run the blocks as they are (the attention drops the mask)
+    if indices.numel() > (1.0 - TORCH_PACK_MIN_PAD) * b * s and not _attention_uses_kernel(hidden, head_dim):
+        return None  # lightly padded on the torch path: padded blocks + HF's masked SDPA are cheaper
     packed = hidden.reshape(b * s, d).index_select(0, indices)[None]
     if args:
         return (packed, *args[1:]), kwargs
@@ -322,8 +342,13 @@ def _install_unpadding(model: nn.Module, family) -> Callable[[], None] | None:
         return None
     if not layers:
         return None
+    cfg = model.config
+    heads = getattr(cfg, "num_attention_heads", None)
+    head_dim = getattr(cfg, "hidden_size", 0) // heads if heads else 0
     handles = [
-        layers[0].register_forward_pre_hook(_pack_pre_hook, with_kwargs=True),
+        layers[0].register_forward_pre_hook(
+            functools.partial(_pack_pre_hook, head_dim=head_dim), with_kwargs=True
+        ),
         layers[-1].register_forward_hook(_unpack_hook, with_kwargs=True),
     ]
     return lambda: [h.remove() for h in handles]

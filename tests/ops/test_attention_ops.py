@@ -193,3 +193,48 @@ def test_nn_module(device):
     assert_close(m(q, k, v), ref_attention(q, k, v, causal=True), torch.float32)
     with pytest.raises(ValueError, match="max_seqlen"):
         m(q[0], k[0], v[0], cu_seqlens=torch.tensor([0, 2]))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_reference_mask_is_hf_sdpa_form_cached_per_mask(dropout):
+    """Without empty rows the torch path is HF sdpa's own call (same kernel, bitwise), mask built once."""
+    from fastft.ops.attention import _reference_mask
+
+    b, h, s, d = 3, 2, 11, 16
+    q, k, v = (randn(b, h, s, d, seed=i) for i in range(3))
+    mask = torch.ones(b, s, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[2, 4:] = False
+    hf_mask = mask[:, None, None, :].expand(b, 1, s, s)  # what transformers' sdpa_mask hands SDPA
+    torch.manual_seed(3)
+    got = grads(lambda q, k, v: reference_attention(q, k, v, attention_mask=mask, dropout_p=dropout), q, k, v)
+    torch.manual_seed(3)
+    sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=hf_mask, dropout_p=dropout
+    )
+    want = grads(sdpa, q, k, v)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert torch.equal(g, w), name
+    keep, empty = _reference_mask(mask, s, s, False, mask.device)
+    assert empty is None and _reference_mask(mask, s, s, False, mask.device)[0] is keep
+    causal = _reference_mask(mask, s, s, True, mask.device)[0].clone()
+    mask[0, 5:] = False  # in place: the cached (causal, so not a view of it) mask is stale and rebuilt
+    assert torch.equal(_reference_mask(mask, s, s, True, mask.device)[0], causal & mask[:, None, None, :])
+    assert not torch.equal(causal, causal & mask[:, None, None, :])
+    mask[0] = False  # an empty row now: found, and zeroed
+    keep2, empty2 = _reference_mask(mask, s, s, False, mask.device)
+    assert empty2 is not None and bool(empty2[0].all()) and not bool(empty2[1:].any())
+    assert (reference_attention(q, k, v, attention_mask=mask)[0] == 0).all()
+
+
+def test_varlen_layout_built_once_per_cu_seqlens():
+    from fastft.ops.attention import _varlen_layout
+
+    cu = torch.tensor([0, 3, 3, 8], dtype=torch.int32)
+    mask, idx = _varlen_layout(cu, 5, cu.device)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [0] * 5, [1] * 5]
+    assert idx.tolist() == [0, 1, 2, 10, 11, 12, 13, 14]
+    again = _varlen_layout(cu, 5, cu.device)
+    assert again[0] is mask and again[1] is idx
+    cu[1] = 2  # modified in place: rebuilt
+    assert _varlen_layout(cu, 5, cu.device)[1].tolist() == [0, 1, 5, 10, 11, 12, 13, 14]

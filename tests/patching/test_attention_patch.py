@@ -230,3 +230,30 @@ def test_model_level_unpadding_with_gradient_checkpointing():
     assert_close(lp, lr, torch.float32, name="logits")
     for a, b in zip(gp, gr):
         assert_close(a, b, torch.float32, scale=10, name="grad")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_lightly_padded_batch_stays_padded_on_torch_path(backend):
+    """Below TORCH_PACK_MIN_PAD the torch path runs the blocks padded (HF sdpa's layout); Triton packs."""
+    from fastft.patching.families import FAMILIES as TABLE
+    from fastft.patching.families import blocks
+
+    ref = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=3))
+    pat = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=3))
+    fastft.patch(pat, loss=False)
+    fam = next(f for f in TABLE if f.name == "bert")
+    ids, mask = batch(0)
+    mask[1:] = 1
+    mask[2, 11:] = 0  # 1 pad of 36 tokens: ~3% < 15%
+    ids[mask == 0] = 0
+    assert 1 - mask.float().mean() < attn_patch.TORCH_PACK_MIN_PAD
+    seen = []
+    handle = blocks(pat, fam)[1].register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
+    with fastft.backend(backend):
+        lp, gp = outputs(pat, ids, mask)
+        lr, gr = outputs(ref, ids, mask)
+    handle.remove()
+    assert seen == ([(3, 12, 32)] if backend == "torch" else [(1, 35, 32)])
+    assert_close(lp, lr, torch.float32, name="logits")
+    for a, b in zip(gp, gr):
+        assert_close(a, b, torch.float32, scale=10, name="grad")
