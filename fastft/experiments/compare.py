@@ -227,7 +227,7 @@ def collect_metrics(spec: RunSpec) -> dict[str, float]:
     return out
 
 
-def _run_all(specs: list[RunSpec], parallel: int, group: str) -> list[dict[str, Any]]:
+def _run_all(specs: list[RunSpec], parallel: int, group_env: dict[str, str]) -> list[dict[str, Any]]:
     gpus = _gpu_count()
     slots: Queue[int] = Queue()
     for i in range(max(1, parallel)):
@@ -238,7 +238,7 @@ def _run_all(specs: list[RunSpec], parallel: int, group: str) -> list[dict[str, 
     def one(spec: RunSpec) -> dict[str, Any]:
         slot = slots.get()
         try:
-            env = {"FASTFT_TRACKER_GROUP": group}
+            env = dict(group_env)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             rec = execute(spec, env)
@@ -277,16 +277,21 @@ def run_compare(
         raise ConfigError(f"--parallel must be >= 1 (got {parallel})")
     specs = plan_runs(arms, seeds, output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    group = "compare-" + os.path.basename(os.path.abspath(output_dir))
+    from fastft.train.trackers import GroupRun, parse_report_to
+
+    trackers = sorted(
+        {t for a in arms for t in parse_report_to(a.config.get("report_to", a.config.get("report-to")))}
+    )
+    group = GroupRun(",".join(trackers) or "none", "compare-" + os.path.basename(os.path.abspath(output_dir)))
     print(f"fastft compare: {len(arms)} arms x {len(seeds)} seeds = {len(specs)} runs in {output_dir}")
-    records = _run_all(specs, parallel, group)
+    records = _run_all(specs, parallel, group.env)
     for spec, rec in zip(specs, records):
         if rec["status"] == "ok":
             rec["metrics"] = collect_metrics(spec)
             with open(os.path.join(spec.run_dir, "results.json"), encoding="utf-8") as fh:
                 rec["metric_for_best"] = json.load(fh).get("metric_for_best")
     base = next(a.name for a in arms if baseline in (None, a.name, a.slug))
-    return write_report(
+    doc = write_report(
         output_dir,
         arms=[a.name for a in arms],
         varied={a.name: a.varied for a in arms},
@@ -297,3 +302,5 @@ def run_compare(
         metric=metric,
         command=command,
     )
+    group.finish([os.path.join(output_dir, n) for n in ("compare.md", "compare.json", "compare.png")])
+    return doc

@@ -18,6 +18,7 @@ from fastft.train.config import ConfigError, TrainConfig, config_from_dict
 __all__ = ["field_name", "parse_value", "parse_vary", "parse_assignments", "SearchSpace", "parse_search"]
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_CHOICES = {f.name: f.metadata.get("choices") for f in dataclasses.fields(TrainConfig)}
 # fields that an experiment sets itself for every run
 RESERVED = ("output_dir", "resume", "overwrite")
 
@@ -26,7 +27,8 @@ def field_name(raw: str, flag: str) -> str:
     """``lora-r`` / ``lora_r`` -> ``lora_r``; an unknown name is a one-line ConfigError."""
     name = raw.strip().replace("-", "_")
     if name not in _FIELDS:
-        close = difflib.get_close_matches(name, sorted(_FIELDS), n=1)
+        prefix = sorted((f for f in _FIELDS if name.startswith(f + "_") or f.startswith(name)), key=len)
+        close = prefix[-1:] or difflib.get_close_matches(name, sorted(_FIELDS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "; see `fastft train --help` for the fields"
         raise ConfigError(f"{flag} {raw!r}: unknown TrainConfig field{hint}")
     if name in RESERVED:
@@ -48,9 +50,14 @@ def parse_value(name: str, text: str, flag: str) -> Any:
     if isinstance(value, (dict, list)):
         value = text
     try:
-        return getattr(config_from_dict({name: value}), name)
+        value = getattr(config_from_dict({name: value}), name)
     except ConfigError:
         raise ConfigError(f"{flag} {name}={text!r}: not a valid value for {name}") from None
+    choices = _CHOICES.get(name)
+    if isinstance(choices, tuple) and value not in choices:
+        shown = " | ".join("none" if c is None else str(c) for c in choices)
+        raise ConfigError(f"{flag} {name}={text!r}: not a valid value for {name} ({shown})")
+    return value
 
 
 def parse_vary(specs: list[str]) -> list[tuple[str, list[Any]]]:
@@ -120,7 +127,7 @@ _KINDS = "loguniform:LOW:HIGH | uniform:LOW:HIGH | int:LOW:HIGH | choice:A,B,...
 def _bounds(name: str, kind: str, rest: str, spec: str) -> tuple[float, float]:
     parts = rest.split(":")
     if len(parts) != 2:
-        raise ConfigError(f"--search {spec!r}: {kind} needs LOW:HIGH (e.g. {name}={kind}:1e-5:3e-4)")
+        raise ConfigError(f"--search {spec!r}: {kind} needs LOW:HIGH (e.g. {name}={kind}:1:8)")
     try:
         low, high = float(parts[0]), float(parts[1])
     except ValueError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import warnings
 from typing import Any
 
@@ -109,6 +110,7 @@ def _objective(base: dict, space: list[SearchSpace], metric: str, trials_dir: st
         resume_dir = trial.user_attrs.get("resume_dir")
         run_dir = resume_dir or os.path.join(trials_dir, f"trial-{trial.number}")
         trial.set_user_attr("run_dir", run_dir)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = config_from_dict(
             {
                 **base,
@@ -171,6 +173,14 @@ def run_sweep(
     metric = metric or base.get("metric_for_best") or base.get("metric-for-best") or "loss"
     direction = direction or ("minimize" if lower_is_better(metric) else "maximize")
     config_from_dict({**base, "metric_for_best": metric}).resolved().validate()  # before any trial
+    for s in space:  # every choice and both bounds must make a valid run
+        for v in s.choices or (s.low, s.high):
+            try:
+                config_from_dict({**base, s.name: v}).validate()
+            except ConfigError as e:
+                raise ConfigError(
+                    f"--search {s.name}={s.describe()}: {s.name}={v!r} is invalid: {e}"
+                ) from None
     os.makedirs(output_dir, exist_ok=True)
     store, url = make_storage(storage, output_dir)
     try:
@@ -196,15 +206,28 @@ def run_sweep(
     print(
         f"fastft sweep: study {study_name!r} in {url}: {finished}/{trials} trials done; {direction} {metric}"
     )
-    os.environ["FASTFT_TRACKER_GROUP"] = f"sweep-{study_name}"
-    if finished < trials:
-        study.optimize(
-            _objective(base, space, metric, os.path.join(output_dir, "trials")),
-            callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)],
-            catch=(TrainingError, ConfigError, DataError),
-            gc_after_trial=True,
-        )
-    return write_outputs(study, output_dir, base, metric, url)
+    from fastft.train.trackers import GroupRun
+
+    group = GroupRun(base.get("report_to", base.get("report-to")), f"sweep-{study_name}")
+    saved = {k: os.environ.get(k) for k in group.env}
+    os.environ.update(group.env)  # the trials run in this process
+    try:
+        if finished < trials:
+            study.optimize(
+                _objective(base, space, metric, os.path.join(output_dir, "trials")),
+                callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)],
+                catch=(TrainingError, ConfigError, DataError),
+                gc_after_trial=True,
+            )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out = write_outputs(study, output_dir, base, metric, url)
+    group.finish(out["files"], {"best_value": out["best"]["value"]} if out["best"] else None)
+    return out
 
 
 def _done(study):
@@ -231,11 +254,12 @@ def write_outputs(study, output_dir: str, base: dict[str, Any], metric: str, url
             k: v for k, v in {**base, **best.params, "metric_for_best": metric}.items() if k != "output_dir"
         }
         path = os.path.join(output_dir, "best.yaml")
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        tmp = path + f".{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(f"# fastft sweep {study.study_name}: best trial {best.number}, validation {metric} ")
             fh.write(f"{best.value:.6g}\n# run it: fastft train -c best.yaml --output-dir DIR\n")
             yaml.safe_dump(cfg, fh, sort_keys=False)
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
         out["best"] = {"number": best.number, "value": best.value, "params": best.params, "config": cfg}
         out["files"].append(path)
     try:
@@ -245,8 +269,10 @@ def write_outputs(study, output_dir: str, base: dict[str, Any], metric: str, url
         out["importances"] = {}
     out["files"] += _plots(study, output_dir, bool(out["importances"]))
     md = _markdown(study, metric, url, out)
-    with open(os.path.join(output_dir, "sweep.md"), "w", encoding="utf-8") as fh:
+    path = os.path.join(output_dir, "sweep.md")
+    with open(path + f".{os.getpid()}.tmp", "w", encoding="utf-8") as fh:  # processes may share the folder
         fh.write(md)
+    os.replace(path + f".{os.getpid()}.tmp", path)
     out["files"].append(os.path.join(output_dir, "sweep.md"))
     print(f"sweep report: {os.path.join(output_dir, 'sweep.md')}" + (" + best.yaml" if complete else ""))
     return out

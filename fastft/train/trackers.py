@@ -40,6 +40,7 @@ __all__ = [
     "MlflowTracker",
     "TensorBoardTracker",
     "mlflow_tracking_uri",
+    "GroupRun",
 ]
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -350,3 +351,38 @@ class TensorBoardTracker(_Tracker):
         for k, v in _final_metrics(results).items():
             self.writer.add_scalar(k, v, results.get("global_step"))
         self.writer.close()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class GroupRun:
+    """The parent of a compare / sweep's runs: the W&B group name and, with MLflow, a parent run that
+    gets the report files. ``env`` is what the child runs need (set it in their environment)."""
+
+    def __init__(self, report_to: str | None, name: str) -> None:
+        self.env = {"FASTFT_TRACKER_GROUP": name}
+        self.client = None
+        self.run_id: str | None = None
+        if "mlflow" not in parse_report_to(report_to):
+            return
+        from mlflow import MlflowClient
+
+        uri, artifacts = mlflow_tracking_uri()
+        self.client = MlflowClient(tracking_uri=uri)
+        tags = {"mlflow.runName": name, "fastft.group": name}
+        self.run_id = self.client.create_run(mlflow_experiment(self.client, artifacts), tags=tags).info.run_id
+        self.env["FASTFT_MLFLOW_PARENT_RUN_ID"] = self.run_id
+
+    def finish(self, files: list[str], metrics: dict[str, float] | None = None) -> None:
+        if self.client is None:
+            return
+        if metrics:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        for path in files:
+            if os.path.isfile(path):
+                self.client.log_artifact(self.run_id, path)
+        self.client.set_terminated(self.run_id, "FINISHED")

@@ -124,7 +124,7 @@ def test_failed_arm_is_reported_and_others_go_on(work, tmp_path, capsys):
         (["--vary", "lrr=1,2"], "did you mean 'lr'"),
         (["--vary", "lr=1e-3,abc"], "not a valid value for lr"),
         (["--vary", "lr=1e-3"], "at least 2 arms"),
-        (["--vary", "strategy=full,bogus"], "is not one of"),
+        (["--vary", "strategy=full,bogus"], "not a valid value for strategy"),
         (["--vary", "lr=1,2", "--seeds", "x"], "--seeds"),
         (["--vary", "lr=1,2", "--baseline", "nope"], "is not an arm"),
     ],
