@@ -1,0 +1,42 @@
+"""One compare run in its own process: ``python -m fastft.experiments.worker STATS.json train ...``.
+
+Runs ``fastft <argv>`` exactly as the CLI does (same exit codes) and then writes ``STATS.json`` with
+what results.json does not hold: the process's peak memory (CPU resident set; CUDA allocator peak
+when CUDA was used) and its wall time."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _peak_memory() -> dict:
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    stats_path, rest = argv[0], argv[1:]
+    from fastft.cli import main as cli_main
+
+    t0 = time.perf_counter()
+    rc = 1
+    try:
+        rc = cli_main(rest)
+    finally:
+        stats = {"rc": rc, "wall_s": round(time.perf_counter() - t0, 2), **_peak_memory()}
+        tmp = stats_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(stats, fh)
+        os.replace(tmp, stats_path)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
