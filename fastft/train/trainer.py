@@ -979,8 +979,11 @@ def _same_run(saved_config: str, cfg: TrainConfig) -> bool:
 
 
 def _entries(out: str) -> list[str]:
-    """The folder's entries other than the run lock (``[]`` when it does not exist)."""
-    return [n for n in os.listdir(out) if n != od.LOCK_FILE] if os.path.isdir(out) else []
+    """The folder's entries other than the run lock and the main process's write probe (which other
+    ranks may see for an instant), ``[]`` when it does not exist."""
+    if not os.path.isdir(out):
+        return []
+    return [n for n in os.listdir(out) if n != od.LOCK_FILE and not n.startswith(".fastft-probe.")]
 
 
 def _truncate_metrics(path: str, step: int) -> None:
