@@ -215,6 +215,10 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
     from fastft.train.models import check_model, from_pretrained, load_tokenizer
     from fastft.train.tasks import task_of_model
 
+    if os.path.isdir(args.file):
+        raise ConfigError(f"--file {args.file} is a directory; pass a file")
+    if args.output and os.path.isdir(args.output):  # before the model is loaded
+        raise ConfigError(f"--output {args.output} is a directory; pass a file path")
     if not os.path.isfile(args.file):
         raise ConfigError(f"--file {args.file}: file not found; check the path")
     if args.batch_size <= 0:
@@ -256,15 +260,6 @@ def _inference_loader(args: argparse.Namespace, ds, tok, cfg, task):
     )
 
 
-def _write_atomic(path: str, write) -> None:
-    """``write(fh)`` into ``path`` through a temp file: never a half-written output."""
-    tmp = path + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        write(fh)
-    os.replace(tmp, path)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from fastft.train.evaluate import evaluate_model
 
@@ -275,7 +270,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(metrics, indent=2, default=str)
     print(text)
     if args.output:
-        _write_atomic(args.output, lambda fh: fh.write(text + "\n"))
+        from fastft.train.outdir import atomic_write
+
+        atomic_write(args.output, text + "\n", overwrite=True)
     return 0
 
 
@@ -303,7 +300,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         w.writerow(list(records[0]) if records else text_cols)
         w.writerows(list(r.values()) for r in records)
 
-    _write_atomic(output, write)
+    from fastft.train.outdir import atomic_write
+
+    atomic_write(output, write, overwrite=args.overwrite)
     print(f"wrote {len(records)} predictions to {output}")
     return 0
 
@@ -340,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"fastft {args.command}: failed: {e}", file=sys.stderr, flush=True)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # a second SIGTERM (trainer.StopNow) exits 143, Ctrl-C 130
         print(f"fastft {args.command}: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return 128 + int(getattr(e, "signum", 2))
 
 
 if __name__ == "__main__":  # pragma: no cover

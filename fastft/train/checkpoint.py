@@ -41,6 +41,8 @@ __all__ = [
     "set_rng_state",
     "save_state_dict",
     "load_state_dict_file",
+    "config_diffs",
+    "state_dict_mismatch",
     "STATE_FILE",
 ]
 
@@ -199,6 +201,41 @@ def corrupt(path: str, why: str) -> ConfigError:
         f"checkpoint {path} is corrupt or incomplete ({why}); delete it and pass --resume with an older "
         "checkpoint, or start over with --overwrite"
     )
+
+
+def config_diffs(
+    saved: dict[str, Any], current: dict[str, Any], saved_world: int = 1, world: int = 1
+) -> list[str]:
+    """``["--lr 0.0001 -> 5e-05", ...]``: the fields that change the math and differ from the checkpoint's
+    config (fields in :data:`fastft.train.config.RESUME_EXEMPT` and keys only one side has are skipped)."""
+    from fastft.train.config import RESUME_EXEMPT
+
+    out = []
+    for key, now in current.items():
+        if key in RESUME_EXEMPT or key not in saved or saved[key] == now:
+            continue
+        was = saved[key]
+        if key == "grad_accum" and isinstance(was, int) and was * saved_world == now * world:
+            continue  # the same global batch with another number of processes (torchrun)
+        out.append(f"--{key.replace('_', '-')} {json.dumps(was)} -> {json.dumps(now)}")
+    return out
+
+
+def state_dict_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    """What keeps ``saved`` (a checkpoint's model weights) from loading into a model whose state dict is
+    ``expected`` -- a shape or missing/unexpected names, shown briefly -- or ``None`` when it fits."""
+    shapes = [
+        f"{k} is {list(saved[k].shape)} in the checkpoint, {list(v.shape)} here"
+        for k, v in expected.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    parts = shapes[:2]
+    for what, keys in (("missing from the checkpoint", missing), ("not in this model", extra)):
+        if keys:
+            parts.append(f"{len(keys)} weight(s) {what} (e.g. {keys[0]})")
+    return "; ".join(parts) or None
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:

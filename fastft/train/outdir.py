@@ -402,8 +402,11 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def clear_run(output_dir: str | os.PathLike, keep: Iterable[str] = ()) -> list[str]:
+def clear_run(output_dir: str | os.PathLike, keep: Iterable[str] = (), *, dry_run: bool = False) -> list[str]:
     """Delete what fastft wrote in ``output_dir`` (``--overwrite``); returns the deleted names.
+
+    ``dry_run``: only check (the same refusal) and return what would be deleted, e.g. before a set-up
+    that must not write anything until every check passed.
 
     Refuses with :class:`ConfigError` (nothing deleted) when the folder holds anything fastft did not
     write. An empty or missing folder is fine. Never touches the lock file, the names in ``keep``, or a
@@ -424,6 +427,8 @@ def clear_run(output_dir: str | os.PathLike, keep: Iterable[str] = ()) -> list[s
     skip = set(keep)
     doomed = [n for n in mine if n not in skip and not (_TMP_RE.search(n) and not is_stray_tmp(n))]
     doomed.sort(key=lambda n: (n == MANIFEST_FILE, n == "train_config.json"))  # what marks a run goes last
+    if dry_run:
+        return doomed
     for name in doomed:
         _remove(os.path.join(out, name))
     return doomed

@@ -42,6 +42,7 @@ import torch
 from fastft import distributed as D
 from fastft.train import checkpoint as ckpt
 from fastft.train import models
+from fastft.train import outdir as od
 from fastft.train import strategies as strat
 from fastft.train.config import ConfigError, TrainConfig, config_from_dict
 from fastft.train.data import make_dataloader, prepare_data
@@ -63,11 +64,18 @@ __all__ = [
 ]
 
 MAX_NONFINITE_IN_A_ROW = 10
-_RESUME_CHECKED = ("batch_size", "grad_accum", "seed", "max_length", "train_file", "dataset")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss stays NaN); one line for the user, exit code 1."""
+
+
+class StopNow(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop at once (the CLI exits 128 + ``signum``: 130 / 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
 
 
 def problem_type_of_model(config) -> str:
@@ -108,7 +116,9 @@ class Trainer:
         self.log: RunLogger | None = None
         self._notes: list[str] = []
         self._stop_signal: int | None = None
-        self._created_dir = False
+        self._lock: od.RunLock | None = None  # the output dir's run lock (main process)
+        self._deferred: od.Deferred | None = None  # a same-config re-run's old checkpoints
+        self._resume_forced: list[str] = []
         self._old_handlers: dict[int, Any] = {}
         self._prev_deterministic: bool | None = None
         self._split_tmp: str | None = None
@@ -161,6 +171,7 @@ class Trainer:
         if cfg.teacher:
             check_model(cfg.teacher, "--teacher")
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, self.model_config)
+        self._cap_max_length()
         self._split_tmp = tempfile.mkdtemp(prefix="fastft-split-")
         with D.main_process_first(self.dist):
             self.data = prepare_data(cfg, self.tokenizer, output_dir=self._split_tmp)
@@ -228,6 +239,10 @@ class Trainer:
         """The checkpoint to resume from (``None``: a fresh run); read-only checks of the output dir."""
         cfg = self.cfg
         out = cfg.output_dir
+        if self.is_main:  # nobody else writes here from now on; a dead run's deferral is undone first
+            self._lock = od.acquire(out)
+            od.check_writable(out)
+            od.recover_deferred(out)
         if cfg.resume is not None:
             path = ckpt.latest_checkpoint(out) if cfg.resume == "latest" else cfg.resume
             if path is None:
@@ -237,16 +252,15 @@ class Trainer:
             if not os.path.isdir(path):
                 ckpt.load_checkpoint(path)  # raises the one-line error
             return path
-        if os.path.isdir(out) and os.listdir(out):
-            if cfg.overwrite:
-                return None
-            if not _same_run(os.path.join(out, "train_config.json"), cfg):
+        if _entries(out):
+            if not cfg.overwrite and not _same_run(os.path.join(out, "train_config.json"), cfg):
                 raise ConfigError(
                     f"output dir {out} already holds another run; pass --overwrite to replace it, "
                     "--resume latest to continue it, or --output-dir <new folder>"
                 )
-            # The same config again (e.g. re-running the default command): replace that run's folder.
-            self._notes.append(f"{out} holds a run with the same config: replacing it")
+            od.clear_run(out, dry_run=True)  # refuses (exit 2) when it holds files fastft did not write
+            # The same config again (e.g. re-running the default command): _prepare_output_dir replaces
+            # that run, keeping its checkpoints until this run writes one (one warning line then).
         elif os.path.exists(out) and not os.path.isdir(out):
             raise ConfigError(f"--output-dir {out} is a file; pass a folder path")
         return None
@@ -254,50 +268,95 @@ class Trainer:
     def _prepare_output_dir(self) -> None:
         out = self.cfg.output_dir
         if self.is_main:
-            if self._resumed_from is None:
-                if os.path.isdir(out) and os.listdir(out):
-                    for name in os.listdir(out):  # --overwrite or the same config re-run
-                        p = os.path.join(out, name)
-                        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
-                else:
-                    self._created_dir = not os.path.exists(out)
-                os.makedirs(out, exist_ok=True)
-                for name in os.listdir(self._split_tmp):
-                    shutil.move(os.path.join(self._split_tmp, name), os.path.join(out, name))
-            else:
-                _truncate_metrics(os.path.join(out, "metrics.jsonl"), self.global_step)
-            with open(os.path.join(out, "train_config.json"), "w", encoding="utf-8") as fh:
-                json.dump(self.cfg.to_dict(), fh, indent=2)
+            try:
+                self._write_run_files(out)
+            except OSError as e:
+                raise (od.storage_error(e, out) or e) from None
         if "split_indices" in self.data.report:  # it named the temp folder, which goes now
             self.data.report["split_indices"] = os.path.join(out, "split_indices.json")
         shutil.rmtree(self._split_tmp, ignore_errors=True)
         D.barrier(self.dist)
+
+    def _write_run_files(self, out: str) -> None:
+        """Main process: clear a replaced run (only fastft's files), then write the run's side files."""
+        if self._resumed_from is None:
+            if _entries(out) and self.cfg.overwrite:
+                od.clear_run(out)
+            elif _entries(out):  # the same config again, without --resume
+                self._deferred = od.defer_old_checkpoints(out)
+                od.clear_run(out, keep=(od.PREVIOUS_DIR,))
+            names = os.listdir(self._split_tmp)
+            for name in names:
+                shutil.move(os.path.join(self._split_tmp, name), os.path.join(out, name))
+            od.record(out, *names)
+        else:
+            _truncate_metrics(os.path.join(out, "metrics.jsonl"), self.global_step)
+        saved = self.cfg.to_dict()
+        if self._resume_forced:  # the truth: these fields differ from the checkpoint's config
+            saved["resume_forced"] = self._resume_forced
+        od.record(out, "train_config.json", "metrics.jsonl", "tensorboard")
+        od.atomic_write(os.path.join(out, "train_config.json"), json.dumps(saved, indent=2), overwrite=True)
+
+    def _cap_max_length(self) -> None:
+        """``--max-length`` above what the tokenizer/model takes: use (and record) the model's limit."""
+        from fastft.train.data.tokenize import effective_max_length
+
+        cfg = self.cfg
+        cap = effective_max_length(self.tokenizer, cfg.max_length)
+        n_pos = getattr(self.model_config, "max_position_embeddings", None)
+        if isinstance(n_pos, int) and n_pos > 0:
+            cap = min(cap, n_pos)
+        if cap < cfg.max_length:
+            self._notes.append(
+                f"warning: --max-length {cfg.max_length} is above the model's limit; using {cap}"
+            )
+            cfg.max_length = cap
 
     # ----------------------------------------------------------------------------------------------
     def _restore(self, path: str) -> None:
         """Load the checkpoint at ``path`` into model, optimizer, schedule, RNGs and state; the
         loaded tensors are dropped when this returns."""
         st = ckpt.load_checkpoint(path)
+        meta = st["trainer_state"]
+        self._check_resume_config(path, meta.get("config") or {}, int(meta.get("world_size") or 1))
+        # a valid checkpoint of another model / label count / strategy: say what differs, never "corrupt"
+        differs = ckpt.state_dict_mismatch(st["model"], self.raw_model.state_dict())
+        if differs is not None:
+            raise ConfigError(
+                f"checkpoint {path} was written for another model ({differs}); resume with the flags it "
+                "was written with, or pass another --output-dir"
+            )
         try:
             D.load_full_state_dict(self.model, st["model"], self.dist)
-        except Exception as e:  # noqa: BLE001
-            raise ckpt.corrupt(path, f"model does not fit ({first_line(e, 160)})") from None
-        try:
             D.load_optim_state_dict(self.model, self.optimizer, st["optimizer"], self.dist)
             self.scheduler.load_state_dict(st["scheduler"])
             if self.scaler is not None and st.get("scaler"):
                 self.scaler.load_state_dict(st["scaler"])
         except Exception as e:  # noqa: BLE001
-            raise ckpt.corrupt(
-                path, f"optimizer/scheduler state does not fit ({first_line(e, 160)})"
+            raise ConfigError(
+                f"checkpoint {path} does not fit this run ({first_line(e, 160)}); resume with the flags "
+                "it was written with, or pass another --output-dir"
             ) from None
         ckpt.set_rng_state(st["rng"])
-        self.state, meta = st["state"], st["trainer_state"]
+        self.state = st["state"]
         del st
         self.state.last_saved_step = self.state.global_step
         self._resumed_from = path
         self._reshard_position(int(meta.get("world_size") or 1))
-        self._warn_config_changes(meta.get("config", {}), int(meta.get("world_size") or 1))
+
+    def _check_resume_config(self, path: str, saved: dict, saved_world: int) -> None:
+        """Every field that changes the math must match the checkpoint's (``--resume-force``: recorded)."""
+        diffs = ckpt.config_diffs(saved, self.cfg.to_dict(), saved_world, self.world)
+        if not diffs:
+            return
+        shown = ", ".join(diffs)
+        if not self.cfg.resume_force:
+            raise ConfigError(
+                f"--resume {path}: the config differs from the checkpoint's ({shown}); pass the same "
+                "values, or --resume-force to continue anyway"
+            )
+        self._resume_forced = diffs
+        self._notes.append(f"warning: --resume-force: continuing with {shown}; recorded in train_config.json")
 
     def _reshard_position(self, saved_world: int) -> None:
         """``batch_in_epoch`` counts one rank's batches: re-shard it for another process count."""
@@ -313,20 +372,6 @@ class Trainer:
         if s.batch_in_epoch >= self.plan.loader_len:
             s.epoch += 1
             s.batch_in_epoch = 0
-
-    def _warn_config_changes(self, saved: dict, saved_world: int) -> None:
-        for key in _RESUME_CHECKED:
-            if (
-                key == "grad_accum"
-                and saved.get(key)
-                and saved[key] * saved_world == self.cfg.grad_accum * self.world
-            ):
-                continue  # the same global batch with another number of processes
-            if key in saved and saved[key] != getattr(self.cfg, key):
-                self._notes.append(
-                    f"warning: --{key.replace('_', '-')} differs from the checkpoint's "
-                    f"({saved[key]!r}); the resumed run will not match an uninterrupted one"
-                )
 
     # ==============================================================================================
     # data and loss
@@ -385,6 +430,8 @@ class Trainer:
             self._restore_globals()
             if self.log is not None:
                 self.log.close()
+            if self._lock is not None:  # also on a failure inside the loop
+                self._lock.release()
 
     def _run(self) -> dict:
         self._open_log()
@@ -456,7 +503,7 @@ class Trainer:
         self.log.print(msg)
         if self.is_main and not self.log.enabled:
             print(msg)
-        D.cleanup(self.dist)
+        self._release_dist()
         return {
             "interrupted": name,
             "global_step": self.global_step,
@@ -659,15 +706,24 @@ class Trainer:
                 problem_type=self.problem_type,
                 config=self.cfg.to_dict(),
             )
-            ckpt.save_checkpoint(
-                self.cfg.output_dir,
-                s.global_step,
-                **payload,
-                scheduler_state=self.scheduler.state_dict(),
-                scaler_state=self.scaler.state_dict() if self.scaler is not None else None,
-                state=s,
-                meta=meta,
-            )
+            try:
+                ckpt.save_checkpoint(
+                    self.cfg.output_dir,
+                    s.global_step,
+                    **payload,
+                    scheduler_state=self.scheduler.state_dict(),
+                    scaler_state=self.scaler.state_dict() if self.scaler is not None else None,
+                    state=s,
+                    meta=meta,
+                )
+            except Exception as e:  # a full disk / read-only dir: one line; the previous checkpoint stays
+                err = od.storage_error(e, self.cfg.output_dir, od.payload_bytes(payload))
+                if err is not None:
+                    raise err from None
+                raise
+            if self._deferred is not None:  # this run has a checkpoint: the previous run's can go
+                self._deferred.discard()
+                self._deferred = None
             ckpt.rotate_checkpoints(
                 self.cfg.output_dir, self.cfg.save_total_limit, keep=(s.best_checkpoint, path)
             )
@@ -695,22 +751,39 @@ class Trainer:
         full = D.full_state_dict(self.model, self.dist)  # the final model: plain transformers layout
         results = self._results(test, train_time, samples_seen)
         if self.is_main:
-            self._save_final(raw, full)
-            with open(os.path.join(self.cfg.output_dir, "results.json"), "w", encoding="utf-8") as fh:
-                json.dump(results, fh, indent=2, default=str)
+            out = self.cfg.output_dir
             try:
-                out = self.cfg.output_dir
-                plot_curves(
-                    os.path.join(out, "metrics.jsonl"),
-                    os.path.join(out, "training_curve.png"),
-                    self.metric_name,
-                )
+                with od.track(out):  # the manifest lists what save_pretrained wrote
+                    self._save_final(raw, full)
+                    text = json.dumps(results, indent=2, default=str)
+                    od.atomic_write(os.path.join(out, "results.json"), text, overwrite=True)
+            except Exception as e:
+                err = od.storage_error(e, out, od.payload_bytes(full))
+                if err is not None:
+                    raise err from None
+                raise
+            try:
+                with od.track(out):
+                    plot_curves(
+                        os.path.join(out, "metrics.jsonl"),
+                        os.path.join(out, "training_curve.png"),
+                        self.metric_name,
+                    )
             except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
                 print(f"could not draw training_curve.png: {first_line(e)}")
             self._print_final(results)
         D.barrier(self.dist)
-        D.cleanup(self.dist)
+        self._release_dist()
         return results
+
+    def _release_dist(self) -> None:
+        """The end of a run: drop what keeps the process group alive (DDP/FSDP modules, optimizer
+        state) before destroying it; in one process the objects stay for callers that inspect them."""
+        if self.world > 1:
+            self.model = self.optimizer = self.scheduler = None
+        D.cleanup(self.dist)
+        if self._lock is not None:
+            self._lock.release()
 
     def _results(self, test: dict, train_time: float, samples_seen: int) -> dict[str, Any]:
         s = self.state
@@ -858,7 +931,7 @@ class Trainer:
         def handler(signum, frame):
             if self._stop_signal is not None:  # second signal: stop now
                 signal.signal(signum, signal.SIG_DFL)
-                raise KeyboardInterrupt
+                raise StopNow(signum)
             self._stop_signal = signum
             print(
                 f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
@@ -883,8 +956,8 @@ class Trainer:
     def _cleanup_failed_setup(self) -> None:
         if self._split_tmp:
             shutil.rmtree(self._split_tmp, ignore_errors=True)
-        if self._created_dir and (self.dist is None or self.is_main):
-            shutil.rmtree(self.cfg.output_dir, ignore_errors=True)
+        if self._lock is not None:  # removes the output dir if this run created it (fastft's files only)
+            self._lock.abort()
         if self.dist is not None:
             D.cleanup(self.dist)
 
@@ -898,9 +971,19 @@ def _same_run(saved_config: str, cfg: TrainConfig) -> bool:
         return False
 
     def comparable(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in ("resume", "overwrite")}
+        return {
+            k: v for k, v in d.items() if k not in ("resume", "overwrite", "resume_force", "resume_forced")
+        }
 
     return comparable(saved) == comparable(cfg.to_dict())
+
+
+def _entries(out: str) -> list[str]:
+    """The folder's entries other than the run lock and the main process's write probe (which other
+    ranks may see for an instant), ``[]`` when it does not exist."""
+    if not os.path.isdir(out):
+        return []
+    return [n for n in os.listdir(out) if n != od.LOCK_FILE and not n.startswith(".fastft-probe.")]
 
 
 def _truncate_metrics(path: str, step: int) -> None:

@@ -81,6 +81,9 @@ def test_missing_file(env, tmp_path, capsys):
         str(out),
     ]
     run_bad(capsys, argv, out, "nope.csv", "not found")
+    argv[argv.index("--train-file") + 1] = str(tmp_path)  # a folder is not "not found"
+    err = run_bad(capsys, argv, out, "is a directory; pass a file")
+    assert "not found" not in err
 
 
 def test_missing_column_lists_columns(env, tmp_path, capsys):

@@ -15,6 +15,7 @@ import torch
 from fastft.train import checkpoint as ckpt
 from fastft.train import outdir as od
 from fastft.train.config import ConfigError
+from fastft.train.state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -330,7 +331,7 @@ def test_full_tmpfs_checkpoint_and_atomic_write(tmp_path):
                 optimizer_state={},
                 scheduler_state={},
                 scaler_state=None,
-                trainer_state={"global_step": 1},
+                state=TrainState(global_step=1),
             )
         assert os.listdir(d) == []  # the temp folder went away
         line = str(od.storage_error(e.value, d, od.payload_bytes(sd)))

@@ -131,11 +131,17 @@ def test_resume_from_path_via_cli_and_rotation(setup, tmp_path, capsys):
     ck = load_checkpoint(str(out / "checkpoint-5"))
     assert set(ck) >= {"model", "optimizer", "scheduler", "rng", "trainer_state"}
     assert ck["trainer_state"]["global_step"] == 5
-    # resuming from an explicit checkpoint folder with a larger budget continues at step 6
+    # a larger budget changes the schedule: refused with the difference, then --resume-force continues
+    # from the explicit checkpoint folder at step 5 and records what it overrode
     capsys.readouterr()
     argv2 = [a if a != "5" else "7" for a in argv] + ["--resume", str(out / "checkpoint-4")]
-    assert main(argv2) == 0
+    assert main(argv2) == 2
+    err = capsys.readouterr().err
+    assert "--max-steps 5 -> 7" in err and "--resume-force" in err and err.count("\n") == 1
+    assert main([*argv2, "--resume-force"]) == 0
     assert "resume" in capsys.readouterr().out
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["max_steps"] == 7 and saved["resume_forced"] == ["--max-steps 5 -> 7"]
     losses = train_losses(str(out))
     assert sorted(losses) == list(range(1, 8))
 
