@@ -26,7 +26,9 @@ def sentence(rng: random.Random) -> list[tuple[str, str]]:
     if k == 0:
         return o("Mr.") + _ent(person, "PER") + o("visited") + _ent(city, "LOC") + o(rng.choice(FILL), ".")
     if k == 1:
-        return _ent(person, "PER") + o("works", "for") + _ent(org, "ORG") + o("in") + _ent(city, "LOC") + o(".")
+        return (
+            _ent(person, "PER") + o("works", "for") + _ent(org, "ORG") + o("in") + _ent(city, "LOC") + o(".")
+        )
     if k == 2:
         return o("we", "met") + _ent(person, "PER") + o("in") + _ent(city, "LOC") + o(rng.choice(FILL), ".")
     return o("the", "office", "of") + _ent(org, "ORG") + o("is", "in") + _ent(city, "LOC") + o(".")
