@@ -113,12 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=what, description=f"fastft {name}: {what}.")
         s.add_argument("--model", required=True, help="a saved model folder (e.g. a fastft output dir)")
-        s.add_argument("--file", required=True, help="data file: .csv .tsv .json .jsonl or .parquet")
+        s.add_argument("--file", required=True, help="data file: .csv .tsv .json .jsonl .parquet or .conll")
         s.add_argument(
             "--text-column", default=None, help="text column (default: the training run's, else 'text')"
         )
         s.add_argument(
             "--text-pair-column", default=None, help="second text column (default: the training run's)"
+        )
+        s.add_argument(
+            "--tokens-column",
+            default=None,
+            help="word-list column (token classification; default: the run's)",
         )
         s.add_argument(
             "--label-column", default=None, help="label column (default: the training run's, else 'label')"
@@ -229,6 +234,7 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
     cfg = TrainConfig(
         text_column=args.text_column or saved.get("text_column"),
         text_pair_column=args.text_pair_column or saved.get("text_pair_column"),
+        tokens_column=args.tokens_column or saved.get("tokens_column"),
         label_column=args.label_column or saved.get("label_column"),
         max_length=args.max_length or saved.get("max_length") or 128,
     )
@@ -269,6 +275,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = {"file": args.file, "model": args.model, "rows": len(ds), **metrics}
     text = json.dumps(metrics, indent=2, default=str)
     print(text)
+    table = task.metrics_table(metrics)
+    if table:
+        print(table)
     if args.output:
         from fastft.train.outdir import atomic_write
 

@@ -86,6 +86,12 @@ class DataConfig:
         None, "number of labels; checked against the data (default: taken from the data)"
     )
     seed: int = _f(42, "random seed (data order, init, dropout)")
+    tokens_column: str | None = _f(
+        None, "token classification: column with each row's list of words (default: tokens/words)"
+    )
+    label_all_tokens: bool = _f(
+        False, "token classification: every sub-token gets its word's tag (default: the first only)"
+    )
 
     def validate_data(self) -> None:
         """The data fields' own checks (:class:`ConfigError`), before anything is read."""

@@ -71,7 +71,7 @@ def evaluate_model(
     mean_loss = float(loss_sum / count.clamp_min(1))
     if rows and "labels" not in gathered:  # an unlabelled split: nothing to score
         return {}
-    return task.metrics(gathered, mean_loss, int(count))
+    return task.model_metrics(model, gathered, mean_loss, int(count))
 
 
 def _cat_padded(parts: list[torch.Tensor], pad: float) -> torch.Tensor:

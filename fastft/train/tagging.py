@@ -38,6 +38,8 @@ __all__ = [
     "SCHEMES",
     "IGNORE_INDEX",
     "read_conll",
+    "to_iob2",
+    "scheme_of_labels",
     "read_records",
     "detect_scheme",
     "validate_tags",
@@ -297,6 +299,23 @@ def validate_sentences(sentences: Sequence[dict], scheme: str | None = None) -> 
     scheme = detect_scheme(tags, where) if scheme is None else scheme
     validate_tags(tags, scheme, where, tokens)
     return scheme
+
+
+def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
+    """The same entities in IOB2 (``B-X`` opens every entity): IOB1's entity-opening ``I-X`` becomes
+    ``B-X``; IOB2 and IOBES tags are returned unchanged (IOBES is kept: it has its own labels)."""
+    if _check_scheme(scheme) != "IOB1":
+        return list(tags)
+    out = list(tags)
+    for t, s, _ in spans(tags, "IOB1"):
+        out[s] = "B-" + t
+    return out
+
+
+def scheme_of_labels(names: Iterable[str]) -> str:
+    """The scheme a trained label set decodes with: IOBES when it has E-/S- labels, else IOB2 (fastft
+    stores IOB1 data as IOB2, see ``to_iob2``)."""
+    return "IOBES" if any(str(n)[:2] in ("E-", "S-") for n in names) else "IOB2"
 
 
 def label_list(tag_seqs: Iterable[Sequence[str]]) -> list[str]:

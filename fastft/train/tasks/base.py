@@ -106,6 +106,15 @@ class Task(ABC):
     predict_format: str = "csv"
 
     # ---- data ------------------------------------------------------------------------------------
+    def configure(self, cfg) -> Task:
+        """This task with the run's options (a ``DataConfig``) applied: ``self`` unless the task has
+        options (token classification: ``--label-all-tokens``); the result is the run's task object."""
+        return self
+
+    def split_warnings(self, raws: dict, space: LabelSpace) -> list[str]:
+        """Warnings about the final raw splits (encoded labels), e.g. test tags never seen in train."""
+        return []
+
     def detects(self, labels: list, texts: list) -> bool:
         """``--task auto``: do these raw label values (and texts) look like this task's? Detection asks
         the registered tasks in registry order; the first that says yes wins."""
@@ -149,9 +158,10 @@ class Task(ABC):
 
     def collate_labels(
         self, feats: dict[str, list], padded: dict[str, np.ndarray], left: bool
-    ) -> torch.Tensor | None:
+    ) -> torch.Tensor | dict[str, torch.Tensor] | None:
         """The batch's ``labels`` tensor from the raw rows ``feats`` and the padded model columns
-        (``padded["input_ids"]`` is (B, width); ``left`` = left padding)."""
+        (``padded["input_ids"]`` is (B, width); ``left`` = left padding). A dict adds its tensors to
+        the batch (``labels`` and per-token bookkeeping the task's evaluation reads)."""
         if "labels" not in feats:
             return None
         return torch.tensor(feats["labels"], dtype=torch.float32)
@@ -211,8 +221,16 @@ class Task(ABC):
     def metrics(self, rows: dict[str, torch.Tensor], mean_loss: float, count: int) -> dict[str, Any]:
         """The metrics dict from the gathered rows (dataset order, each row once) and the mean loss."""
 
+    def model_metrics(self, model, rows: dict[str, torch.Tensor], mean_loss: float, count: int) -> dict:
+        """:meth:`metrics`, for tasks that need the evaluated model's config (e.g. its ``id2label``)."""
+        return self.metrics(rows, mean_loss, count)
+
     def headline(self, test: dict) -> str | None:
         """The one-line summary of the test metrics printed at the end of ``fastft train``."""
+        return None
+
+    def metrics_table(self, metrics: dict) -> str | None:
+        """A text table of the metrics that ``fastft eval`` prints after the JSON (``None``: none)."""
         return None
 
     def describe(self, space: LabelSpace) -> str:

@@ -12,8 +12,16 @@ from tests.models import tiny_bert_config, tiny_gpt2_config
 
 
 def test_names_aliases_and_problem_types_are_hf_compatible():
-    assert task_names() == ("auto", "causal_lm", "multilabel", "regression", "classification")
+    assert task_names() == (
+        "auto",
+        "token_classification",
+        "causal_lm",
+        "multilabel",
+        "regression",
+        "classification",
+    )
     expected = {
+        "token_classification": "token_classification",
         "classification": "single_label_classification",
         "multilabel": "multi_label_classification",
         "regression": "regression",
@@ -33,6 +41,8 @@ def test_auto_detection_order():
     assert detect_task([0.5, 1.0, 2.25], texts).name == "regression"
     assert detect_task([1.0, 2.0, 0.0], texts).name == "classification"  # integer-valued floats
     assert detect_task(["pos", "neg", "pos"], texts).name == "classification"
+    words = [["Paris", "is"], ["Bob"], ["x", "y"]]
+    assert detect_task([["B-LOC", "O"], ["B-PER"], ["O", "O"]], words).name == "token_classification"
 
 
 def test_task_of_saved_model_configs():
@@ -43,6 +53,8 @@ def test_task_of_saved_model_configs():
     assert task_of_model(tiny_bert_config(num_labels=1)).name == "regression"
     gpt = tiny_gpt2_config(architectures=["GPT2LMHeadModel"])
     assert task_of_model(gpt).name == "causal_lm"
+    tagger = tiny_bert_config(num_labels=5, architectures=["BertForTokenClassification"])
+    assert task_of_model(tagger).name == "token_classification"
 
 
 @pytest.mark.parametrize("name", ["classification", "multilabel", "regression"])
