@@ -89,7 +89,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastft", description="Kernel-accelerated fine-tuning for Hugging Face BERT/GPT models.")
-    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict,compare,sweep}", parser_class=_Parser)
 
     t = sub.add_parser(
         "train",
@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)"
             )
             g.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
+    from fastft.experiments.cli import add_parsers
+
+    add_parsers(sub)  # compare, sweep
     return p
 
 
@@ -337,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             return 2
+        if args.command in ("compare", "sweep"):
+            from fastft.experiments.cli import run_command
+
+            return run_command(args, user_errors)
         if args.command == "train":
             return cmd_train(args)
         if args.command == "eval":

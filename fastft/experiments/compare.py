@@ -189,19 +189,6 @@ def execute(spec: RunSpec, env_extra: dict[str, str]) -> dict[str, Any]:
     return rec
 
 
-_TRAINABLE = re.compile(r"trainable ([0-9.]+)M")
-
-
-def _trainable_from_log(path: str) -> int | None:
-    """The start-up summary's ``trainable 0.123M`` (resolution 1e3) when results.json lacks it."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            found = _TRAINABLE.findall(fh.read())
-    except OSError:
-        return None
-    return int(round(float(found[-1]) * 1e6)) if found else None
-
-
 def collect_metrics(spec: RunSpec) -> dict[str, float]:
     """The numbers a run contributes: the test split's metrics (else the best validation's), wall
     time, samples/s, peak memory (MB) and trainable parameters."""
@@ -221,7 +208,7 @@ def collect_metrics(spec: RunSpec) -> dict[str, float]:
     peak = res.get("peak_memory_mb") or stats.get("peak_cuda_mb") or stats.get("peak_rss_mb")
     if peak is not None:
         out["peak_memory_mb"] = float(peak)
-    trainable = res.get("trainable_params") or _trainable_from_log(spec.log_path)
+    trainable = res.get("trainable_params")
     if trainable is not None:
         out["trainable_params"] = float(trainable)
     return out

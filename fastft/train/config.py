@@ -175,7 +175,7 @@ class TrainConfig(DataConfig):
     early_stopping_patience: int = _f(0, "stop after N evaluations without improvement (0: off)")
     early_stopping_min_delta: float = _f(0.0, "improvement smaller than this does not count")
     logging_steps: int = _f(20, "log the training loss every N optimizer steps")
-    report_to: str = _f("none", "also log to: none | tensorboard", choices=("none", "tensorboard"))
+    report_to: str = _f("none", "also log to, a comma list: none | tensorboard | wandb | mlflow")
 
     # ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +261,9 @@ class TrainConfig(DataConfig):
                 raise ConfigError(
                     f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {shown}"
                 )
+        from fastft.train.trackers import parse_report_to  # lazy: trackers imports this module
+
+        parse_report_to(self.report_to)  # names and installed packages, one-line ConfigError
         if self.teacher is not None and not os.path.isdir(self.teacher):
             raise ConfigError(
                 f"--teacher {self.teacher}: not a folder; pass a saved model folder (fastft/HF)"

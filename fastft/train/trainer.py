@@ -44,6 +44,7 @@ from fastft.train import checkpoint as ckpt
 from fastft.train import models
 from fastft.train import outdir as od
 from fastft.train import strategies as strat
+from fastft.train.callbacks import Callback, CallbackList
 from fastft.train.config import ConfigError, TrainConfig, config_from_dict
 from fastft.train.data import make_dataloader, prepare_data
 from fastft.train.errors import first_line
@@ -53,6 +54,7 @@ from fastft.train.runlog import RunLogger, fmt_duration, plot_curves
 from fastft.train.schedule import build_optimizer, build_scheduler, plan_steps
 from fastft.train.state import TrainState
 from fastft.train.tasks import task_of_model
+from fastft.train.trackers import make_trackers, parse_report_to
 
 __all__ = [
     "Trainer",
@@ -104,12 +106,16 @@ class Trainer:
     >>> Trainer(TrainConfig(train_file="train.csv", epochs=3)).train()["test"]["accuracy"]
     """
 
-    def __init__(self, cfg: TrainConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, cfg: TrainConfig | None = None, callbacks: list[Callback] | None = None, **overrides: Any
+    ) -> None:
         cfg = cfg if cfg is not None else TrainConfig()
         if overrides:
             cfg = config_from_dict(overrides, cfg)
         self.cfg = cfg.resolved()
         self.cfg.validate()
+        # the user's callbacks now; the trackers join in _setup_runtime, once rank 0 is known
+        self.callbacks = CallbackList(callbacks)
         self.state = TrainState()
         self.dist = None
         self.teacher = None
@@ -151,6 +157,8 @@ class Trainer:
         cfg = self.cfg
         self.dist = D.init_distributed(cfg.device)
         self.device, self.is_main, self.world = self.dist.device, self.dist.is_main, self.dist.world_size
+        for cb in make_trackers(cfg.report_to, is_main=self.is_main):  # tensorboard: RunLogger writes it
+            self.callbacks.add(cb)
         if cfg.strategy == "gradual" and self.world > 1:  # DDP would need a re-wrap when params unfreeze
             raise ConfigError("--strategy gradual is single-process for now; run without torchrun")
         self.precision = cfg.precision
@@ -519,13 +527,14 @@ class Trainer:
             enabled=self.is_main,
             total_steps=self.plan.total_steps,
             start_step=self.global_step,
-            report_to=cfg.report_to,
+            report_to="tensorboard" if "tensorboard" in parse_report_to(cfg.report_to) else "none",
         )
         items = ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg.to_dict().items())
         self.log.print("resolved config (saved as train_config.json):")
         self.log.print(textwrap.fill(items, width=110, initial_indent="  ", subsequent_indent="  "))
         for line in self._summary() + self._notes:
             self.log.print(line)
+        self.callbacks.on_start(cfg.to_dict(), cfg.output_dir, self._resumed_from is not None)
 
     def _log_step(self, w: _Window, t_start: float) -> _Window:
         """Log the window at logging steps (the only host syncs of the loop); -> the next window."""
@@ -550,6 +559,7 @@ class Trainer:
             "time_s": round(time.perf_counter() - t_start, 2),
         }
         self.log.event(rec)
+        self.callbacks.on_log(rec)
         self.log.step(step, loss=rec["loss"], lr=lr, samples_per_s=sps, epoch=epoch, line=True)
         return _Window(self.device)
 
@@ -664,16 +674,16 @@ class Trainer:
             s.bad_evals += 1
         epoch = round(s.epoch + s.batch_in_epoch / max(self.plan.loader_len, 1), 4)
         shown = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
-        self.log.event(
-            {
-                "type": "eval",
-                "split": "validation",
-                "step": s.global_step,
-                "epoch": epoch,
-                **shown,
-                "is_best": improved,
-            }
-        )
+        rec = {
+            "type": "eval",
+            "split": "validation",
+            "step": s.global_step,
+            "epoch": epoch,
+            **shown,
+            "is_best": improved,
+        }
+        self.log.event(rec)
+        self.callbacks.on_log(rec)
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         self.log.print(f"eval @ step {s.global_step}: {text}" + ("  (best)" if improved else ""))
         if cfg.early_stopping_patience and s.bad_evals >= cfg.early_stopping_patience:
@@ -682,6 +692,12 @@ class Trainer:
                 f"early stopping: no {self.metric_name} improvement > {cfg.early_stopping_min_delta} "
                 f"in {s.bad_evals} evaluations"
             )
+        stop = self.callbacks.on_evaluate(s.global_step, shown)
+        if self.world > 1:  # every rank must agree to stop (only rank 0 may hold the callback)
+            stop = bool(D.all_reduce_sum(torch.tensor(float(stop), device=self.device), self.dist) > 0)
+        if stop and not s.stopped_early:
+            s.stopped_early = True  # e.g. a pruned sweep trial: it ends like early stopping
+            self.log.print(f"stopped by a callback after the evaluation at step {s.global_step}")
 
     def _checkpoint_payload(self) -> dict:
         """Hook (dist owner): the collective part of a checkpoint; every rank calls it."""
@@ -747,7 +763,9 @@ class Trainer:
         test = self.evaluate("test")
         if test:
             shown = {k: v for k, v in test.items() if k != "confusion_matrix"}
-            self.log.event({"type": "test", "step": s.global_step, **shown})
+            rec = {"type": "test", "step": s.global_step, **shown}
+            self.log.event(rec)
+            self.callbacks.on_log(rec)
         full = D.full_state_dict(self.model, self.dist)  # the final model: plain transformers layout
         results = self._results(test, train_time, samples_seen)
         if self.is_main:
@@ -772,6 +790,7 @@ class Trainer:
             except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
                 print(f"could not draw training_curve.png: {first_line(e)}")
             self._print_final(results)
+            self.callbacks.on_end(results, self.cfg.output_dir)
         D.barrier(self.dist)
         self._release_dist()
         return results
@@ -798,6 +817,8 @@ class Trainer:
             "skipped_steps": s.skipped_steps,
             "train_runtime_s": round(train_time, 2),
             "train_samples_per_s": round(samples_seen * self.world / max(train_time, 1e-9), 2),
+            "trainable_params": sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad),
+            "peak_memory_mb": _peak_memory_mb(self.device),
             "problem_type": self.problem_type,
             "num_labels": self.labels.num_labels,
             "precision": self.precision,
@@ -960,6 +981,16 @@ class Trainer:
             self._lock.abort()
         if self.dist is not None:
             D.cleanup(self.dist)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated on a GPU, else the process's max RSS (this process's peak, tests share it)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def _same_run(saved_config: str, cfg: TrainConfig) -> bool:

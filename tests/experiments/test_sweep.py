@@ -15,20 +15,6 @@ from tests.train.trainutil import file_flags, workspace
 optuna = pytest.importorskip("optuna")  # in the dev extra: never skipped in CI
 
 
-def _trainer_takes_callbacks() -> bool:
-    import inspect
-
-    from fastft.train.trainer import Trainer
-
-    return "callbacks" in inspect.signature(Trainer.__init__).parameters
-
-
-# TODO(issue 13): remove once the trainer calls the callbacks (wiring pending the refactor merge)
-needs_callbacks = pytest.mark.skipif(
-    not _trainer_takes_callbacks(), reason="Trainer(callbacks=...) not wired yet"
-)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return workspace(tmp_path_factory.mktemp("sweep"), bert=dict(head="base"))
@@ -47,7 +33,6 @@ def _results(run_dir: str) -> dict:
         return json.load(fh)
 
 
-@needs_callbacks
 def test_sweep_prunes_a_bad_trial_and_best_yaml_reruns(work, tmp_path, capsys):
     from fastft.cli import main as fastft_main
 
@@ -88,7 +73,6 @@ def test_sweep_prunes_a_bad_trial_and_best_yaml_reruns(work, tmp_path, capsys):
     assert len(optuna.load_study(study_name="fastft-sweep", storage=f"sqlite:///{out}/study.db").trials) == 4
 
 
-@needs_callbacks
 def test_two_processes_join_one_study(work, tmp_path):
     out, db = str(tmp_path / "shared"), f"sqlite:///{tmp_path}/shared.db"
     cmd = [sys.executable, "-m", "fastft.experiments", "sweep", *_flags(work, steps=2), "--search",

@@ -304,3 +304,41 @@ def test_default_run_with_max_steps(tmp_path, capsys):
     assert main(argv) == 0
     assert main([*argv, "--lr", "1e-3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_report_to_mlflow_reads_back(work, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")  # in the dev extra: never skipped in CI
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FASTFT_MLFLOW_PARENT_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    flags = ["--model", work["bert"], *file_flags(work["files"]), "--max-steps", "2", "--batch-size", "16"]
+    assert _train(work, out, *flags, "--report-to", "mlflow") == 0
+    run_id = json.load(open(out / ".fastft-trackers.json"))["mlflow"]
+    client = MlflowClient(tracking_uri="sqlite:///" + str(tmp_path / "mlruns" / "mlflow.db"))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["max_steps"] == "2" and run.data.params["batch_size"] == "16"
+    losses = train_losses(str(out))
+    hist = client.get_metric_history(run_id, "train/loss")
+    assert [(m.step, round(m.value, 5)) for m in hist] == [(k, round(v, 5)) for k, v in losses.items()]
+    res = json.load(open(out / "results.json"))
+    assert run.data.metrics["test/accuracy"] == pytest.approx(res["test"]["accuracy"])
+    assert {"results.json", "training_curve.png"} <= {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_report_to_bad_name_is_one_line(work, tmp_path, capsys):
+    assert _train(work, tmp_path / "bad", "--model", work["bert"], "--report-to", "mlflow,wandbb") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did you mean 'wandb'" in err
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_experiment_subcommands_are_registered(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "--vary" in capsys.readouterr().out
+    assert main(["compare", "--vary", "nosuchfield=1,2", "--output-dir", "x"]) == 2
+    assert "nosuchfield" in capsys.readouterr().err
