@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         s.add_argument("--batch-size", type=int, default=64, help="batch size")
         s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+        s.add_argument(
+            "--allow-untrained-head",
+            action="store_true",
+            help="run even when the model's task head is not in its checkpoint (randomly initialised)",
+        )
         if name == "eval":
             s.add_argument("--output", default=None, help="also write the metrics as JSON here")
         else:
@@ -244,13 +249,38 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
     if saved.get("dataset") == "rotten_tomatoes":  # the default run used the built-in columns
         cfg.text_column = args.text_column or "text"
         cfg.label_column = args.label_column or "label"
+    model, info = from_pretrained(task, args.model, quiet=True, output_loading_info=True)
+    _check_head(model, info, args)  # before the data: a random head makes every other check moot
     tok = load_tokenizer(args.model, mcfg)
     label2id = getattr(mcfg, "label2id", None) if task.named_labels else None
     ds = prepare_file(args.file, cfg, tok, task=task, label2id=label2id, require_labels=require_labels)
-    model = from_pretrained(task, args.model)
+    if cfg.text_column is None:  # the auto-detected text columns, so predict keeps them in its output
+        from fastft.train.data.loader import MODEL_COLUMNS
+        from fastft.train.data.sources import resolve_columns
+
+        raw = [c for c in ds.column_names if c not in MODEL_COLUMNS]
+        cfg.text_column, cfg.text_pair_column, _ = resolve_columns(
+            raw, None, cfg.text_pair_column, None, False, args.file, task
+        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
     return model, tok, ds, cfg, task, device
+
+
+def _check_head(model, info: dict, args: argparse.Namespace) -> None:
+    """Refuse a model whose task head was not in the checkpoint: transformers initialised it at
+    random, so eval/predict would report confident garbage (e.g. a plain base-model folder)."""
+    from fastft.train.config import ConfigError
+
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    missing = [k for k in (info or {}).get("missing_keys", ()) if not k.startswith(prefix)]
+    if missing and not args.allow_untrained_head:
+        shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
+        raise ConfigError(
+            f"--model {args.model}: its {type(model).__name__} head ({shown}) is not in the checkpoint, "
+            "so it would be random; pass a fine-tuned model folder (a fastft train output dir), "
+            "or --allow-untrained-head to run anyway"
+        )
 
 
 def _inference_loader(args: argparse.Namespace, ds, tok, cfg, task):

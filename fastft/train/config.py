@@ -152,6 +152,11 @@ class TrainConfig(DataConfig):
     teacher: str | None = _f(None, "knowledge distillation: teacher model folder (same labels / vocab)")
     kd_alpha: float = _f(0.5, "KD weight: loss = (1-alpha)*CE + alpha*T^2*KL")
     kd_temperature: float = _f(2.0, "KD softmax temperature T")
+    class_weights: str = _f(
+        "none",
+        "single-label classification: per-class loss weights, none | auto (n / (k * n_class), "
+        "sklearn's 'balanced') | w1,w2,... in class-id order",
+    )
     # ---- numerics ----------------------------------------------------------------------------------
     precision: str = _f(
         "auto",
@@ -300,6 +305,22 @@ def default_model_path() -> str:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Hugging Face TrainingArguments / run_classification.py names accepted in -c files (the CLI has
+# the same spellings as flag aliases).
+KEY_ALIASES = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "max_seq_length": "max_length",
+    "lr_scheduler_type": "scheduler",
+    "model_name_or_path": "model",
+    "dataset_name": "dataset",
+    "evaluation_strategy": "eval_strategy",
+    "text_column_pair": "text_pair_column",
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -338,8 +359,10 @@ def config_from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> Trai
     cfg = dataclasses.replace(base) if base is not None else TrainConfig()
     for key, value in d.items():
         name = str(key).replace("-", "_")
+        name = KEY_ALIASES.get(name, name)
         if name not in _FIELDS:
-            close = difflib.get_close_matches(name, list(_FIELDS), n=1)
+            close = difflib.get_close_matches(name, [*_FIELDS, *KEY_ALIASES], n=1)
+            close = [KEY_ALIASES.get(c, c) for c in close]
             hint = f"; did you mean {close[0]!r}?" if close else "; see `fastft train --help`"
             raise ConfigError(f"unknown config key {key!r}{hint}")
         setattr(cfg, name, _coerce(name, value))

@@ -29,13 +29,22 @@ def is_better(new: float | None, best: float | None, lower: bool, min_delta: flo
 
 @torch.no_grad()
 def evaluate_model(
-    model, loader, *, task: Task, device, autocast=nullcontext, dist_state=None, total: int | None = None
+    model,
+    loader,
+    *,
+    task: Task,
+    device,
+    autocast=nullcontext,
+    dist_state=None,
+    total: int | None = None,
+    collect: dict | None = None,
 ) -> dict[str, Any]:
     """Loss + the task's metrics of ``model`` over ``loader`` (also used by ``fastft eval``).
 
     Under torchrun each rank scores its batches; the loss sums and counts are all-reduced (shard
     padding rows are left out by the task through ``batch["repeat"]``) and the per-row tensors are
     gathered by ``batch["index"]``, so the metrics see every dataset row once, in dataset order.
+    ``collect``: a dict that receives the gathered rows (``logits``, ``labels``), for the collapse check.
     """
     from fastft import distributed as D
 
@@ -69,6 +78,8 @@ def evaluate_model(
         # one process: the loader's order is the dataset order, without repeats
         gathered[k] = D.gather_for_metrics(t, dist_state, n, index=idx, pad_value=pad) if multi else t
     mean_loss = float(loss_sum / count.clamp_min(1))
+    if collect is not None:
+        collect.update(gathered)
     if rows and "labels" not in gathered:  # an unlabelled split: nothing to score
         return {}
     return task.model_metrics(model, gathered, mean_loss, int(count))

@@ -29,12 +29,24 @@ def check_model(path: str, flag: str = "--model"):
 
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ConfigError(f"{flag} {path}: the folder has no config.json; pass a Hugging Face model folder")
+    if not os.path.isdir(path) and _path_like(path):  # not a hub id: fail now, not after hub retries
+        what = "is a file" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"{flag} {path}: {what}; pass a model folder (one with config.json)")
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - OSError / ValueError / hub errors
         raise ConfigError(
             f"unknown model {path!r} ({first_line(e, 160)}); pass {flag} <local model folder> (the hub is offline here)"
         ) from None
+
+
+def _path_like(value: str) -> bool:
+    """A value meant as a local path, not a hub id (``org/name``): absolute or ./ ../ ~ prefixed,
+    more than one ``/``, a backslash, an existing file, or a first component that is a local folder."""
+    v = str(value)
+    if v.startswith(("/", "./", "../", "~", ".\\")) or v.count("/") > 1 or "\\" in v or v in (".", ".."):
+        return True
+    return os.path.exists(v) or ("/" in v and os.path.isdir(v.split("/", 1)[0]))
 
 
 def is_decoder(model_config) -> bool:

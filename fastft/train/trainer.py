@@ -41,14 +41,14 @@ import torch
 
 from fastft import distributed as D
 from fastft.train import checkpoint as ckpt
-from fastft.train import models
+from fastft.train import diagnose, models
 from fastft.train import outdir as od
 from fastft.train import strategies as strat
 from fastft.train.callbacks import Callback, CallbackList
 from fastft.train.config import ConfigError, TrainConfig, config_from_dict
 from fastft.train.data import make_dataloader, prepare_data
 from fastft.train.errors import first_line
-from fastft.train.evaluate import best_metric_spec, evaluate_model, is_better
+from fastft.train.evaluate import best_metric_spec, evaluate_model
 from fastft.train.models import check_model, load_tokenizer
 from fastft.train.runlog import RunLogger, fmt_duration, plot_curves
 from fastft.train.schedule import build_optimizer, build_scheduler, plan_steps
@@ -131,6 +131,8 @@ class Trainer:
         self._resumed_from: str | None = None
         self._grad_norm: torch.Tensor | float | None = None  # read (host sync) only at logging steps
         self._use_cache: bool | None = None
+        self.class_weight: torch.Tensor | None = None  # --class-weights, on self.device
+        self._collapse: dict[str, Any] | None = None  # the best evaluation's collapse report
 
     @property
     def global_step(self) -> int:
@@ -195,6 +197,39 @@ class Trainer:
         if len(self.data.splits.get("train") or []) == 0:
             raise ConfigError("the training split is empty after cleaning; pass a file with labelled rows")
         self.metric_name, self.lower_is_better = best_metric_spec(self.task, cfg.metric_for_best)
+        self._setup_labels()
+
+    def _setup_labels(self) -> None:
+        """Label distribution (start-up report, results.json) and the ``--class-weights`` vector."""
+        cfg = self.cfg
+        single = self.problem_type == "single_label_classification"
+        spec = (cfg.class_weights or "none").strip().lower()
+        if spec != "none" and not single:
+            raise ConfigError(
+                f"--class-weights applies to single-label classification, not {self.problem_type}; "
+                "drop --class-weights"
+            )
+        if spec != "none" and cfg.teacher:
+            raise ConfigError("--class-weights does not apply to the distillation loss; drop one of them")
+        if not single:
+            return
+        ids = list(self.data.splits["train"]["labels"])
+        dist = diagnose.label_distribution(ids, self.labels.id2label)
+        self.data.report["label_distribution"] = dist
+        ratio = dist["imbalance_ratio"]
+        self._notes.append(
+            "  labels     train: "
+            + ", ".join(f"{k} {v} ({dist['fractions'][k]:.0%})" for k, v in dist["counts"].items())
+            + (f"; imbalance {ratio:.1f}x" if ratio else "")
+        )
+        weights = diagnose.class_weights(list(dist["counts"].values()), spec)
+        if weights is not None:
+            self.class_weight = torch.tensor(weights, dtype=torch.float32, device=self.device)
+            self.data.report["class_weights"] = dict(zip(dist["counts"], weights))
+            self._notes.append(
+                f"  weights    --class-weights {spec}: "
+                + ", ".join(f"{k} {w:.3g}" for k, w in zip(dist["counts"], weights))
+            )
 
     def _load_model(self):
         model = models.load_task_model(
@@ -237,6 +272,15 @@ class Trainer:
         self.optimizer, self.optimizer_kind, self._clip_here = build_optimizer(self.raw_model, self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.plan, self.cfg.scheduler)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        counts = (self.data.report.get("label_distribution") or {}).get("counts")
+        if counts is None and self.problem_type == "multi_label_classification":
+            counts = (self.data.report.get("label_counts") or {}).get("train")
+        self._notes += diagnose.small_data_warnings(self.plan.total_steps, counts)
+        if self.precision == "fp16" and self.device.type == "cpu":
+            self._notes.append(
+                "warning: --precision fp16 on CPU runs through autocast emulation and is not a speed "
+                "win (often slower than fp32); use --precision fp32 or bf16 on CPU"
+            )
 
     def _wrap(self, model):
         """Hook (dist owner): DDP / FSDP2 wrapping under torchrun; identity in one process."""
@@ -417,6 +461,10 @@ class Trainer:
 
     def _loss(self, model, batch: dict, n_items: int) -> torch.Tensor:
         """Loss of one micro-batch = sum of its per-item losses / ``n_items`` (the accumulated batch's)."""
+        if self.class_weight is not None:  # single-label classification only (checked at set-up)
+            return self.task.loss(
+                model, batch, n_items, teacher=self.teacher, cfg=self.cfg, class_weight=self.class_weight
+            )
         return self.task.loss(model, batch, n_items, teacher=self.teacher, cfg=self.cfg)
 
     # ==============================================================================================
@@ -640,8 +688,9 @@ class Trainer:
     # evaluation and checkpoints
 
     @torch.no_grad()
-    def evaluate(self, split: str = "validation") -> dict:
-        """Metrics of the current model on ``split`` (loss and the task's metrics)."""
+    def evaluate(self, split: str = "validation", collect: dict | None = None) -> dict:
+        """Metrics of the current model on ``split`` (loss and the task's metrics); ``collect``
+        receives the gathered rows (see :func:`evaluate_model`)."""
         ds = self.data.splits.get(split)
         if ds is None or len(ds) == 0:
             return {}
@@ -654,24 +703,48 @@ class Trainer:
             autocast=self._autocast,
             dist_state=self.dist,
             total=len(ds),
+            collect=collect,
+        )
+
+    _COLLAPSE_CHECKED = ("single_label_classification", "multi_label_classification", "regression")
+
+    def _collapse_check(self, rows: dict, metrics: dict) -> dict[str, Any] | None:
+        """:func:`diagnose.collapse_report` of one evaluation; None when it looks fine (or n/a)."""
+        if self.problem_type not in self._COLLAPSE_CHECKED or "logits" not in rows or "labels" not in rows:
+            return None
+        return diagnose.collapse_report(
+            self.problem_type, rows["logits"].float().cpu().numpy(), rows["labels"].cpu().numpy(), metrics
         )
 
     def _evaluate_and_track(self) -> None:
         cfg, s = self.cfg, self.state
-        metrics = self.evaluate("validation")
+        rows: dict = {}
+        metrics = self.evaluate("validation", collect=rows)
         if not metrics:
             return
+        collapse = self._collapse_check(rows, metrics)
+        del rows
         value = metrics.get(self.metric_name)
         if value is None and self.metric_name not in metrics:
             raise ConfigError(
                 f"--metric-for-best {self.metric_name!r} is not computed for {self.problem_type}; "
                 f"use one of {', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))}"
             )
-        improved = is_better(value, s.best_metric, self.lower_is_better, cfg.early_stopping_min_delta)
-        if improved:
-            s.best_metric, s.best_step, s.best_eval, s.bad_evals = value, s.global_step, metrics, 0
-        else:
-            s.bad_evals += 1
+        # ties on the metric: the lower eval loss, then the later step (diagnose.better)
+        best = (
+            None if s.best_metric is None else (s.best_metric, (s.best_eval or {}).get("loss"), s.best_step)
+        )
+        decision = diagnose.better(
+            (value, metrics.get("loss"), s.global_step),
+            best,
+            self.lower_is_better,
+            cfg.early_stopping_min_delta,
+        )
+        improved = decision.select
+        if decision.select:
+            s.best_metric, s.best_step, s.best_eval = value, s.global_step, metrics
+            self._collapse = collapse
+        s.bad_evals = 0 if decision.improved else s.bad_evals + 1
         epoch = round(s.epoch + s.batch_in_epoch / max(self.plan.loader_len, 1), 4)
         shown = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
         rec = {
@@ -681,11 +754,14 @@ class Trainer:
             "epoch": epoch,
             **shown,
             "is_best": improved,
+            "collapsed": collapse is not None,
         }
         self.log.event(rec)
         self.callbacks.on_log(rec)
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         self.log.print(f"eval @ step {s.global_step}: {text}" + ("  (best)" if improved else ""))
+        if collapse is not None:
+            self.log.print(collapse["message"])
         if cfg.early_stopping_patience and s.bad_evals >= cfg.early_stopping_patience:
             s.stopped_early = True
             self.log.print(
@@ -760,14 +836,22 @@ class Trainer:
             self.log.print(
                 f"loaded the best model (step {s.best_step}, {self.metric_name} {s.best_metric:.4f})"
             )
-        test = self.evaluate("test")
+        rows: dict = {}
+        test = self.evaluate("test", collect=rows)
+        collapse, split = (
+            (self._collapse_check(rows, test), "test") if test else (self._collapse, "validation")
+        )
+        del rows
         if test:
             shown = {k: v for k, v in test.items() if k != "confusion_matrix"}
-            rec = {"type": "test", "step": s.global_step, **shown}
+            rec = {"type": "test", "step": s.global_step, **shown, "collapsed": collapse is not None}
             self.log.event(rec)
             self.callbacks.on_log(rec)
         full = D.full_state_dict(self.model, self.dist)  # the final model: plain transformers layout
         results = self._results(test, train_time, samples_seen)
+        results["collapsed"] = collapse is not None
+        if collapse is not None:
+            results["collapse"] = {"split": split, **{k: collapse[k] for k in ("symptoms", "details")}}
         if self.is_main:
             out = self.cfg.output_dir
             try:
@@ -790,6 +874,8 @@ class Trainer:
             except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
                 print(f"could not draw training_curve.png: {first_line(e)}")
             self._print_final(results)
+            if collapse is not None:  # the last line a user reads
+                print(f"{collapse['message']} [final model, {split} split]", flush=True)
             self.callbacks.on_end(results, self.cfg.output_dir)
         D.barrier(self.dist)
         self._release_dist()

@@ -12,6 +12,7 @@ label, labels, category, ...).
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -145,11 +146,45 @@ def load_file(path: str, cache_dir: str | None, flag: str, task=None):
             cache_dir=sub_dir(cache_dir, "datasets"),
             **kw,
         )
-    except Exception as e:  # any parse failure becomes one line
+    except Exception as e:  # any parse failure becomes one line, naming the real cause
         raise DataError(
-            f"{flag} {path!r} could not be read as {ext[1:]} ({type(e).__name__}: {first_line(e)}); "
+            f"{flag} {path!r} could not be read as {ext[1:]} ({parse_cause(path, ext, e)}); "
             "check the file format"
         ) from e
+
+
+def parse_cause(path: str, ext: str, exc: BaseException) -> str:
+    """The real cause of a ``datasets`` parse failure: the first bad byte or JSON line found in the
+    file, else the innermost chained exception (``datasets`` wraps it in DatasetGenerationError)."""
+    plain_text = ext in (".csv", ".tsv", ".json", ".jsonl") and path.lower().endswith(ext)  # not gz
+    try:
+        if not plain_text or os.path.getsize(path) > 2**30:
+            raise OSError  # binary / compressed / huge: the chained message only
+        with open(path, "rb") as fh:
+            data = fh.read()
+        bad = None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as u:
+            bad = u
+        if bad is not None:
+            line = data[: bad.start].count(b"\n") + 1
+            return f"not UTF-8: byte 0x{data[bad.start]:02x} at line {line}; save the file as UTF-8"
+        if ext == ".jsonl":
+            for i, row in enumerate(text.splitlines(), 1):
+                if row.strip():
+                    try:
+                        json.loads(row)
+                    except ValueError as j:
+                        return f"line {i} is not valid JSON: {first_line(j, 120)}"
+    except OSError:
+        pass
+    chain, c = [exc], exc
+    while (c := c.__cause__ or c.__context__) is not None and len(chain) < 10:
+        chain.append(c)
+    # the first wrapped cause is the parser's own message (pandas' "Expected 2 fields in line 9, saw 4")
+    inner = chain[1] if len(chain) > 1 else exc
+    return f"{type(inner).__name__}: {first_line(inner)}"
 
 
 def _hub_unreachable() -> bool:

@@ -3,7 +3,8 @@
 Columns: text (+ optional pair) and a label. Auto-detected as the fallback of ``--task auto``.
 Labels: string labels get sorted names; integer labels ``0..K-1`` keep their ids, other integer
 sets are mapped in sorted order. Loss: cross-entropy through ``fastft.functional.cross_entropy``
-(the fused kernel) unless ``--no-fused``; with a teacher, the fused KD loss. Metrics: accuracy,
+(the fused kernel) unless ``--no-fused``, per-class weighted with ``--class-weights`` (training
+loss only: the evaluation loss stays the plain CE); with a teacher, the fused KD loss. Metrics: accuracy,
 F1, precision/recall, ROC-AUC, confusion matrix; best by accuracy. Predict: label, score and
 one probability column per label.
 """
@@ -31,16 +32,19 @@ def kd_loss_sum(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tens
     )
 
 
-def ce_sum(logits: torch.Tensor, labels: torch.Tensor, fused: bool) -> torch.Tensor:
-    """Summed cross-entropy (ignore_index -100), through fastft's fused kernel when ``fused``."""
+def ce_sum(
+    logits: torch.Tensor, labels: torch.Tensor, fused: bool, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Summed cross-entropy (ignore_index -100), through fastft's fused kernel when ``fused``;
+    ``weight``: per-class weights (torch's ``weight=``: row loss ``w[y] * nll``)."""
     if fused:
         try:
             from fastft.functional import cross_entropy
         except ImportError:
             cross_entropy = None
         if cross_entropy is not None:
-            return cross_entropy(logits, labels, reduction="sum")
-    return F.cross_entropy(logits, labels, reduction="sum")
+            return cross_entropy(logits, labels, reduction="sum", weight=weight)
+    return F.cross_entropy(logits, labels, reduction="sum", weight=weight)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -111,14 +115,18 @@ class Classification(Task):
     def item_losses(self, logits, labels):
         return F.cross_entropy(logits, labels, reduction="none")
 
-    def loss(self, model, batch, n_items, *, teacher=None, cfg=None):
+    def loss(self, model, batch, n_items, *, teacher=None, cfg=None, class_weight=None):
+        """``class_weight`` (``--class-weights``): the sum of ``w[y] * nll`` is divided by the item
+        count, not by ``sum w[y]`` as torch's ``mean`` does, so micro-batches still add up to the
+        accumulated batch's loss; ``auto`` weights average 1 over the training rows, so the scale
+        stays that of the unweighted loss."""
         inputs = model_inputs(batch)
         logits = model(**inputs).logits.float()
         if teacher is not None:
             with torch.no_grad():
                 t_logits = teacher(**inputs).logits.float()
             return kd_loss_sum(logits, t_logits, batch["labels"], cfg) / n_items
-        return ce_sum(logits, batch["labels"], cfg is None or cfg.fused) / n_items
+        return ce_sum(logits, batch["labels"], cfg is None or cfg.fused, class_weight) / n_items
 
     def metrics(self, rows, mean_loss, count):
         from fastft.train.metrics import compute_metrics
