@@ -103,11 +103,25 @@ _DENSE_CONFIGS = _gemm_configs()
 _DROP_CONFIGS = _gemm_drop_configs()
 
 
+#: sm_90's 227 KB of shared memory per block, less room for the fused down/up tiles and the epilogue.
+_PIPELINE_SMEM = 232448 - 16384
+
+
+def _pipeline_bytes(cfg: triton.Config, elem_size: int) -> int:
+    """Shared memory of the X and W tiles over the cp.async stages (the dominant term)."""
+    k = cfg.kwargs
+    return cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_O"]) * k["BLOCK_L"] * elem_size
+
+
 def _prune_gemm(configs, named_args, **kwargs):
-    """The dropout epilogue gets its own smaller-per-thread tiles (see ``_gemm_drop_configs``)."""
+    """The dropout epilogue gets its own smaller-per-thread tiles (see ``_gemm_drop_configs``); fp32
+    (TF32) inputs drop the tiles whose pipeline needs more shared memory than a block has (128x128x64 in
+    4 stages: 278,528 B measured). ``elem_size`` may be given instead of the ``X`` tensor (tests)."""
     want = _DROP_CONFIGS if kwargs.get("DROP_OUT", named_args.get("DROP_OUT", False)) else _DENSE_CONFIGS
     keys = {_cfg_key(c) for c in want}
-    return [c for c in configs if _cfg_key(c) in keys]
+    x = named_args.get("X")
+    elem = kwargs.get("elem_size") or (x.element_size() if hasattr(x, "element_size") else 2)
+    return [c for c in configs if _cfg_key(c) in keys and _pipeline_bytes(c, elem) <= _PIPELINE_SMEM]
 
 
 def _cfg_key(c: triton.Config) -> tuple:

@@ -169,7 +169,9 @@ def _lora_cases(full: bool):
                         stride_wo=0 if acc else Kd, stride_dl=1, stride_dj=Kd, stride_uj=1, stride_uo=R,
                         stride_om=N, stride_oo=1, stride_tm=R, stride_tj=1, seed=7)  # fmt: skip
             ptrs = {n: dtype for n in ("X", "W", "BIAS", "DOWN", "UP", "OUT", "U")}
-            kept = K._prune_gemm(K._lora_gemm_kernel.configs, {}, DROP_OUT=drop)
+            kept = K._prune_gemm(
+                K._lora_gemm_kernel.configs, {}, DROP_OUT=drop, elem_size=4 if dtype == "fp32" else 2
+            )
             for cfg in K._lora_gemm_kernel.configs if full else kept:
                 const = dict(HAS_BIAS=not acc, DROP_OUT=drop, FUSE_DOWN=fuse, ACCUMULATE=acc, DOT=tdt,
                              PRECISION=prec, R_PAD=16, **cfg.kwargs)  # fmt: skip
