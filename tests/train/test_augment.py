@@ -1,13 +1,13 @@
 """fastft.train.augment (EDA swap/delete/insert) and its use on the train split only."""
 
 import random
-import types
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from fastft.train.augment import augment_rows, eda, random_deletion, random_insertion, random_swap
+from fastft.train.config import TrainConfig
 from fastft.train.data import DataError, prepare_data
 from tests.models import minilm_dir
 
@@ -95,7 +95,7 @@ def _cfg(tmp_path, path, **kw):
         max_eval_samples=None,
     )
     base.update(kw)
-    return types.SimpleNamespace(**base)
+    return TrainConfig(**base)  # the real config: its defaults and fields, not a copy
 
 
 def test_augmentation_changes_train_only_and_is_seeded(tmp_path, tok):
