@@ -14,7 +14,15 @@ from fastft.cli import main
 from fastft.train import TrainConfig, Trainer
 from fastft.train.config import ConfigError, config_from_dict
 from fastft.train.errors import DataError
-from tests.train.trainutil import file_flags, read_jsonl, save_tiny, sentences, workspace, write_csv
+from tests.train.trainutil import (
+    file_flags,
+    read_jsonl,
+    save_tiny,
+    sentences,
+    train_config,
+    workspace,
+    write_csv,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +30,7 @@ def env(tmp_path_factory):
     return workspace(tmp_path_factory.mktemp("quality"), 24, 8, 8, bert=dict(head="base"))
 
 
-def _cfg(env, out, **kw):
-    f = env["files"]
-    base = dict(
-        model=env["bert"],
-        train_file=f["train"],
-        validation_file=f["validation"],
-        test_file=f["test"],
-        output_dir=str(out),
-        cache_dir=env["cache"],
-        batch_size=8,
-        logging_steps=1,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = train_config
 
 
 def test_collapse_small_data_labels_and_fp16_warnings(env, tmp_path, capsys):

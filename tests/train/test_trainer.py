@@ -19,6 +19,7 @@ from tests.train.trainutil import (
     file_flags,
     read_jsonl,
     sentences,
+    train_config,
     train_losses,
     workspace,
     write_csv,
@@ -37,20 +38,7 @@ def env(tmp_path_factory):
     )
 
 
-def _cfg(env, out, **kw):
-    f = env["files"]
-    base = dict(
-        model=env["bert"],
-        train_file=f["train"],
-        validation_file=f["validation"],
-        test_file=f["test"],
-        output_dir=str(out),
-        cache_dir=env["cache"],
-        batch_size=8,
-        logging_steps=1,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = train_config
 
 
 @pytest.mark.parametrize("kind", ["classification", "causal_lm"])

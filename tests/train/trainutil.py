@@ -183,3 +183,22 @@ def train_losses(output_dir: str) -> dict[int, float]:
         for r in read_jsonl(os.path.join(output_dir, "metrics.jsonl"))
         if r.get("type") == "train"
     }
+
+
+def train_config(env: dict, out, **kw):
+    """A TrainConfig on a ``workspace()``'s tiny BERT and files; ``kw`` overrides."""
+    from fastft.train import TrainConfig
+
+    f = env["files"]
+    base = dict(
+        model=env["bert"],
+        train_file=f["train"],
+        validation_file=f["validation"],
+        test_file=f["test"],
+        output_dir=str(out),
+        cache_dir=env["cache"],
+        batch_size=8,
+        logging_steps=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
