@@ -10,6 +10,10 @@ import importlib
 from typing import Any
 
 from fastft._backend import backend, current_backend, report
+from fastft._tvshim import ensure_torchvision_importable
+
+# transformers imports torchvision with any model class: make a mismatched build importable first.
+ensure_torchvision_importable()
 
 __version__ = "0.1.0"
 
