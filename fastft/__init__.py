@@ -10,10 +10,9 @@ import importlib
 from typing import Any
 
 from fastft._backend import backend, current_backend, report
-from fastft._tvshim import ensure_torchvision_importable
+from fastft._compat import repair_torchvision
 
-# transformers imports torchvision with any model class: make a mismatched build importable first.
-ensure_torchvision_importable()
+repair_torchvision()  # before anything imports transformers (which imports torchvision)
 
 __version__ = "0.1.0"
 
