@@ -127,3 +127,35 @@ def open_image_from_array():
     from PIL import Image
 
     return Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8))
+
+
+def test_resume_with_augmentation_is_exact(ws, tmp_path):
+    """Stopped mid-epoch and resumed: the same augmented pixels, losses and final weights as one run."""
+    from fastft.train import Trainer
+    from fastft.train.checkpoint import load_state_dict_file
+    from tests.train.trainutil import train_losses
+
+    model = imgdata.save_model(str(tmp_path / "m"), "vit", num_labels=3)
+
+    def cfg(out, **kw):
+        return TrainConfig(task="image_classification", train_file=ws["folder"], model=model, epochs=2,
+                           batch_size=4, lr=3e-3, augment="flip,crop,color", logging_steps=1,
+                           save_total_limit=0, output_dir=str(tmp_path / out), **kw)  # fmt: skip
+
+    Trainer(cfg("ref")).train()
+    stopped = Trainer(cfg("run"))
+    orig = stopped._step
+
+    def step_then_stop(model, window):
+        out = orig(model, window)
+        if stopped.global_step + 1 == 2:
+            stopped.request_stop()
+        return out
+
+    stopped._step = step_then_stop
+    assert stopped.train()["interrupted"] == "SIGTERM"
+    Trainer(cfg("run", resume="latest")).train()
+    assert train_losses(str(tmp_path / "run")) == train_losses(str(tmp_path / "ref"))
+    a = load_state_dict_file(str(tmp_path / "run" / "model.safetensors"))
+    b = load_state_dict_file(str(tmp_path / "ref" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
