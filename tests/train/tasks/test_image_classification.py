@@ -180,3 +180,27 @@ def test_model_modality_mismatch(ws, tmp_path, capsys):
         "flip",
     ]
     _bad(capsys, argv, out, "flip augment images", "eda")
+
+
+def test_hf_image_feature_parquet_with_classlabel(ws, tmp_path):
+    """A parquet written by ``datasets`` with an ``Image`` feature (encoded bytes) and a ``ClassLabel``:
+    the bytes are the references, the label ids become the class names."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    names = list(imgdata.COLOURS)
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    rows = {
+        "img": [imgdata.colour_image(names[i % 3], rng) for i in range(24)],
+        "label": [i % 3 for i in range(24)],
+    }
+    path = tmp_path / "hf.parquet"
+    datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(path))
+    out = tmp_path / "run"
+    argv = ["train", "--task", "image_classification", "--train-file", str(path), "--model", ws["vit"],
+            "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    res = _results(out)
+    assert res["data"]["columns"]["image"] == "img"
+    assert set(res["data"]["label_distribution"]["counts"]) == set(names)
