@@ -51,6 +51,7 @@ def test_folder_train_eval_predict_topk(ws, tmp_path, capsys):
     metrics = tmp_path / "m.json"
     assert main(["eval", "--model", str(out), "--file", ws["folder"], "--output", str(metrics)]) == 0
     assert json.loads(metrics.read_text())["accuracy"] >= 0.8
+    assert (tmp_path / "confusion_matrix.png").is_file()  # eval draws it beside --output
     preds = tmp_path / "p.csv"
     red = os.path.join(ws["folder"], "red")
     assert main(["predict", "--model", str(out), "--file", red, "--output", str(preds), "--top-k", "2"]) == 0
