@@ -81,3 +81,36 @@ def test_vit_lora_adapter_loads_in_peft(tmp_path):
         plain = ViTForImageClassification.from_pretrained(base_dir).eval()(pixel_values=pixels).logits
     assert_close(theirs, ours, torch.float32, name="peft vs fastft logits")
     assert (ours - plain).abs().max() > 1e-3  # the adapter (and the trained head) changed the output
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_patched_vit_on_gpu_within_torch_error(dtype):
+    """ViT-B/16's attention shape (S=197, D=64, no mask) through the Triton kernel, whole model: the
+    patched model's error against a float64 reference is at most 2x plain torch's in the same dtype."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from tests.compare import assert_within_torch_error
+
+    cfg = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
+                    intermediate_size=3072, num_labels=10)  # fmt: skip
+    torch.manual_seed(0)
+    ref = ViTForImageClassification(cfg).cuda().eval()
+    pat = ViTForImageClassification(cfg).cuda().eval()
+    pat.load_state_dict(ref.state_dict())
+    fastft.patch(pat)
+    pixels = torch.randn(4, 3, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    labels = torch.tensor([1, 3, 5, 7], device="cuda")
+    with torch.no_grad():
+        exact = ref.double()(pixel_values=pixels.double()).logits
+        ref.float()
+    outs = {}
+    for name, m in (("torch", ref), ("fastft", pat)):
+        m.zero_grad()
+        with torch.autocast("cuda", dtype=dtype), fastft.backend("triton" if name == "fastft" else "torch"):
+            out = m(pixel_values=pixels, labels=labels)
+        out.loss.backward()
+        outs[name] = out.logits.float()
+        assert torch.isfinite(torch.stack([p.grad.abs().max() for p in m.parameters()])).all()
+    assert_within_torch_error(outs["fastft"], outs["torch"], exact, name=f"ViT logits {dtype}")
+    assert _backend.report()["attention"].startswith("triton")
