@@ -205,3 +205,25 @@ def test_hf_image_feature_parquet_with_classlabel(ws, tmp_path):
     res = _results(out)
     assert res["data"]["columns"]["image"] == "img"
     assert set(res["data"]["label_distribution"]["counts"]) == set(names)
+
+
+def test_head_note_and_task_of_saved_image_models():
+    from transformers import ViTConfig
+
+    from fastft.train.models import head_note
+    from fastft.train.tasks import LabelSpace, get_task, task_of_model
+
+    task = get_task("image_classification")
+    space = LabelSpace(3)
+    inet = ViTConfig(num_labels=1000, architectures=["ViTForImageClassification"])
+    assert head_note(task, inet, space).endswith(
+        "re-initialised (checkpoint had 1000 labels, the data has 3)"
+    )
+    assert "checkpoint has none" in head_note(task, ViTConfig(architectures=["ViTModel"]), space)
+    assert (
+        head_note(task, ViTConfig(num_labels=3, architectures=["ViTForImageClassification"]), space) is None
+    )
+    assert task_of_model(inet).name == "image_classification"
+    inet.problem_type = "multi_label_classification"
+    assert task_of_model(inet).name == "image_multilabel"
+    assert get_task("image_classification").refine([["a"], []]).name == "image_multilabel"
