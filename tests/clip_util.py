@@ -81,6 +81,7 @@ def tiny_config(kind: str = "clip", vocab_size: int = 128):
 
 
 def tiny_model(kind: str = "clip", seed: int = 0):
+    import_torchvision()
     from transformers import CLIPModel, SiglipModel
 
     torch.manual_seed(seed)
