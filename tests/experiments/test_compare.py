@@ -45,7 +45,11 @@ def test_compare_report_matches_runs_and_scipy(work, tmp_path, capsys):
     for r in doc["runs"]:
         res = _results(r["run_dir"])
         cfg = json.load(open(os.path.join(r["run_dir"], "train_config.json")))
-        assert cfg["seed"] == r["seed"] and cfg["lr"] == {"lr=0.001": 1e-3, "lr=0.03": 3e-2}[r["arm"]]
+        assert (
+            cfg["seed"] == r["seed"]
+            and cfg["split_seed"] == 7
+            and cfg["lr"] == {"lr=0.001": 1e-3, "lr=0.03": 3e-2}[r["arm"]]
+        )
         values.setdefault(r["arm"], {})[r["seed"]] = res
         for k in ("accuracy", "loss"):
             assert doc["summary"][r["arm"]][k]["values"][str(r["seed"])] == res["test"][k]

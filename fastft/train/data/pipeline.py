@@ -256,7 +256,7 @@ def _split(
         how = "validation carved out of train (ratio validation/(train+validation))"
     else:
         r, names, how = ratios, ("validation", "test"), "train/validation/test from one source"
-    tr, a, b = split_indices(len(train), r, c.seed, strata, train.groups)
+    tr, a, b = split_indices(len(train), r, c.data_seed, strata, train.groups)
     new = {"train": train.take(tr), names[0]: train.take(a)}
     if len(names) == 2:
         new["test"] = train.take(b) if b else new["validation"]
@@ -267,7 +267,7 @@ def _split(
         + (f", grouped by {cols.group!r}" if train.groups is not None else "")
         + (", stratified by label" if strata is not None else "")
     )
-    saved: dict[str, Any] = {"seed": c.seed, "ratios": ratios, "group_column": cols.group}
+    saved: dict[str, Any] = {"seed": c.data_seed, "ratios": ratios, "group_column": cols.group}
     saved["note"] = "row numbers (0-based data rows) of the source train data"
     saved.update({s: list(new[s].rows) for s in SPLITS if s in new})
     if output_dir:
@@ -284,7 +284,7 @@ def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict) -> Non
         ("validation", c.max_eval_samples, 2),
         ("test", c.max_eval_samples, 3),
     ):
-        idx = subset(len(raws[s]), limit, c.seed, salt)
+        idx = subset(len(raws[s]), limit, c.data_seed, salt)
         if idx is not None:
             raws[s] = raws[s].take(idx)
     if test_is_val:
