@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=what, description=f"fastft {name}: {what}.")
         s.add_argument("--model", required=True, help="a saved model folder (e.g. a fastft output dir)")
-        s.add_argument("--file", required=True, help="data file: .csv .tsv .json .jsonl .parquet or .conll")
+        s.add_argument(
+            "--file",
+            required=True,
+            help="data file: .csv .tsv .json .jsonl .parquet or .conll (images: or a folder)",
+        )
         s.add_argument(
             "--text-column", default=None, help="text column (default: the training run's, else 'text')"
         )
@@ -134,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="truncate to this many tokens (default: the training run's)",
         )
+        s.add_argument(
+            "--image-column", default=None, help="image-path column (image models; default: the run's)"
+        )
         s.add_argument("--batch-size", type=int, default=64, help="batch size")
         s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
         s.add_argument(
@@ -150,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="predictions file to write (default: predictions.csv, or .jsonl)",
             )
             s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+            s.add_argument(
+                "--top-k",
+                type=int,
+                default=5,
+                help="classification: the k most likely labels per row (image models)",
+            )
             g = s.add_argument_group("generation (causal LM models)")
             g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt row")
             g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
@@ -228,16 +241,16 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
     from fastft.train.models import check_model, from_pretrained, load_tokenizer
     from fastft.train.tasks import task_of_model
 
-    if os.path.isdir(args.file):
-        raise ConfigError(f"--file {args.file} is a directory; pass a file")
     if args.output and os.path.isdir(args.output):  # before the model is loaded
         raise ConfigError(f"--output {args.output} is a directory; pass a file path")
-    if not os.path.isfile(args.file):
+    if not os.path.exists(args.file):
         raise ConfigError(f"--file {args.file}: file not found; check the path")
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be > 0 (got {args.batch_size})")
     mcfg = check_model(args.model)
     task = task_of_model(mcfg)
+    if os.path.isdir(args.file) and task.modality == "text":  # image models take a folder of images
+        raise ConfigError(f"--file {args.file} is a directory; pass a file")
     saved = _saved_run_config(args.model)
     cfg = TrainConfig(
         text_column=args.text_column or saved.get("text_column"),
@@ -245,16 +258,23 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
         tokens_column=args.tokens_column or saved.get("tokens_column"),
         label_column=args.label_column or saved.get("label_column"),
         max_length=args.max_length or saved.get("max_length") or 128,
+        image_column=getattr(args, "image_column", None) or saved.get("image_column"),
     )
     if saved.get("dataset") == "rotten_tomatoes":  # the default run used the built-in columns
         cfg.text_column = args.text_column or "text"
         cfg.label_column = args.label_column or "label"
     model, info = from_pretrained(task, args.model, quiet=True, output_loading_info=True)
     _check_head(model, info, args)  # before the data: a random head makes every other check moot
-    tok = load_tokenizer(args.model, mcfg)
+    tok = (
+        load_tokenizer(args.model, mcfg)
+        if task.modality == "text"
+        else task.load_preprocessor(args.model, mcfg)
+    )
     label2id = getattr(mcfg, "label2id", None) if task.named_labels else None
     ds = prepare_file(args.file, cfg, tok, task=task, label2id=label2id, require_labels=require_labels)
-    if cfg.text_column is None:  # the auto-detected text columns, so predict keeps them in its output
+    if (
+        cfg.text_column is None and task.modality == "text"
+    ):  # the auto-detected text columns, so predict keeps them in its output
         from fastft.train.data.loader import MODEL_COLUMNS
         from fastft.train.data.sources import resolve_columns
 
@@ -321,6 +341,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from fastft.train.config import ConfigError
 
+    if args.top_k <= 0:
+        raise ConfigError(f"--top-k must be > 0 (got {args.top_k})")
     if args.max_new_tokens <= 0 or args.num_beams <= 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ConfigError(
             "--max-new-tokens and --num-beams must be > 0, --temperature >= 0, --top-p in (0, 1]"

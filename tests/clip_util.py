@@ -24,19 +24,9 @@ TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_atten
 
 
 def import_torchvision() -> None:
-    """transformers' CLIP/SigLIP modules import torchvision when it is installed (see fastft.train.vision)."""
-    try:
-        from fastft.train.vision import import_torchvision as shim
-    except ImportError:  # TEMP until the img branch is merged
-        import torch.library
-
-        if not hasattr(torch.ops.torchvision, "nms"):
-            global _LIB
-            _LIB = torch.library.Library("torchvision", "FRAGMENT")
-            for op in ("nms", "qnms"):
-                _LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        return
-    shim()
+    """transformers' models import torchvision when it is installed: ``import fastft`` repairs a
+    mismatched build first (fastft._compat)."""
+    import fastft  # noqa: F401
 
 
 def clip_tokenizer(words=WORDS):

@@ -42,6 +42,7 @@ _HEAD_TASKS = (
     "ForTokenClassification",
     "ForQuestionAnswering",
     "ForMultipleChoice",
+    "ForImageClassification",
 )
 
 

@@ -22,7 +22,8 @@ class Family:
     causal: bool
     #: embedding modules on the backbone (frozen first by freeze-N).
     embeddings: tuple[str, ...]
-    #: the ModuleList of transformer blocks on the backbone.
+    #: the ModuleList of transformer blocks (or conv/Swin stages) on the backbone; ``a|b``: the first
+    #: path that exists (a layout that changed between transformers versions).
     layers: str
     #: modules after the last block on the backbone (final LayerNorm), grouped with the top layer.
     final_norm: tuple[str, ...]
@@ -81,6 +82,52 @@ FAMILIES: tuple[Family, ...] = (
         final_norm=("norm",),
         heads=("score", "lm_head"),
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    ),
+    Family(
+        name="vit",
+        # transformers >= 5.2x: layers/q_proj...; 5.17 (the GPU image): encoder.layer/query...
+        model_types=("vit", "deit", "dinov2", "vit_msn"),
+        causal=False,
+        embeddings=("embeddings",),
+        layers="layers|encoder.layer",
+        final_norm=("layernorm", "pooler"),
+        heads=("classifier", "distillation_classifier", "cls_classifier"),
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "dense", "fc1", "fc2"),
+    ),
+    Family(
+        # window attention adds a relative-position bias (a float 4D mask): no dense-kernel win
+        name="swin",
+        model_types=("swin",),
+        causal=False,
+        embeddings=("embeddings",),
+        layers="encoder.layers",
+        final_norm=("layernorm",),
+        heads=("classifier",),
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "dense", "fc1", "fc2"),
+        attention_interface=False,
+    ),
+    Family(
+        name="convnext",
+        model_types=("convnext", "convnextv2"),
+        causal=False,
+        embeddings=("embeddings",),
+        layers="encoder.stages",
+        final_norm=("layernorm",),
+        heads=("classifier",),
+        lora_targets=("pwconv1", "pwconv2"),
+        attention_interface=False,
+    ),
+    Family(
+        # all convolutions: LoRA (Linear/Conv1D only) has no default target
+        name="resnet",
+        model_types=("resnet",),
+        causal=False,
+        embeddings=("embedder",),
+        layers="encoder.stages",
+        final_norm=(),
+        heads=("classifier",),
+        lora_targets=(),
+        attention_interface=False,
     ),
 )
 
@@ -170,7 +217,8 @@ def tower_blocks(model: nn.Module, family: Family | None = None) -> dict[str, li
         )
     out = {}
     for name, root in towers(model, family).items():
-        layers = get_path(root, family.layers)
+        # "a|b": the first path that exists (module paths differ across transformers versions)
+        layers = next((m for p in family.layers.split("|") if (m := get_path(root, p)) is not None), None)
         if layers is None:
             raise ValueError(f"{type(model).__name__}: no {family.layers!r} on the {name or 'backbone'}")
         out[name] = list(layers)

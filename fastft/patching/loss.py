@@ -123,6 +123,9 @@ _LOSS_FUNCTIONS: dict[str, Callable] = {
     "ForConditionalGeneration": causal_lm_loss,
     "ForMaskedLM": masked_lm_loss,
     "ForSequenceClassification": _hf_signature_loss(sequence_classification_loss),
+    # ViT/DeiT/Swin/ResNet call loss_function(labels, logits, config) positionally, ConvNeXt with
+    # labels=, pooled_logits=, config=: both bind to this signature.
+    "ForImageClassification": sequence_classification_loss,
 }
 
 

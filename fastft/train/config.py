@@ -76,7 +76,11 @@ class DataConfig:
     split_group_column: str | None = _f(
         None, "keep rows sharing this column's value in one split (rotten_tomatoes: movie_name)"
     )
-    augment: str | None = _f(None, "train-split text augmentation: none | eda", choices=(None, "eda"))
+    augment: str | None = _f(
+        None,
+        "train-split augmentation: text eda | images flip, crop, rotate[=DEG], color, randaugment "
+        "(comma-combined, e.g. flip,crop); default none",
+    )
     augment_prob: float = _f(0.1, "per-word probability of an EDA edit")
     token_dropout: float = _f(0.0, "probability of replacing a train token by [UNK]/pad")
     cache_dir: str | None = _f(None, "tokenization cache folder (default: datasets' cache)")
@@ -94,6 +98,12 @@ class DataConfig:
     )
     label_all_tokens: bool = _f(
         False, "token classification: every sub-token gets its word's tag (default: the first only)"
+    )
+    # images
+    image_column: str | None = _f(
+        None,
+        "image tasks: column with image paths (relative to the file) or HF images (default: "
+        "image/image_path/path/file/filename/img detected); --train-file may also be an image folder",
     )
 
     @property
@@ -420,11 +430,12 @@ def validate_data(c: DataConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
     if not 0.0 <= c.augment_prob <= 1.0:
         raise ConfigError(f"--augment-prob must be in [0, 1] (got {c.augment_prob})")
+    from fastft.train.vision import parse_augment
+
+    parse_augment(c.augment)  # names and values; which ones fit the task is checked with the data
     for name in ("train_file", "validation_file", "test_file"):
-        path = getattr(c, name)
-        if path is not None and os.path.isdir(path):
-            raise ConfigError(f"--{name.replace('_', '-')} {path} is a directory; pass a file")
-        if path is not None and not os.path.isfile(path):
+        path = getattr(c, name)  # a folder is an image folder (the pipeline checks the task takes one)
+        if path is not None and not os.path.exists(path):
             raise ConfigError(f"--{name.replace('_', '-')} {path}: file not found; check the path")
     if c.dataset is not None and c.train_file is not None:
         raise ConfigError("give either --dataset or --train-file, not both")

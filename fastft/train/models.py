@@ -20,7 +20,64 @@ __all__ = [
     "load_task_model",
     "load_teacher",
     "apply_strategy",
+    "check_modality",
+    "head_note",
 ]
+
+#: the auto-class of each modality's models (for "a text model given to an image task" and the reverse).
+_TEXT_MAPPINGS = (
+    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+)
+_IMAGE_MAPPINGS = ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",)
+
+
+def _model_types(names: tuple[str, ...]) -> set[str]:
+    from transformers.models.auto import modeling_auto
+
+    return {t for n in names for t in getattr(modeling_auto, n, {})}
+
+
+def check_modality(task: Task | None, model_config, path: str, folder: str | None = None) -> None:
+    """A text-only model given to an image task (or an image model to a text task): ConfigError.
+    ``task`` None (``--task auto`` on a data file) is a text task. Unknown model types pass (their
+    loading error is the one line then)."""
+    mt = getattr(model_config, "model_type", None)
+    modality = task.modality if task is not None else "text"
+    text, image = _model_types(_TEXT_MAPPINGS), _model_types(_IMAGE_MAPPINGS)
+    if modality == "image" and mt in text and mt not in image:
+        if folder is not None:  # --task auto took the folder for images: most likely a mistake
+            raise ConfigError(
+                f"--train-file {folder} is a directory; pass a file (a folder of images needs an image "
+                "model and --task image_classification)"
+            )
+        raise ConfigError(
+            f"--model {path} is a text model ({mt}); --task {task.name} needs an image model, e.g. "
+            "google/vit-base-patch16-224 or microsoft/resnet-50"
+        )
+    if modality == "text" and mt in image and mt not in text:
+        raise ConfigError(
+            f"--model {path} is an image model ({mt}); pass --task image_classification with image data, "
+            "or a text model for text data"
+        )
+
+
+def head_note(task: Task, model_config, space: LabelSpace) -> str | None:
+    """The start-up line when the task head is (re-)initialised: a checkpoint with another label
+    count (image tasks re-initialise it automatically) or none at all."""
+    head = task.auto_class.replace("AutoModel", "")
+    archs = getattr(model_config, "architectures", None) or []
+    saved_n = getattr(model_config, "num_labels", None)
+    if task.modality == "text" or not space.num_labels:
+        return None
+    if not any(a.endswith(head) for a in archs):
+        return f"  head       new {head.removeprefix('For')} head ({space.num_labels} labels): the checkpoint has none"
+    if saved_n != space.num_labels:
+        return (
+            f"  head       re-initialised (checkpoint had {saved_n} labels, the data has {space.num_labels})"
+        )
+    return None
 
 
 def check_model(path: str, flag: str = "--model"):
@@ -116,13 +173,16 @@ def load_task_model(
         and any(a.endswith(head) for a in archs)
         and saved_n not in (None, space.num_labels)
     ):
-        if user_num_labels is None:
+        # image checkpoints are mostly ImageNet's 1000 classes: a new head is the normal case
+        if user_num_labels is None and task.modality == "text":
             raise ConfigError(
                 f"the model's classifier has {saved_n} labels but the data has {space.num_labels}; "
                 f"check --label-column, or pass --num-labels {space.num_labels} to re-initialise the classifier"
             )
         kw["ignore_mismatched_sizes"] = True
     model = from_pretrained(task, path, quiet=True, **kw)
+    if task.modality != "text":
+        return model
     pad = tokenizer.pad_token_id
     if getattr(model.config, "pad_token_id", None) is None and pad is not None:
         model.config.pad_token_id = pad

@@ -47,6 +47,7 @@ from fastft.train import strategies as strat
 from fastft.train.callbacks import Callback, CallbackList
 from fastft.train.config import ConfigError, TrainConfig, config_from_dict
 from fastft.train.data import make_dataloader, prepare_data
+from fastft.train.data.pipeline import requested_task
 from fastft.train.errors import first_line
 from fastft.train.evaluate import best_metric_spec, evaluate_model
 from fastft.train.models import check_model, load_tokenizer
@@ -180,8 +181,14 @@ class Trainer:
         self.model_config = check_model(cfg.model)
         if cfg.teacher:
             check_model(cfg.teacher, "--teacher")
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, self.model_config)
-        self._cap_max_length()
+        asked = requested_task(cfg)  # None: --task auto on a data file (a text task)
+        folder = cfg.train_file if str(cfg.task).lower() == "auto" and asked is not None else None
+        models.check_modality(asked, self.model_config, cfg.model, folder)
+        if asked is not None and asked.modality != "text":  # the image processor (saved with the model)
+            self.tokenizer = asked.load_preprocessor(cfg.tokenizer or cfg.model, self.model_config)
+        else:
+            self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, self.model_config)
+            self._cap_max_length()
         self._split_tmp = tempfile.mkdtemp(prefix="fastft-split-")
         with D.main_process_first(self.dist):
             self.data = prepare_data(cfg, self.tokenizer, output_dir=self._split_tmp)
@@ -236,6 +243,9 @@ class Trainer:
             self.task, self.cfg.model, self.labels, self.model_config, self.tokenizer, self.cfg.num_labels
         )
         self.always_frozen, self.n_groups = models.apply_strategy(model, self.cfg, self.task.fresh_head)
+        note = models.head_note(self.task, self.model_config, self.labels)
+        if note and note not in self._notes:
+            self._notes.append(note)
         return model
 
     def _setup_model(self) -> None:
@@ -445,6 +455,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.world,
             token_dropout=cfg.token_dropout if train else 0.0,
+            augment=cfg.augment if train else None,
         )
 
     def _train_loader(self, epoch: int, skip: int = 0):
@@ -623,7 +634,7 @@ class Trainer:
         """One optimizer step over the micro-batches in ``window``; returns (loss, samples, finite)."""
         batches = [self._to_device(b) for b in window]
         n_items = sum(self.task.count_items(b) for b in batches)
-        n_samples = sum(int(b["input_ids"].shape[0]) for b in batches)
+        n_samples = sum(int(b["index"].shape[0]) for b in batches)
         if self.world > 1:
             n_items = int(
                 D.all_reduce_sum(torch.tensor(n_items, device=self.device, dtype=torch.long), self.dist)
@@ -873,6 +884,12 @@ class Trainer:
                     )
             except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
                 print(f"could not draw training_curve.png: {first_line(e)}")
+            if test:
+                try:
+                    with od.track(out):  # e.g. the image tasks' confusion_matrix.png
+                        self.task.artifacts(test, raw, out)
+                except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
+                    print(f"could not write the task's plots: {first_line(e)}")
             self._print_final(results)
             if collapse is not None:  # the last line a user reads
                 print(f"{collapse['message']} [final model, {split} split]", flush=True)

@@ -88,7 +88,7 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        batch = self.collate(self.ds[self.batches[i]], self.global_ids[i])
+        batch = self.collate(self.ds[self.batches[i]], self.global_ids[i], self.batches[i])
         batch["index"] = torch.tensor(self.batches[i], dtype=torch.long)
         batch["repeat"] = torch.tensor(self.repeats[i], dtype=torch.bool)
         return batch
@@ -150,7 +150,7 @@ class _Collator:
             ).astype(np.int64)
         return out
 
-    def __call__(self, feats: dict[str, list], batch_id: int) -> dict[str, torch.Tensor]:
+    def __call__(self, feats: dict[str, list], batch_id: int, rows=None) -> dict[str, torch.Tensor]:
         out = self._pad(feats)
         labels = self.task.collate_labels(feats, out, self.left)  # before dropout: LM targets stay intact
         if self.token_dropout > 0:
@@ -161,6 +161,31 @@ class _Collator:
             ids[drop] = self.replace_id
         batch = {k: torch.from_numpy(v) for k, v in out.items()}
         if isinstance(labels, dict):  # a task's labels plus its per-token bookkeeping (e.g. word_start)
+            batch.update(labels)
+        elif labels is not None:
+            batch["labels"] = labels
+        return batch
+
+
+class _ImageCollator:
+    """Image modalities: decodes each row's image (Pillow, RGB), applies the train-split augmentation
+    seeded by (seed, epoch, dataset row), and asks the task for the model inputs and labels."""
+
+    def __init__(self, processor, task: Task, augment: str | None, seed: int, epoch: int):
+        from fastft.train import vision
+
+        self.vision, self.processor, self.task, self.seed, self.epoch = vision, processor, task, seed, epoch
+        self.transform = vision.build_augment(augment, vision.image_size(processor)) if augment else None
+
+    def __call__(self, feats: dict[str, list], batch_id: int, rows: list[int]) -> dict[str, torch.Tensor]:
+        v = self.vision
+        images = [
+            v.augment_image(self.transform, v.open_image(ref), self.seed, self.epoch, row)
+            for ref, row in zip(feats["image_ref"], rows)
+        ]
+        batch = dict(self.task.collate_inputs(images, feats, self.processor))
+        labels = self.task.collate_labels(feats, batch, False)
+        if isinstance(labels, dict):
             batch.update(labels)
         elif labels is not None:
             batch["labels"] = labels
@@ -183,6 +208,7 @@ def make_dataloader(
     rank: int = 0,
     world_size: int = 1,
     token_dropout: float = 0.0,
+    augment: str | None = None,
 ) -> torch.utils.data.DataLoader:
     """Deterministic DataLoader over a tokenized split, yielding dicts of tensors.
 
@@ -201,13 +227,21 @@ def make_dataloader(
     * ``token_dropout`` (pass it for the train loader only): each non-special, non-pad token is
       replaced by the unk token (mask token if there is no unk) with this probability, seeded by
       (seed, epoch, global batch index), so resumes see the same masks. Labels keep the original tokens.
+    * Image tasks (``task.modality != "text"``): ``tokenizer`` is the image processor (or processor);
+      batches are not length-grouped; each batch's images are decoded here, ``augment`` (the
+      ``--augment`` presets; pass it for the train loader only) is applied per row seeded by (seed,
+      epoch, dataset row), and ``task.collate_inputs`` makes ``pixel_values`` (+ its text inputs).
     """
     task = get_task(task) if isinstance(task, str) else task
     if not 0 <= token_dropout < 1:
         raise ValueError(f"token_dropout must be in [0, 1), got {token_dropout}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad rank/world_size: {rank}/{world_size}")
-    lengths = list(ds["length"]) if "length" in ds.column_names else [len(x) for x in ds["input_ids"]]
+    image = task.modality != "text"
+    if image:
+        lengths, group_by_length = [1] * len(ds), False
+    else:
+        lengths = list(ds["length"]) if "length" in ds.column_names else [len(x) for x in ds["input_ids"]]
     batches = global_batch_order(
         lengths,
         batch_size,
@@ -226,7 +260,10 @@ def make_dataloader(
     n = len(ds)
     # eval order padding (no shuffle) sits at positions >= n of the batch-contiguous order
     repeats = [[not shuffle and b * batch_size + j >= n for j in range(len(batches[b]))] for b in ids]
-    collate = _Collator(tokenizer, task, pad_to_max_length, max_length, token_dropout, seed, epoch)
+    if image:
+        collate = _ImageCollator(tokenizer, task, augment, seed, epoch)
+    else:
+        collate = _Collator(tokenizer, task, pad_to_max_length, max_length, token_dropout, seed, epoch)
     # with_format(None): python lists whatever format the caller set on the dataset.
     view = _Batches(
         ds.select_columns(keep).with_format(None), [batches[i] for i in ids], ids, repeats, collate

@@ -23,11 +23,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastft.train.augment import augment_rows
 from fastft.train.data.clean import as_words, clean, is_missing, is_word_list
+from fastft.train.data.images import (
+    check_images,
+    clean_images,
+    image_dataset,
+    is_image_folder,
+    load_image_folder,
+    load_image_sources,
+    mode_note,
+    table_raw,
+)
 from fastft.train.data.sources import (
     ROTTEN_COLUMNS,
     ROTTEN_LABELS,
@@ -42,14 +53,15 @@ from fastft.train.data.sources import (
 )
 from fastft.train.data.split import split_indices, subset, write_json_atomic
 from fastft.train.data.tokenize import effective_max_length, tokenize
-from fastft.train.errors import DataError
+from fastft.train.errors import ConfigError, DataError
 from fastft.train.tasks import LabelSpace, Task, detect_task, get_task
 from fastft.train.tasks import labels as L
+from fastft.train.vision import check_augment
 
 if TYPE_CHECKING:
     from fastft.train.config import DataConfig
 
-__all__ = ["PreparedData", "prepare_data", "prepare_file"]
+__all__ = ["PreparedData", "prepare_data", "prepare_file", "requested_task"]
 
 log = logging.getLogger("fastft")
 SPLITS = ("train", "validation", "test")
@@ -78,17 +90,28 @@ class _Columns:
     group: str | None
 
 
-def _requested_task(c: DataConfig) -> Task | None:
-    """``None`` for ``--task auto`` (decided from the labels)."""
+def requested_task(c: DataConfig) -> Task | None:
+    """The task ``--task`` names; ``None`` for ``--task auto`` (decided from the labels), except that
+    an image folder as ``--train-file`` means image classification."""
     name = str(c.task).lower()
+    folder = next((p for p in (c.train_file, c.validation_file, c.test_file) if is_image_folder(p)), None)
     if name == "auto":
-        return None
+        return get_task("image_classification") if folder else None
     try:
-        return get_task(name)
+        task = get_task(name)
     except KeyError:
         from fastft.train.tasks import task_names
 
         raise DataError(f"unknown task {name!r}: use {', '.join(task_names())}") from None
+    if folder and task.modality == "text":
+        raise DataError(
+            f"{folder} is a folder: folders of images need --task image_classification; text tasks take "
+            "a data file (csv, tsv, json, jsonl, parquet)"
+        )
+    return task
+
+
+_requested_task = requested_task
 
 
 def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: str | None = None) -> PreparedData:
@@ -97,15 +120,21 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: str | None = None)
     task = _requested_task(cfg)
     report: dict[str, Any] = {}
     raws, cols, fixed, task = _load_sources(cfg, task, report)
-    _clean_splits(raws, task is None or task.needs_labels, report)
+    _clean_splits(raws, task is None or task.needs_labels, report, _modality(task))
+    if _modality(task) != "text":
+        _check_images(raws, report)
     task, space = _encode_labels(raws, task, cfg, fixed)
     task = task.configure(cfg)
     _split(raws, task, cfg, cols, output_dir, report)
-    _limit_and_augment(raws, cfg, report)
+    _limit_and_augment(raws, cfg, report, task.modality)
     for w in task.split_warnings(raws, space):
         log.warning("data: %s", w)
         report.setdefault("warnings", []).append(w)
-    splits = _tokenize_splits(raws, task, tokenizer, cfg, cols, report)
+    if task.modality == "text":
+        splits = _tokenize_splits(raws, task, tokenizer, cfg, cols, report)
+    else:  # references only: the loader decodes, augments and processes each batch
+        built: dict[int, Any] = {}
+        splits = {s: built.setdefault(id(raws[s]), image_dataset(raws[s], task.needs_labels)) for s in SPLITS}
     counts = {s: task.label_counts(raws[s].labels, space) for s in splits}
     if any(v is not None for v in counts.values()):
         report["label_counts"] = counts
@@ -122,6 +151,9 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: str | None = None)
 def _load_sources(c: DataConfig, task: Task | None, report: dict):
     """-> (raw splits, columns, a fixed label2id or None, task)."""
     need_label = task is None or task.needs_labels
+    if task is not None and task.modality != "text":
+        raws, used = load_image_sources(c, task, report)
+        return raws, _Columns(used["image"], used["text"], used["label"], used["group"]), None, task
     cols = _Columns(
         c.tokens_column or c.text_column,
         c.text_pair_column,
@@ -198,10 +230,27 @@ def _rotten_tomatoes(c: DataConfig, task: Task | None, cols: _Columns, report: d
     return {"train": raw}, cols, fixed, task
 
 
-def _clean_splits(raws: dict[str, Raw], need_labels: bool, report: dict) -> None:
+def _modality(task: Task | None) -> str:
+    return task.modality if task is not None else "text"
+
+
+def _check_images(raws: dict[str, Raw], report: dict) -> None:
+    """Every image opens (missing / corrupt -> DataError naming the row); one note for non-RGB modes."""
+    modes: Counter = Counter()
+    for s, raw in raws.items():
+        modes.update(check_images(raw, s))
+    note = mode_note(modes)
+    if note:
+        log.warning("note: %s", note)
+        report.setdefault("notes", []).append(note)
+    report["image_modes"] = dict(modes)
+
+
+def _clean_splits(raws: dict[str, Raw], need_labels: bool, report: dict, modality: str = "text") -> None:
     dropped: dict[str, dict] = {}
     for s in list(raws):
-        raws[s], dropped[s] = clean(raws[s], need_labels=need_labels)
+        cleaner = clean if modality == "text" else clean_images
+        raws[s], dropped[s] = cleaner(raws[s], need_labels=need_labels)
     report["rows_dropped"] = dropped
     report["dropped_empty"] = sum(d["empty"] for d in dropped.values())
     report["dropped_duplicate"] = sum(d["duplicate"] for d in dropped.values())
@@ -220,6 +269,7 @@ def _encode_labels(raws: dict[str, Raw], task: Task | None, c: DataConfig, fixed
     values = [v for s in order for v in (raws[s].labels or [])]
     if task is None:
         task = detect_task(values, [t for s in order for t in raws[s].texts])
+    task = task.refine(values)
     if not task.needs_labels:
         return task, task.encode_labels([], c.num_labels, None)[1]
     enc, space = task.encode_labels(values, c.num_labels, fixed)
@@ -276,8 +326,9 @@ def _split(
         report["split_indices"] = path
 
 
-def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict) -> None:
-    """Seeded sample limits, the eval-rows-in-train count, then EDA copies of train rows."""
+def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict, modality: str = "text") -> None:
+    """Seeded sample limits, the eval-rows-in-train count, then EDA copies of train rows (image
+    presets are only checked here: the loader applies them per sample)."""
     test_is_val = raws["test"] is raws["validation"]
     for s, limit, salt in (
         ("train", c.max_train_samples, 1),
@@ -300,6 +351,13 @@ def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict) -> Non
     }
     report["augmented_rows"] = 0
     if not c.augment:
+        return
+    try:
+        check_augment(c.augment, modality)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    if modality != "text":
+        report["augment"] = str(c.augment)
         return
     if str(c.augment).lower() != "eda":
         raise DataError(f"unknown augment {c.augment!r}: use eda (or leave it unset)")
@@ -379,6 +437,8 @@ def prepare_file(
     import datasets
 
     task = get_task(task) if isinstance(task, str) else task
+    if task.modality != "text":
+        return _prepare_image_file(path, cfg, task, label2id, require_labels)
     ds = load_file(path, cfg.cache_dir, "file", task)
     where = f"file {path}"
     need_label = require_labels and task.needs_labels
@@ -419,3 +479,33 @@ def prepare_file(
         datasets.Dataset.from_dict(cols), tokenizer, text_col, pair_col, max_length, task, cfg.cache_dir
     )
     return tok
+
+
+def _prepare_image_file(path: str, cfg: DataConfig, task: Task, label2id, require_labels: bool):
+    """``prepare_file`` for image tasks: an image folder or a table, every row kept, every image
+    checked; the dataset holds ``image`` (the path as given / relative to the folder), ``image_ref``
+    (+ ``text``, ``labels``)."""
+    need_label = require_labels and task.needs_labels
+    if is_image_folder(path):
+        raw = load_image_folder(path, "--file", need_label)
+        shown = [os.path.relpath(r, path) for r in raw.texts]
+    else:
+        ds = load_file(path, cfg.cache_dir, "--file", task)
+        raw, used = table_raw(ds, path, f"--file {path}", task, cfg, need_label, False)
+        shown = [v if isinstance(v, str) else f"row {i + 1}" for i, v in enumerate(ds[used["image"]])]
+    for i, ref in enumerate(raw.texts):
+        if ref is None or (isinstance(ref, (str, bytes)) and not ref.strip()):
+            raise DataError(f"{raw.where[i]}: no image; fill the image column or remove the row")
+    note = mode_note(check_images(raw, path))
+    if note:
+        log.warning("note: %s", note)
+    if need_label:
+        missing = sum(is_missing(v) for v in raw.labels)
+        if missing:
+            raise DataError(f"{missing} rows of {path} have no label; fill or remove them")
+        if task.named_labels and not label2id:
+            raise DataError("the model has no label2id mapping; pass the model that was trained with fastft")
+        raw.labels = task.encode_labels(raw.labels, None, label2id)[0]
+    if len(raw) == 0:
+        raise DataError(f"{path} has no rows")
+    return image_dataset(raw, need_label, {"image": shown})

@@ -17,7 +17,7 @@ import torch
 __all__ = ["Task", "LabelSpace", "EvalBatch", "MODEL_INPUTS", "IGNORE_INDEX"]
 
 #: the batch keys that are model inputs (everything else in a batch is bookkeeping or labels).
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
 #: label value that no loss or metric counts (HF convention).
 IGNORE_INDEX = -100
 
@@ -62,6 +62,12 @@ class Task(ABC):
     * ``best_metric``: the metric that picks the best checkpoint by default; ``lower_is_better``:
       the metrics (of this task) where lower wins.
     * ``predict_format``: ``"csv"`` or ``"jsonl"`` -- how ``fastft predict`` writes :meth:`predict`'s rows.
+    * ``modality``: what a row's input is. ``"text"``: tokenized text (+ pair). ``"image"``: an image
+      reference (``--image-column``, detected from ``image_columns``; or an image folder), decoded
+      lazily per batch by the loader. ``"image_text"``: an image plus a caption (``--text-column``,
+      detected from ``text_columns``). Image datasets hold the columns ``image_ref`` (a path or
+      encoded bytes), ``text`` (the caption, image_text only) and ``labels``; the loader's collate
+      decodes + augments (train split only) the images and calls :meth:`collate_inputs`.
     """
 
     name: str = ""
@@ -104,8 +110,39 @@ class Task(ABC):
     best_metric: str = "loss"
     lower_is_better: tuple[str, ...] = ("loss",)
     predict_format: str = "csv"
+    modality: str = "text"
+    image_columns: tuple[str, ...] = ("image", "image_path", "path", "file", "filename", "img")
 
     # ---- data ------------------------------------------------------------------------------------
+    def load_preprocessor(self, path: str, model_config):
+        """What turns rows into model inputs: the tokenizer (text), the ``AutoImageProcessor``
+        (image) or an ``AutoProcessor`` (image_text tasks override this). Saved with the model."""
+        if self.modality == "image":
+            from fastft.train.vision import load_image_processor
+
+            return load_image_processor(path)
+        from fastft.train.models import load_tokenizer
+
+        return load_tokenizer(path, model_config)
+
+    def collate_inputs(self, images: list, feats: dict[str, list], processor) -> dict[str, torch.Tensor]:
+        """Image modalities: the model inputs of one batch from its decoded (and, in training,
+        augmented) RGB PIL ``images`` and its dataset rows ``feats`` (image_text: tokenize
+        ``feats["text"]`` here too)."""
+        from fastft.train.vision import pixel_values
+
+        return {"pixel_values": pixel_values(processor, images)}
+
+    def refine(self, labels: list) -> Task:
+        """The task to run for these raw label values (e.g. image classification -> image multi-label
+        when the labels are lists); ``self`` unless a task has a variant."""
+        return self
+
+    def artifacts(self, metrics: dict, model, out_dir: str) -> list[str]:
+        """Extra files written to ``out_dir`` from a split's metrics (e.g. a confusion-matrix PNG);
+        returns their names (the output-dir manifest records them)."""
+        return []
+
     def configure(self, cfg) -> Task:
         """This task with the run's options (a ``DataConfig``) applied: ``self`` unless the task has
         options (token classification: ``--label-all-tokens``); the result is the run's task object."""
