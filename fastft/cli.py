@@ -163,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
                 default=5,
                 help="classification: the k most likely labels per row (image models)",
             )
+            r = s.add_argument_group("retrieval (contrastive CLIP/SigLIP models)")
+            r.add_argument(
+                "--captions-file",
+                default=None,
+                help="candidate captions: .txt (one per line) or a csv/jsonl with a caption column "
+                "(default: the --file's own captions)",
+            )
+            r.add_argument(
+                "--direction",
+                choices=("i2t", "t2i"),
+                default="i2t",
+                help="i2t: the --top-k captions of each image; t2i: the --top-k images of each caption",
+            )
             g = s.add_argument_group("generation (causal LM models)")
             g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt row")
             g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
@@ -260,6 +273,8 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
         max_length=args.max_length or saved.get("max_length") or 128,
         image_column=getattr(args, "image_column", None) or saved.get("image_column"),
     )
+    if task.modality == "image_text":  # the run's contrastive options (class column, prompts)
+        task = task.for_inference(saved, images_only=bool(getattr(args, "captions_file", None)))
     if saved.get("dataset") == "rotten_tomatoes":  # the default run used the built-in columns
         cfg.text_column = args.text_column or "text"
         cfg.label_column = args.label_column or "label"

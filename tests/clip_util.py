@@ -37,7 +37,7 @@ def clip_tokenizer(words=WORDS):
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
 
     def add(tok: str) -> None:
         vocab.setdefault(tok, len(vocab))
@@ -47,7 +47,7 @@ def clip_tokenizer(words=WORDS):
         for p in pieces:
             add(p)
         while len(pieces) > 1:  # merge left to right: "r e", "re d</w>"
-            merge = f"{pieces[0]} {pieces[1]}"
+            merge = (pieces[0], pieces[1])
             if merge not in merges:
                 merges.append(merge)
             pieces = [pieces[0] + pieces[1], *pieces[2:]]
@@ -124,7 +124,7 @@ def write_pairs(
         w.writerow(["image", "caption", *(["colour"] if classes else [])])
         for i in range(n):
             c, s = cols[i % len(cols)], SHAPES[(i // len(cols)) % 2]
-            rel = f"img/{i:03d}.png"
+            rel = f"img/{name[:-4]}-{i:03d}.png"
             square(c, s, shade=rng.randint(-20, 20)).save(os.path.join(folder, rel))
             w.writerow([rel, f"a photo of a {c} {s}", *([c] if classes else [])])
     return path
