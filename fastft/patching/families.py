@@ -134,7 +134,7 @@ FAMILIES: tuple[Family, ...] = (
 # Two-tower image-text models (appended last; see ``towers``). CLIP's text tower is causal with a
 # padding mask, its vision tower unmasked; SigLIP's text tower is bidirectional. The LoRA targets are
 # dotted suffixes so SigLIP's pooling head (torch MultiheadAttention, whose out_proj is read as a
-# weight, never called) is left alone.
+# weight, never called) is left alone. ``fastft_class_head``: --task contrastive's optional class head.
 _TOWER_LORA = (
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -151,7 +151,7 @@ FAMILIES += (
         embeddings=("embeddings", "pre_layrnorm"),
         layers="encoder.layers",
         final_norm=("final_layer_norm", "post_layernorm"),
-        heads=("visual_projection", "text_projection"),
+        heads=("fastft_class_head", "visual_projection", "text_projection"),
         lora_targets=_TOWER_LORA,
         towers=(("text", "text_model", "text_projection"), ("vision", "vision_model", "visual_projection")),
     ),
@@ -162,7 +162,7 @@ FAMILIES += (
         embeddings=("embeddings",),
         layers="encoder.layers",
         final_norm=("final_layer_norm", "post_layernorm", "head"),
-        heads=(),
+        heads=("fastft_class_head",),
         lora_targets=_TOWER_LORA,
         towers=(("text", "text_model", ""), ("vision", "vision_model", "")),
         reads_padding=True,

@@ -211,6 +211,8 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
     """Freeze / LoRA / head-only / gradual as ``cfg.strategy`` says; -> (always-frozen names, groups)."""
     always_frozen: set[str] = set()
     n_groups = 0
+    from fastft.patching.families import family_of
+
     tower = getattr(cfg, "freeze_tower", None)
     try:
         if cfg.strategy == "lora":
@@ -223,6 +225,9 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
                 from fastft.lora.inject import tower_lora_targets
 
                 kw["target_modules"] = tower_lora_targets(model, [t for t in strat.TOWERS if t != tower])
+            fam = family_of(model)
+            if fam is not None and fam.towers:  # the trained projections go into the PEFT adapter too
+                kw["modules_to_save"] = [p for t, _, p in fam.towers if p and t != tower]
             fastft.add_lora(model, **kw)
             if fresh_head:  # a new task head must train (add_lora keeps heads as they are)
                 strat.train_heads(model)

@@ -109,7 +109,10 @@ class Contrastive(Task):
         other.zero_shot_classes = tuple(classes) if classes else None
         other.prompt_template = getattr(cfg, "prompt_template", None) or self.prompt_template
         other.max_length = int(getattr(cfg, "max_length", 64) or 64)
-        zero_shot_prompts(["x"], other.prompt_template)  # a bad template: one line, before any work
+        try:  # a bad template: one line, before any work
+            zero_shot_prompts(["x"], other.prompt_template)
+        except ValueError as e:
+            raise DataError(str(e)) from None
         if other.class_loss_weight < 0:
             raise DataError(f"--class-loss-weight must be >= 0 (got {other.class_loss_weight})")
         return other
@@ -155,6 +158,14 @@ class Contrastive(Task):
                 f"cannot load a processor from {path!r} ({first_line(e, 160)}); the model folder needs its "
                 "tokenizer and preprocessor_config.json (save the CLIPProcessor with the model)"
             ) from None
+        positions = getattr(model_config.text_config, "max_position_embeddings", None)
+        tok = getattr(proc, "tokenizer", None)
+        if (
+            positions
+            and tok is not None
+            and not 0 < int(getattr(tok, "model_max_length", 0) or 0) <= positions
+        ):
+            tok.model_max_length = int(positions)  # captions never outgrow the text tower's positions
         if not hasattr(proc, "tokenizer") or not hasattr(proc, "image_processor"):
             raise ConfigError(
                 f"the processor of {path!r} lacks a tokenizer or an image processor; pass a CLIP/SigLIP folder"
