@@ -16,8 +16,15 @@ import traceback
 import pytest
 import torch
 
+from tests.clip_util import one_thread
 from tests.compare import assert_close
 from tests.distributed.workers import free_port, torchrun_env
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
+
 
 pytestmark = pytest.mark.distributed
 
@@ -106,3 +113,42 @@ def test_gathered_loss_and_grads_equal_global_batch(ranks, name):
     # the gradient of a row depends on the other rank's rows: a local-only loss would differ
     local = _losses(*_leaves(*[x[: ROWS[0]] if x.dim() else x for x in _global_batch()]), gather=False)[name]
     assert abs(local.item() * ROWS[0] / sum(ROWS) - ranks[0][name]["loss"]) > 1e-4
+
+
+def test_torchrun_contrastive_run_equals_one_process(tmp_path):
+    """``torchrun -m fastft train --task contrastive``: 2 ranks x 8 rows, embeddings gathered with
+    gradients, log the same losses and gradient norms as one process with batches of 16."""
+    import subprocess
+    import sys
+
+    from tests.clip_util import save_tiny, write_pairs
+    from tests.distributed.test_torchrun_cli import ROOT
+
+    model = save_tiny(str(tmp_path / "clip"), "clip")
+    data = write_pairs(str(tmp_path / "data"), 48, "pairs.csv", classes=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
+    }
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]))
+    args = ["train", "--task", "contrastive", "--model", model, "--train-file", data, "--max-steps", "2",
+            "--logging-steps", "1", "--eval-strategy", "no", "--device", "cpu", "--no-group-by-length",
+            "--contrastive-class-column", "colour", "--lr", "1e-3"]  # fmt: skip
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+              "127.0.0.1", "--master_port", str(free_port()), "-m", "fastft"]  # fmt: skip
+    out = {name: str(tmp_path / name) for name in ("ddp", "one")}
+    p = subprocess.run([*launch, *args, "--batch-size", "8", "--output-dir", out["ddp"]], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    from fastft.cli import main
+
+    assert main([*args, "--batch-size", "16", "--output-dir", out["one"]]) == 0  # one process, in this one
+    records = {}
+    for name, path in out.items():
+        with open(os.path.join(path, "metrics.jsonl")) as fh:
+            records[name] = [r for r in map(json.loads, fh) if r["type"] == "train"]
+    assert len(records["ddp"]) == len(records["one"]) == 2
+    for a, b in zip(records["ddp"], records["one"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
