@@ -95,7 +95,7 @@ def _torch_same_dtype_clip(img, txt, t):
     x = img / img.norm(dim=1, keepdim=True)
     y = txt / txt.norm(dim=1, keepdim=True)
     logits = t.exp() * x @ y.T
-    tgt = torch.arange(x.shape[0])
+    tgt = torch.arange(x.shape[0], device=x.device)
     F = torch.nn.functional
     return (F.cross_entropy(logits, tgt) + F.cross_entropy(logits.T, tgt)) / 2
 
@@ -104,7 +104,7 @@ def _torch_same_dtype_siglip(img, txt, t, b):
     x = img / img.norm(dim=1, keepdim=True)
     y = txt / txt.norm(dim=1, keepdim=True)
     logits = t.exp() * x @ y.T + b
-    z = 2 * torch.eye(x.shape[0], dtype=logits.dtype) - 1
+    z = 2 * torch.eye(x.shape[0], dtype=logits.dtype, device=x.device) - 1
     return -torch.nn.functional.logsigmoid(z * logits).sum(1).mean()
 
 
@@ -188,9 +188,11 @@ def test_hf_clip_model_loss_equals_ours():
     with torch.no_grad():
         model.logit_scale.fill_(1.7)
         out = model(**inputs, return_loss=True)
-        img = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        img = model.get_image_features(pixel_values=inputs["pixel_values"])
         txt = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        ours = clip_loss(img, txt.pooler_output, model.logit_scale)
+        # transformers 5.2x returns an output object, 5.17 (the GPU image) the tensor itself
+        img, txt = (getattr(x, "pooler_output", x) for x in (img, txt))
+        ours = clip_loss(img, txt, model.logit_scale)
     assert_close(ours, out.loss, torch.float32, name="CLIPModel loss")
 
 
@@ -205,3 +207,25 @@ def test_hf_siglip_model_loss_equals_ours():
         out = model(**inputs, return_loss=True)
         ours = siglip_loss(out.image_embeds, out.text_embeds, model.logit_scale, model.logit_bias)
     assert_close(ours, out.loss, torch.float32, name="SiglipModel loss")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [257, 1024])
+def test_clip_loss_cuda_kernel_bf16_within_torch_error(B):
+    """The Triton CE kernel path on CUDA (bf16 embeddings, B x B logits past one block)."""
+    img, txt, t = (x.detach().cuda().requires_grad_() for x in _leaves(B, 512, torch.bfloat16, seed=B))
+    with fastft.backend("triton"):
+        loss = clip_loss(img, txt, t)
+        g = _grads(loss, img, txt, t)
+    theirs = _torch_same_dtype_clip(img, txt, t)
+    tg = _grads(theirs, img, txt, t)
+    r = [x.detach().double().requires_grad_() for x in (img, txt, t)]
+    x, y = (v / v.norm(dim=1, keepdim=True) for v in r[:2])  # vectorised float64 reference (B is large)
+    logits = r[2].exp() * x @ y.T
+    tgt = torch.arange(B, device=logits.device)
+    F = torch.nn.functional
+    ref = (F.cross_entropy(logits, tgt) + F.cross_entropy(logits.T, tgt)) / 2
+    rg = _grads(ref, *r)
+    assert_within_torch_error(loss, theirs, ref, name="loss")
+    for a, b, c, n in zip(g, tg, rg, ("d_img", "d_txt", "d_t")):
+        assert_within_torch_error(a, b, c, name=n)

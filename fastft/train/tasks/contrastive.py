@@ -62,6 +62,11 @@ def _is_siglip(model) -> bool:
     return getattr(_unwrap(model).config, "model_type", "") == "siglip"
 
 
+def _features(out) -> torch.Tensor:
+    """``get_text/image_features``' embeddings: an output object in transformers 5.2x, a tensor in 5.17."""
+    return getattr(out, "pooler_output", out)
+
+
 def _embed_dim(model) -> int:
     cfg = model.config
     return int(getattr(cfg, "projection_dim", None) or cfg.vision_config.hidden_size)
@@ -332,7 +337,7 @@ class Contrastive(Task):
         if not siglip and "attention_mask" in enc:
             kw["attention_mask"] = enc["attention_mask"].to(device)
         out = model.get_text_features(**kw)
-        return (out.pooler_output if hasattr(out, "pooler_output") else out).float()
+        return _features(out).float()
 
     def headline(self, test):
         if not test:
@@ -408,7 +413,7 @@ def predict_retrieval(task, model, processor, ds, batches, *, device, options) -
     images = []
     for batch in batches:
         out = model.get_image_features(pixel_values=batch["pixel_values"].to(device))
-        images.append((out.pooler_output if hasattr(out, "pooler_output") else out).float().cpu())
+        images.append(_features(out).float().cpu())
     img = torch.cat(images)
     shown = ds["image"] if "image" in ds.column_names else [str(i) for i in range(len(ds))]
     path = getattr(options, "captions_file", None)
@@ -442,5 +447,5 @@ def _text_embeddings(task, model, processor, captions: list[str], device, batch:
         if not siglip and "attention_mask" in enc:
             kw["attention_mask"] = enc["attention_mask"].to(device)
         o = model.get_text_features(**kw)
-        out.append((o.pooler_output if hasattr(o, "pooler_output") else o).float().cpu())
+        out.append(_features(o).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
