@@ -84,6 +84,7 @@ def _shapes(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     if cuda and not quick:
         base = [
             dict(label="bert-base-S128", B=64, S=128, causal=False, lengths=None),
+            dict(label="vit-b16-S197", B=64, S=197, causal=False, lengths=None),  # 14x14 patches + CLS
             dict(label="bert-base-S128-padded", B=64, S=128, causal=False, lengths="imdb"),
             dict(label="bert-base-S512", B=16, S=512, causal=False, lengths=None),
             dict(label="bert-base-S512-padded", B=16, S=512, causal=False, lengths="imdb"),
@@ -100,6 +101,7 @@ def _shapes(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     elif cuda:
         base = [
             dict(label="bert-base-S128", B=16, S=128, causal=False, lengths=None),
+            dict(label="vit-b16-S197", B=16, S=197, causal=False, lengths=None),
             dict(label="gpt2-S1024-causal", B=2, S=1024, causal=True, lengths=None),
             dict(label="real-imdb-B8-S512", B=8, S=512, causal=False, lengths="imdb", varlen=True),
             dict(label="d128-S512", B=4, S=512, D=128, causal=False, lengths=None),
@@ -108,6 +110,7 @@ def _shapes(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     else:  # CPU: the torch paths only, small enough for minutes
         base = [
             dict(label="bert-base-S128", B=4 if not quick else 2, S=128, causal=False, lengths=None),
+            dict(label="vit-b16-S197", B=2 if not quick else 1, S=197, causal=False, lengths=None),
             dict(
                 label=f"gpt2-S{256 if not quick else 128}-causal",
                 B=2,

@@ -149,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="run even when the model's task head is not in its checkpoint (randomly initialised)",
         )
         if name == "eval":
-            s.add_argument("--output", default=None, help="also write the metrics as JSON here")
+            s.add_argument(
+                "--output",
+                default=None,
+                help="also write the metrics as JSON here (image models: and confusion_matrix.png beside it)",
+            )
         else:
             s.add_argument(
                 "--output",
@@ -350,6 +354,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from fastft.train.outdir import atomic_write
 
         atomic_write(args.output, text + "\n", overwrite=True)
+        folder = os.path.dirname(os.path.abspath(args.output))
+        for name in task.artifacts(metrics, model, folder):  # e.g. image tasks' confusion_matrix.png
+            print(f"wrote {os.path.join(folder, name)}")
     return 0
 
 

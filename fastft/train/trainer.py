@@ -186,6 +186,10 @@ class Trainer:
         models.check_modality(asked, self.model_config, cfg.model, folder)
         if asked is not None and asked.modality != "text":  # the image processor (saved with the model)
             self.tokenizer = asked.load_preprocessor(cfg.tokenizer or cfg.model, self.model_config)
+            from fastft import _compat
+
+            if _compat.torchvision_note:
+                self._notes.append(f"  note       {_compat.torchvision_note}")
         else:
             self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, self.model_config)
             self._cap_max_length()

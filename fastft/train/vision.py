@@ -3,7 +3,7 @@
 Reusable pieces (image classification and the image-text tasks both call them):
 
 * :func:`import_torchvision` -- ``torchvision.transforms.v2``, importable even when torchvision's
-  compiled ops do not match this torch build (see :mod:`fastft._tvshim`).
+  compiled ops do not match this torch build (see :mod:`fastft._compat`).
 * :func:`parse_augment` / :func:`build_augment` -- ``--augment flip,crop,rotate,color,randaugment``
   (comma combinations, ``rotate=30`` sets the degrees) -> one ``v2.Compose`` on PIL images.
 * :func:`augment_image` -- one sample's transform, seeded by (run seed, epoch, dataset row): the same
@@ -51,9 +51,9 @@ _DEFAULT_DEGREES = 15.0
 
 def import_torchvision():
     """``torchvision.transforms.v2``; one line naming the fix when torchvision is missing."""
-    from fastft._tvshim import ensure_torchvision_importable
+    from fastft._compat import repair_torchvision
 
-    ensure_torchvision_importable()
+    repair_torchvision()
     try:
         from torchvision.transforms import v2
     except Exception as e:  # noqa: BLE001 - ImportError or a broken build
@@ -172,9 +172,9 @@ def image_size(processor) -> tuple[int, int]:
 
 def load_image_processor(path: str):
     """The model's ``AutoImageProcessor`` (one line naming the fix when the folder has none)."""
-    from fastft._tvshim import ensure_torchvision_importable
+    from fastft._compat import repair_torchvision
 
-    ensure_torchvision_importable()  # fast image processors import torchvision
+    repair_torchvision()  # fast image processors import torchvision
     from transformers import AutoImageProcessor
 
     try:

@@ -257,10 +257,14 @@ def table_raw(ds, path_or_name: str, where: str, task, c, need_label: bool, grou
         refs = hub_refs(ds, image)
     else:
         refs = table_refs(list(ds[image]), path_or_name)
+    labels = list(ds[label]) if label else None
+    names = getattr(ds.features.get(label), "names", None) if label else None
+    if names is not None and isinstance(ds.features.get(label), datasets.ClassLabel):
+        labels = [names[int(v)] if v is not None and v >= 0 else None for v in labels]  # ids -> class names
     raw = Raw(
         refs,
         list(ds[caption]) if caption else None,
-        list(ds[label]) if label else None,
+        labels,
         list(ds[group_col]) if group_col else None,
         list(range(len(refs))),
         [f"{where} row {i + 1}" for i in range(len(refs))],
