@@ -57,7 +57,7 @@ def test_training_lifts_recall_far_above_chance(trained):
     assert test["i2t_recall@1"] >= 0.4 and test["t2i_recall@1"] >= 0.4, test
     assert test["mean_recall@1"] == pytest.approx((test["i2t_recall@1"] + test["t2i_recall@1"]) / 2)
     assert res["metric_for_best"] == "mean_recall@1"
-    assert 0.0 <= test["zero_shot_accuracy"] <= 1.0 and "class_accuracy" in test
+    assert test["zero_shot_accuracy"] > 1 / 8 and "class_accuracy" in test, test  # 8 colour classes
     assert "attention" in res["fused_parts"]
 
 
@@ -153,7 +153,9 @@ def test_siglip_trains_with_the_sigmoid_loss(env, tmp_path):
         == 0
     )
     res = json.load(open(out / "results.json"))
-    assert res["test"]["mean_recall@1"] >= 0.0 and res["global_step"] == 4
+    assert res["global_step"] == 4 and "mean_recall@1" in res["test"]
+    before, after = _params(env["siglip"]), _params(str(out))
+    assert not torch.equal(before["logit_bias"], after["logit_bias"])  # only the sigmoid loss has a bias
     from transformers import AutoModel
 
     assert type(AutoModel.from_pretrained(str(out))).__name__ == "SiglipModel"
