@@ -284,6 +284,8 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
         cfg.label_column = args.label_column or "label"
     model, info = from_pretrained(task, args.model, quiet=True, output_loading_info=True)
     _check_head(model, info, args)  # before the data: a random head makes every other check moot
+    if task.modality in ("image_text", "image") and hasattr(task, "attach_saved_head"):
+        model = task.attach_saved_head(model, args.model)  # contrastive: its class head
     tok = (
         load_tokenizer(args.model, mcfg)
         if task.modality == "text"

@@ -11,7 +11,8 @@ Under torchrun the embeddings are all-gathered with gradients, so every rank sco
 the global batch. With a class column a linear head on the (normalised) image embedding adds
 ``w * CE`` (``--class-loss-weight w``; 0: no head, the classes only serve zero-shot accuracy). The
 head is a submodule ``fastft_class_head`` of the model, so it is checkpointed, resumed and saved
-with it (``model.safetensors``; plain ``AutoModel.from_pretrained`` ignores those two tensors).
+with it (``model.safetensors``; plain ``AutoModel.from_pretrained`` ignores those two tensors, ``fastft
+eval|predict`` put the head back).
 
 Metrics: recall@1/5/10 image->text and text->image over the distinct images and captions of the split
 (:mod:`fastft.train.retrieval`), mean recall@1 (the best metric), and with classes zero-shot accuracy
@@ -200,6 +201,26 @@ class Contrastive(Task):
         """Attach the class head (``--contrastive-class-column`` with a weight > 0)."""
         if self.class_column and self.class_loss_weight > 0 and space.num_labels and not hasattr(model, HEAD):
             model.add_module(HEAD, torch.nn.Linear(_embed_dim(model), space.num_labels))
+        return model
+
+    def attach_saved_head(self, model, folder: str):
+        """``fastft eval|predict``: put the class head saved in ``folder/model.safetensors`` back on the
+        model (``AutoModel.from_pretrained`` skips those tensors), so eval scores like training did."""
+        import os
+
+        from safetensors import safe_open
+
+        path = os.path.join(folder, "model.safetensors")
+        if not os.path.isfile(path) or hasattr(model, HEAD):
+            return model
+        with safe_open(path, framework="pt") as f:
+            keys = [k for k in f.keys() if k.startswith(HEAD + ".")]
+            if not keys:
+                return model
+            sd = {k[len(HEAD) + 1 :]: f.get_tensor(k) for k in keys}
+        head = torch.nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0])
+        head.load_state_dict(sd)
+        model.add_module(HEAD, head.to(next(model.parameters()).device))
         return model
 
     def collate_inputs(self, images, feats, processor):

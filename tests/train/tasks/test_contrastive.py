@@ -83,7 +83,14 @@ def test_eval_and_predict_both_directions(trained, env, tmp_path, capsys):
     assert main(["eval", "--model", str(trained), "--file", env["val"]]) == 0
     metrics = json.loads(capsys.readouterr().out)
     res = json.load(open(trained / "results.json"))["test"]
-    for k in ("i2t_recall@1", "t2i_recall@5", "mean_recall@1", "zero_shot_accuracy"):
+    for k in (
+        "loss",
+        "i2t_recall@1",
+        "t2i_recall@5",
+        "mean_recall@1",
+        "zero_shot_accuracy",
+        "class_accuracy",
+    ):
         assert metrics[k] == pytest.approx(res[k]), k  # the CLI scores like the trainer did
     caps = tmp_path / "caps.txt"
     caps.write_text("a photo of a red square\na photo of a blue circle\na photo of a green square\n")
