@@ -11,8 +11,8 @@ Under torchrun the embeddings are all-gathered with gradients, so every rank sco
 the global batch. With a class column a linear head on the (normalised) image embedding adds
 ``w * CE`` (``--class-loss-weight w``; 0: no head, the classes only serve zero-shot accuracy). The
 head is a submodule ``fastft_class_head`` of the model, so it is checkpointed, resumed and saved
-with it (``model.safetensors``; plain ``AutoModel.from_pretrained`` ignores those two tensors, ``fastft
-eval|predict`` put the head back).
+with it (``model.safetensors``; plain ``AutoModel.from_pretrained`` ignores those two tensors,
+``fastft eval|predict`` put the head back).
 
 Metrics: recall@1/5/10 image->text and text->image over the distinct images and captions of the split
 (:mod:`fastft.train.retrieval`), mean recall@1 (the best metric), and with classes zero-shot accuracy
