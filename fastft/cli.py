@@ -167,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
                 default=5,
                 help="classification: the k most likely labels per row (image models)",
             )
+            r = s.add_argument_group("retrieval (contrastive CLIP/SigLIP models)")
+            r.add_argument(
+                "--captions-file",
+                default=None,
+                help="candidate captions: .txt (one per line) or a csv/jsonl with a caption column "
+                "(default: the --file's own captions)",
+            )
+            r.add_argument(
+                "--direction",
+                choices=("i2t", "t2i"),
+                default="i2t",
+                help="i2t: the --top-k captions of each image; t2i: the --top-k images of each caption",
+            )
             g = s.add_argument_group("generation (causal LM models)")
             g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt row")
             g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
@@ -264,11 +277,15 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
         max_length=args.max_length or saved.get("max_length") or 128,
         image_column=getattr(args, "image_column", None) or saved.get("image_column"),
     )
+    if task.modality == "image_text":  # the run's contrastive options (class column, prompts)
+        task = task.for_inference(saved, images_only=bool(getattr(args, "captions_file", None)))
     if saved.get("dataset") == "rotten_tomatoes":  # the default run used the built-in columns
         cfg.text_column = args.text_column or "text"
         cfg.label_column = args.label_column or "label"
     model, info = from_pretrained(task, args.model, quiet=True, output_loading_info=True)
     _check_head(model, info, args)  # before the data: a random head makes every other check moot
+    if task.modality in ("image_text", "image") and hasattr(task, "attach_saved_head"):
+        model = task.attach_saved_head(model, args.model)  # contrastive: its class head
     tok = (
         load_tokenizer(args.model, mcfg)
         if task.modality == "text"

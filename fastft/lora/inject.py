@@ -32,6 +32,7 @@ __all__ = [
     "lora_state",
     "patch_component",
     "unwrap",
+    "tower_lora_targets",
 ]
 
 _STATE = "_fastft_lora"
@@ -150,6 +151,23 @@ def _resolve_targets(model: nn.Module, spec, family: Family | None, skip: Sequen
         avail = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if supported_base(m)})
         raise ValueError(f"add_lora: target_modules={spec!r} matches no Linear/Conv1D; candidates: {avail}")
     return out
+
+
+def tower_lora_targets(model: nn.Module, towers: Sequence[str]) -> list[str]:
+    """Full paths of the family's default LoRA targets inside the given towers of a two-tower model
+    (CLIP/SigLIP: ``"text"``, ``"vision"``), e.g. LoRA on the vision tower only. PEFT reads a list
+    of full paths as exact matches, so the adapter means the same there."""
+    family = family_of(model)
+    rows = {name: path for name, path, _ in (family.towers if family else ())}
+    unknown = [t for t in towers if t not in rows]
+    if unknown or not towers:
+        raise ValueError(
+            f"towers {list(towers)}: the model's towers are {', '.join(rows) or 'none (one tower)'}"
+        )
+    prefix = getattr(model, "base_model_prefix", "")
+    base = "" if getattr(model, prefix, None) is None else prefix + "."
+    inside = tuple(base + rows[t] + "." for t in towers)
+    return [p for p in _resolve_targets(model, None, family, ()) if p.startswith(inside)]
 
 
 def _parents(model: nn.Module, path: str) -> Iterable[nn.Module]:

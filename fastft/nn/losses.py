@@ -1,13 +1,14 @@
-"""``nn.Module`` wrappers of the fused losses in :mod:`fastft.ops.cross_entropy`."""
+"""``nn.Module`` wrappers of the fused losses in :mod:`fastft.ops.cross_entropy` and :mod:`fastft.ops.contrastive`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from fastft.ops.contrastive import clip_loss, siglip_loss
 from fastft.ops.cross_entropy import cross_entropy, kd_loss, linear_cross_entropy
 
-__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "KDLoss"]
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "KDLoss", "ContrastiveLoss"]
 
 
 class CrossEntropyLoss(nn.Module):
@@ -133,3 +134,35 @@ class KDLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, alpha={self.alpha}, reduction={self.reduction!r}"
+
+
+class ContrastiveLoss(nn.Module):
+    """Image-text contrastive loss: CLIP's symmetric InfoNCE (``kind="clip"``) or SigLIP's sigmoid loss
+    (``kind="siglip"``); see :func:`fastft.functional.clip_loss` / :func:`~fastft.functional.siglip_loss`.
+
+    ``forward(image_emb (B, D), text_emb (B, D), logit_scale, logit_bias=None) -> loss``; the temperature
+    (and SigLIP's bias) are the model's parameters, passed in so they get their gradients.
+    ``gather=True`` scores the local rows against the global batch under torchrun.
+    """
+
+    def __init__(self, kind: str = "clip", *, fused: bool = True, gather: bool = False):
+        super().__init__()
+        if kind not in ("clip", "siglip"):
+            raise ValueError(f"kind must be 'clip' or 'siglip'; got {kind!r}")
+        self.kind, self.fused, self.gather = kind, fused, gather
+
+    def forward(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.kind == "clip":
+            return clip_loss(image_emb, text_emb, logit_scale, fused=self.fused, gather=self.gather)
+        if logit_bias is None:
+            raise ValueError("ContrastiveLoss(kind='siglip') needs the model's logit_bias")
+        return siglip_loss(image_emb, text_emb, logit_scale, logit_bias, gather=self.gather)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, fused={self.fused}, gather={self.gather}"

@@ -128,6 +128,8 @@ def _mask_reason(args, kwargs, mu) -> str | None:
 # attention hook
 # ----------------------------------------------------------------------------------------------------------
 _STATE_ATTR = "_fastft_unpad_state"
+#: set on the modules of a model whose family ``reads_padding``: no attention-level unpadding.
+_READS_PADDING = "_fastft_reads_padding"
 
 
 def _unpad_state(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -229,7 +231,7 @@ def fastft_attention_forward(
             is_causal=is_causal,
             **kwargs,
         )
-    if attention_mask is not None and UNPAD and sq == sk:
+    if attention_mask is not None and UNPAD and sq == sk and not module.__dict__.get(_READS_PADDING, False):
         unsupported = _unsupported(query, is_causal, sq, sk, True)
         # Probe the dispatcher without logging twice: the varlen call below asks it again.
         if unsupported is None and use_triton("attention", query, unsupported=None):
@@ -384,8 +386,13 @@ def apply(model: nn.Module, family) -> Callable[[], None] | None:
     if undo_switch is None:
         return None
     undo_unpad = _install_unpadding(model, family)
+    marked = list(model.modules()) if family is not None and family.reads_padding else []
+    for m in marked:  # see Family.reads_padding: the attention keeps every query row
+        m.__dict__[_READS_PADDING] = True
 
     def undo() -> None:
+        for m in marked:
+            m.__dict__.pop(_READS_PADDING, None)
         if undo_unpad is not None:
             undo_unpad()
         undo_switch()

@@ -33,6 +33,13 @@ class Family:
     lora_targets: tuple[str, ...]
     #: attention goes through transformers' AttentionInterface (``config._attn_implementation``).
     attention_interface: bool = True
+    #: two-tower (image-text) models: ``(tower, path on the backbone, its projection on the full model
+    #: or "")`` per tower. ``embeddings``/``layers``/``final_norm`` are then relative to each tower, and
+    #: freeze-N, gradual unfreezing and LLRD count blocks per tower.
+    towers: tuple[tuple[str, str, str], ...] = ()
+    #: the model reads the outputs at padding positions (SigLIP pools the last position, padded or
+    #: not): attention must not unpad, which would leave zeros there.
+    reads_padding: bool = False
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -124,6 +131,44 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
+# Two-tower image-text models (appended last; see ``towers``). CLIP's text tower is causal with a
+# padding mask, its vision tower unmasked; SigLIP's text tower is bidirectional. The LoRA targets are
+# dotted suffixes so SigLIP's pooling head (torch MultiheadAttention, whose out_proj is read as a
+# weight, never called) is left alone. ``fastft_class_head``: --task contrastive's optional class head.
+_TOWER_LORA = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+)
+FAMILIES += (
+    Family(
+        name="clip",
+        model_types=("clip",),
+        causal=False,
+        embeddings=("embeddings", "pre_layrnorm"),
+        layers="encoder.layers",
+        final_norm=("final_layer_norm", "post_layernorm"),
+        heads=("fastft_class_head", "visual_projection", "text_projection"),
+        lora_targets=_TOWER_LORA,
+        towers=(("text", "text_model", "text_projection"), ("vision", "vision_model", "visual_projection")),
+    ),
+    Family(
+        name="siglip",
+        model_types=("siglip",),
+        causal=False,
+        embeddings=("embeddings",),
+        layers="encoder.layers",
+        final_norm=("final_layer_norm", "post_layernorm", "head"),
+        heads=("fastft_class_head",),
+        lora_targets=_TOWER_LORA,
+        towers=(("text", "text_model", ""), ("vision", "vision_model", "")),
+        reads_padding=True,
+    ),
+)
+
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
 
@@ -147,15 +192,39 @@ def backbone(model: nn.Module) -> nn.Module:
     return getattr(model, "base_model", model)
 
 
-def blocks(model: nn.Module, family: Family | None = None) -> list[nn.Module]:
-    """The transformer blocks of ``model``, bottom to top."""
+def towers(model: nn.Module, family: Family | None = None) -> dict[str, nn.Module]:
+    """``{tower: module}`` whose ``embeddings``/``layers``/``final_norm`` paths the family row gives:
+    ``{"": backbone}`` for one-tower families, ``{"text": ..., "vision": ...}`` for CLIP/SigLIP."""
+    family = family or family_of(model)
+    bb = backbone(model)
+    if family is None or not family.towers:
+        return {"": bb}
+    out = {}
+    for name, path, _ in family.towers:
+        root = get_path(bb, path)
+        if root is None:
+            raise ValueError(f"{type(model).__name__}: no {path!r} ({name} tower) on the backbone")
+        out[name] = root
+    return out
+
+
+def tower_blocks(model: nn.Module, family: Family | None = None) -> dict[str, list[nn.Module]]:
+    """The transformer blocks of each tower (see :func:`towers`), bottom to top."""
     family = family or family_of(model)
     if family is None:
         raise ValueError(
             f"fastft has no family row for model_type {getattr(model.config, 'model_type', None)!r}"
         )
-    bb = backbone(model)
-    layers = next((m for p in family.layers.split("|") if (m := get_path(bb, p)) is not None), None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__}: no {family.layers!r} on the backbone")
-    return list(layers)
+    out = {}
+    for name, root in towers(model, family).items():
+        # "a|b": the first path that exists (module paths differ across transformers versions)
+        layers = next((m for p in family.layers.split("|") if (m := get_path(root, p)) is not None), None)
+        if layers is None:
+            raise ValueError(f"{type(model).__name__}: no {family.layers!r} on the {name or 'backbone'}")
+        out[name] = list(layers)
+    return out
+
+
+def blocks(model: nn.Module, family: Family | None = None) -> list[nn.Module]:
+    """The transformer blocks of ``model``, bottom to top (two towers: each tower's, one after the other)."""
+    return [b for layers in tower_blocks(model, family).values() for b in layers]

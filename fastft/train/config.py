@@ -105,6 +105,21 @@ class DataConfig:
         "image tasks: column with image paths (relative to the file) or HF images (default: "
         "image/image_path/path/file/filename/img detected); --train-file may also be an image folder",
     )
+    # contrastive
+    contrastive_class_column: str | None = _f(
+        None,
+        "contrastive: column with each image's class; adds a linear head on the image embedding "
+        "(loss = contrastive + w*CE) and zero-shot accuracy",
+    )
+    class_loss_weight: float = _f(1.0, "contrastive: weight w of the class head's CE (0: no head)")
+    zero_shot_classes: str | None = _f(
+        None,
+        "contrastive: class names for the zero-shot prompts, a,b,c in class order (default: the class values)",
+    )
+    prompt_template: str = _f("a photo of {}", "contrastive: zero-shot prompt, {} is the class name")
+    freeze_tower: str | None = _f(
+        None, "two-tower models: freeze the text or vision tower whole", choices=(None, "text", "vision")
+    )
 
     @property
     def data_seed(self) -> int:

@@ -69,8 +69,8 @@ def head_note(task: Task, model_config, space: LabelSpace) -> str | None:
     head = task.auto_class.replace("AutoModel", "")
     archs = getattr(model_config, "architectures", None) or []
     saved_n = getattr(model_config, "num_labels", None)
-    if task.modality == "text" or not space.num_labels:
-        return None
+    if task.modality == "text" or not space.num_labels or task.auto_class == "AutoModel":
+        return None  # AutoModel: no HF task head (a contrastive model's class head is its own)
     if not any(a.endswith(head) for a in archs):
         return f"  head       new {head.removeprefix('For')} head ({space.num_labels} labels): the checkpoint has none"
     if saved_n != space.num_labels:
@@ -180,7 +180,7 @@ def load_task_model(
                 f"check --label-column, or pass --num-labels {space.num_labels} to re-initialise the classifier"
             )
         kw["ignore_mismatched_sizes"] = True
-    model = from_pretrained(task, path, quiet=True, **kw)
+    model = task.adapt_model(from_pretrained(task, path, quiet=True, **kw), space)
     if task.modality != "text":
         return model
     pad = tokenizer.pad_token_id
@@ -211,6 +211,9 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
     """Freeze / LoRA / head-only / gradual as ``cfg.strategy`` says; -> (always-frozen names, groups)."""
     always_frozen: set[str] = set()
     n_groups = 0
+    from fastft.patching.families import family_of
+
+    tower = getattr(cfg, "freeze_tower", None)
     try:
         if cfg.strategy == "lora":
             import fastft
@@ -218,6 +221,13 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
             kw: dict[str, Any] = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
             if cfg.lora_target_modules:
                 kw["target_modules"] = list(cfg.lora_target_modules)
+            elif tower:  # two towers, one frozen: LoRA on the other one only
+                from fastft.lora.inject import tower_lora_targets
+
+                kw["target_modules"] = tower_lora_targets(model, [t for t in strat.TOWERS if t != tower])
+            fam = family_of(model)
+            if fam is not None and fam.towers:  # the trained projections go into the PEFT adapter too
+                kw["modules_to_save"] = [p for t, _, p in fam.towers if p and t != tower]
             fastft.add_lora(model, **kw)
             if fresh_head:  # a new task head must train (add_lora keeps heads as they are)
                 strat.train_heads(model)
@@ -226,6 +236,9 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
         if cfg.strategy in ("freeze", "gradual", "full") and (cfg.strategy == "freeze" or cfg.freeze_layers):
             strat.apply_freeze(model, cfg.freeze_layers)
             always_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        if tower:  # --freeze-tower text|vision (two-tower models), on top of any strategy
+            strat.apply_freeze_tower(model, tower)
+            always_frozen |= {n for n, p in model.named_parameters() if not p.requires_grad}
         if cfg.strategy == "gradual":
             n_groups = len(strat.layer_groups(model))
             strat.apply_gradual(model, 1, always_frozen)

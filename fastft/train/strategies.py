@@ -10,6 +10,12 @@ under layer-wise LR decay):
     1: final norm / pooler + top block
     2 .. L: the blocks below, one group each
     L+1: embeddings
+
+Two-tower models (CLIP, SigLIP: the family row's ``towers``) count depths per tower: each tower's
+top block is depth 1 and its embeddings depth L_tower+1, so LLRD decays within each tower and
+gradual unfreezing opens both towers' top blocks together. The projections and the temperature sit
+at depth 0 with the heads. ``--freeze-tower text|vision`` (:func:`apply_freeze_tower`) freezes one
+tower whole, its projection included (open_clip's "lock" of a tower).
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from fastft.patching.families import Family, backbone, blocks, family_of, get_path
+from fastft.patching.families import Family, family_of, get_path, tower_blocks, towers
 
 __all__ = [
     "layer_groups",
     "param_depths",
     "apply_freeze",
+    "apply_freeze_tower",
+    "TOWERS",
     "apply_head_only",
     "apply_gradual",
     "gradual_groups_unfrozen",
@@ -56,25 +64,26 @@ def _prefixed(model: nn.Module, module: nn.Module) -> str:
 
 
 def param_depths(model: nn.Module) -> dict[str, int]:
-    """``{param name: depth}``: 0 = heads/other, 1 = top block (+final norm), ..., L+1 = embeddings."""
+    """``{param name: depth}``: 0 = heads/other, 1 = top block (+final norm), ..., L+1 = embeddings
+    (per tower for two-tower models)."""
     fam = _family(model)
-    bb = backbone(model)
-    layers = blocks(model, fam)
-    n = len(layers)
+    roots = towers(model, fam)
     owner: dict[int, int] = {}
-    for i, blk in enumerate(layers):
-        for p in blk.parameters():
-            owner[id(p)] = n - i
-    for path in fam.final_norm:
-        m = get_path(bb, path)
-        if m is not None:
-            for p in m.parameters():
-                owner.setdefault(id(p), 1)
-    for path in fam.embeddings:
-        m = get_path(bb, path)
-        if m is not None:
-            for p in m.parameters():
-                owner.setdefault(id(p), n + 1)
+    for tower, layers in tower_blocks(model, fam).items():
+        n = len(layers)
+        for i, blk in enumerate(layers):
+            for p in blk.parameters():
+                owner[id(p)] = n - i
+        for path in fam.final_norm:
+            m = get_path(roots[tower], path)
+            if m is not None:
+                for p in m.parameters():
+                    owner.setdefault(id(p), 1)
+        for path in fam.embeddings:
+            m = get_path(roots[tower], path)
+            if m is not None:
+                for p in m.parameters():
+                    owner.setdefault(id(p), n + 1)
     # Heads and anything unknown sit at depth 0; a tied LM head (GPT-2 lm_head = wte) is reported once
     # by named_parameters, under the embedding name, so it follows the embeddings.
     return {name: owner.get(id(p), 0) for name, p in model.named_parameters()}
@@ -104,21 +113,48 @@ def _set(model: nn.Module, trainable: Iterable[str] | None, frozen: Iterable[str
 
 
 def apply_freeze(model: nn.Module, n_layers: int) -> None:
-    """Freeze the embeddings and the bottom ``n_layers`` blocks; everything else trains."""
+    """Freeze the embeddings and the bottom ``n_layers`` blocks (of each tower); everything else trains."""
     fam = _family(model)
-    layers = blocks(model, fam)
-    if n_layers > len(layers):
-        raise ValueError(
-            f"--freeze-layers {n_layers} > the model's {len(layers)} blocks; pass at most {len(layers)}"
-        )
+    roots = towers(model, fam)
     frozen: set[int] = set()
-    for blk in layers[:n_layers]:
-        frozen |= {id(p) for p in blk.parameters()}
-    for path in fam.embeddings:
-        m = get_path(backbone(model), path)
-        if m is not None:
-            frozen |= {id(p) for p in m.parameters()}
+    for tower, layers in tower_blocks(model, fam).items():
+        if n_layers > len(layers):
+            what = f"the {tower} tower's" if tower else "the model's"
+            raise ValueError(
+                f"--freeze-layers {n_layers} > {what} {len(layers)} blocks; pass at most {len(layers)}"
+            )
+        for blk in layers[:n_layers]:
+            frozen |= {id(p) for p in blk.parameters()}
+        for path in fam.embeddings:
+            m = get_path(roots[tower], path)
+            if m is not None:
+                frozen |= {id(p) for p in m.parameters()}
     _set(model, None, [name for name, p in model.named_parameters() if id(p) in frozen])
+
+
+#: ``--freeze-tower`` values.
+TOWERS = ("text", "vision")
+
+
+def tower_param_names(model: nn.Module, tower: str) -> list[str]:
+    """Names of the parameters of one tower of a two-tower model, its projection included."""
+    fam = _family(model)
+    rows = {name: (path, proj) for name, path, proj in fam.towers}
+    if tower not in rows:
+        have = ", ".join(rows) or "none: it is not a two-tower model"
+        raise ValueError(f"--freeze-tower {tower}: the model's towers are {have}")
+    roots = towers(model, fam)
+    ids = {id(p) for p in roots[tower].parameters()}
+    proj = get_path(model, rows[tower][1]) if rows[tower][1] else None
+    if proj is not None:
+        ids |= {id(p) for p in proj.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in ids]
+
+
+def apply_freeze_tower(model: nn.Module, tower: str) -> None:
+    """Freeze one tower (``"text"`` or ``"vision"``) whole, its projection included; the other tower,
+    the temperature (and any task head) train as before."""
+    _set(model, None, tower_param_names(model, tower))
 
 
 def apply_head_only(model: nn.Module) -> None:

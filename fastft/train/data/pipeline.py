@@ -103,6 +103,8 @@ def requested_task(c: DataConfig) -> Task | None:
         return get_task("image_classification") if folder else None
     try:
         task = get_task(name)
+        if task.modality == "image_text":  # its columns depend on the run's options (class column)
+            task = task.configure(c)
     except KeyError:
         from fastft.train.tasks import task_names
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from fastft.train.tasks.base import IGNORE_INDEX, MODEL_INPUTS, EvalBatch, LabelSpace, Task
 from fastft.train.tasks.causal_lm import CausalLM
 from fastft.train.tasks.classification import Classification
+from fastft.train.tasks.contrastive import Contrastive
 from fastft.train.tasks.image_classification import ImageClassification, ImageMultiLabel
 from fastft.train.tasks.multilabel import MultiLabel
 from fastft.train.tasks.regression import Regression
@@ -43,6 +44,7 @@ __all__ = [
 
 # Order = detection priority (``--task auto`` and saved models); the catch-all Classification last.
 _REGISTRY: tuple[Task, ...] = (
+    Contrastive(),  # claims CLIP/SigLIP base models (no task head) only; never detected from labels
     ImageMultiLabel(),  # image tasks never detect from labels; first, so they claim image models
     ImageClassification(),
     TokenClassification(),

@@ -133,6 +133,11 @@ class Task(ABC):
 
         return {"pixel_values": pixel_values(processor, images)}
 
+    def adapt_model(self, model, space: LabelSpace):
+        """The loaded model, changed for this task before the strategy applies (e.g. a contrastive
+        model's extra class head); ``model`` unchanged by default."""
+        return model
+
     def refine(self, labels: list) -> Task:
         """The task to run for these raw label values (e.g. image classification -> image multi-label
         when the labels are lists); ``self`` unless a task has a variant."""

@@ -14,6 +14,7 @@ from tests.models import tiny_bert_config, tiny_gpt2_config
 def test_names_aliases_and_problem_types_are_hf_compatible():
     assert task_names() == (
         "auto",
+        "contrastive",
         "image_multilabel",
         "image_classification",
         "token_classification",
