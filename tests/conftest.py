@@ -6,8 +6,16 @@ must be set before triton is first imported, which is why it is set here, at col
 
 import os
 
-import pytest
-import torch
+# One intra-op thread per test process (inherited by the CLI subprocesses): the suite runs as
+# `pytest -n 2` on 2 cores, and two workers with a thread per core each oversubscribe the box:
+# OpenMP's spin-waiting then made tiny-model steps ~60x slower under load. Tests of the threaded
+# paths set their thread counts themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

@@ -41,10 +41,11 @@ def _save_bert_tokenizer(path: str):
     from transformers import BertTokenizerFast
 
     os.makedirs(path, exist_ok=True)
-    vocab = os.path.join(path, "vocab.txt")
-    with open(vocab, "w") as fh:
-        fh.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tok = BertTokenizerFast(vocab_file=vocab, do_lower_case=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    # transformers 5 takes the vocabulary as ``vocab`` (a ``vocab_file=`` keyword is ignored, and every
+    # word then becomes [UNK]): checked below, so the tiny models really see the words.
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    assert tok.convert_tokens_to_ids(WORDS[0]) == 5, "tiny tokenizer lost its vocabulary"
     tok.save_pretrained(path)
     return tok
 
