@@ -28,6 +28,8 @@ __all__ = [
     "Decision",
     "better",
     "class_weights",
+    "resolve_class_weights",
+    "STRONG_IMBALANCE",
     "collapse_report",
     "constant_macro_f1",
     "imbalance_ratio",
@@ -316,6 +318,20 @@ def imbalance_ratio(counts: Mapping[Any, int] | Sequence[int]) -> float | None:
     if not vals or min(vals) <= 0:
         return None
     return float(max(vals) / min(vals))
+
+
+#: ``--class-weights imbalanced`` (the default) means ``auto`` from this largest/smallest class ratio on.
+STRONG_IMBALANCE = 3.0
+
+
+def resolve_class_weights(spec: str | None, ratio: float | None) -> str:
+    """``imbalanced`` -> ``auto`` when the training classes' largest/smallest ratio is at least
+    :data:`STRONG_IMBALANCE`, else ``none`` (also when a class has no rows: ``ratio`` None); any other
+    spec is returned as it is (lower-cased)."""
+    s = (spec or "none").strip().lower()
+    if s != "imbalanced":
+        return s
+    return "auto" if ratio is not None and ratio >= STRONG_IMBALANCE else "none"
 
 
 def class_weights(label_counts: Mapping[Any, int] | Sequence[int], spec: str | None) -> list[float] | None:

@@ -215,6 +215,8 @@ class Trainer:
         cfg = self.cfg
         single = self.problem_type == "single_label_classification"
         spec = (cfg.class_weights or "none").strip().lower()
+        if spec == "imbalanced" and (not single or cfg.teacher):
+            spec = "none"  # the default: only where weights apply
         if spec != "none" and not single:
             raise ConfigError(
                 f"--class-weights applies to single-label classification, not {self.problem_type}; "
@@ -233,12 +235,18 @@ class Trainer:
             + ", ".join(f"{k} {v} ({dist['fractions'][k]:.0%})" for k, v in dist["counts"].items())
             + (f"; imbalance {ratio:.1f}x" if ratio else "")
         )
+        how = (
+            spec
+            if spec != "imbalanced"
+            else f"imbalanced (imbalance >= {diagnose.STRONG_IMBALANCE:g}x: auto)"
+        )
+        spec = diagnose.resolve_class_weights(spec, ratio)
         weights = diagnose.class_weights(list(dist["counts"].values()), spec)
         if weights is not None:
             self.class_weight = torch.tensor(weights, dtype=torch.float32, device=self.device)
             self.data.report["class_weights"] = dict(zip(dist["counts"], weights))
             self._notes.append(
-                f"  weights    --class-weights {spec}: "
+                f"  weights    --class-weights {how}: "
                 + ", ".join(f"{k} {w:.3g}" for k, w in zip(dist["counts"], weights))
             )
 

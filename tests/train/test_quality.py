@@ -92,6 +92,33 @@ def test_class_weights_auto_reach_the_fused_loss(env, tmp_path, monkeypatch):
     assert seen[0].tolist() == pytest.approx(expect)
 
 
+def test_default_class_weights_turn_on_for_strong_imbalance_only(env, tmp_path, capsys):
+    """The default ``imbalanced``: auto weights from a 3x largest/smallest train-class ratio, else none."""
+    rows = [[t, "pos" if i % 5 else "neg"] for i, (t, _, _) in enumerate(sentences(30, seed=3))]  # 24 : 6
+    path = write_csv(str(tmp_path / "skewed.csv"), ["text", "label"], rows)
+    cfg = TrainConfig(
+        model=env["bert"], train_file=path, output_dir=str(tmp_path / "skew"), cache_dir=env["cache"],
+        max_steps=1, eval_strategy="no", batch_size=8,
+    )  # fmt: skip
+    assert cfg.class_weights == "imbalanced"
+    res = Trainer(cfg).train()
+    counts = res["data"]["label_distribution"]["counts"]
+    n, k = sum(counts.values()), len(counts)
+    assert max(counts.values()) >= 3 * min(counts.values())
+    assert res["data"]["class_weights"] == pytest.approx({c: n / (k * m) for c, m in counts.items()})
+    assert "--class-weights imbalanced (imbalance >= 3x: auto)" in capsys.readouterr().out
+    balanced = Trainer(_cfg(env, tmp_path / "bal", max_steps=1, eval_strategy="no")).train()  # 9 : 15
+    assert "class_weights" not in balanced["data"]
+
+
+def test_resolve_class_weights():
+    from fastft.train.diagnose import resolve_class_weights
+
+    assert resolve_class_weights("imbalanced", 3.0) == "auto"
+    assert resolve_class_weights("Imbalanced", 2.9) == "none" == resolve_class_weights("imbalanced", None)
+    assert resolve_class_weights("1,2", 9.0) == "1,2" and resolve_class_weights(None, 9.0) == "none"
+
+
 def test_weighted_loss_matches_torch_weight():
     """Classification.loss with class weights == torch's CE(weight=) sum / items, value and gradient."""
     from fastft.train.tasks.classification import Classification
