@@ -12,13 +12,8 @@ import pytest
 import torch
 
 from fastft.cli import main
-from tests.clip_util import one_thread, save_tiny, write_pairs
+from tests.clip_util import save_tiny, write_pairs
 from tests.compare import assert_close
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
