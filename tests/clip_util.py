@@ -128,12 +128,3 @@ def write_pairs(
             square(c, s, shade=rng.randint(-20, 20)).save(os.path.join(folder, rel))
             w.writerow([rel, f"a photo of a {c} {s}", *([c] if classes else [])])
     return path
-
-
-def one_thread():
-    """Module fixture body: one intra-op thread. On this shared 2-core machine the tiny models' small
-    GEMMs ran ~60x slower (CPU time) with 2 threads than with 1 (thread spin/contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -36,8 +36,7 @@ __all__ = [
 ]
 
 _STATE = "_fastft_lora"
-#: task heads kept trainable (and saved) for classification-type models, when present.
-_TASK_HEADS = ("pre_classifier", "classifier", "score", "qa_outputs")
+#: transformers' task classes whose head is new (trained and saved in full under LoRA).
 _HEAD_TASKS = (
     "ForSequenceClassification",
     "ForTokenClassification",
@@ -101,10 +100,20 @@ def _matches(path: str, spec: str | Sequence[str]) -> bool:
 
 
 def _default_heads(model: nn.Module, family: Family | None) -> list[str]:
+    """A task model's head: its top-level modules with parameters outside the backbone (``classifier``,
+    ``pre_classifier``, ``score``, ``qa_outputs``, a pooler ...), found from the model's structure rather
+    than a list of names, so every family's task classes are covered whatever they call their head."""
     if not type(model).__name__.endswith(_HEAD_TASKS):
         return []
-    names = [h for h in _TASK_HEADS if family is None or h in family.heads or h == "pre_classifier"]
-    return [h for h in names if isinstance(getattr(model, h, None), nn.Module)]
+    if model.base_model is not model:
+        body = {n for n, m in model.named_children() if m is model.base_model}
+    else:  # the towers sit on the model itself (CLIPForImageClassification: vision_model + classifier)
+        body = {path.split(".")[0] for _, path, _ in (family.towers if family else ())}
+        if not body:
+            return [
+                h for h in (family.heads if family else ()) if isinstance(getattr(model, h, None), nn.Module)
+            ]
+    return [n for n, m in model.named_children() if n not in body and next(m.parameters(), None) is not None]
 
 
 def _resolve_modules(model: nn.Module, spec: Sequence[str]) -> list[str]:
@@ -129,7 +138,7 @@ def _resolve_targets(model: nn.Module, spec, family: Family | None, skip: Sequen
         spec = list(family.lora_targets)
     elif not isinstance(spec, str):
         spec = list(spec)
-    heads = tuple(_TASK_HEADS) + (tuple(family.heads) if family else ())
+    heads = set(family.heads if family else ()) | set(_default_heads(model, family))
     out, wrong = [], []
     for name, mod in model.named_modules():
         if not name or any(name == s or name.startswith(s + ".") for s in skip):
@@ -202,9 +211,9 @@ def add_lora(
         target_modules: None = the family's defaults (``fastft.patching.families``: BERT
             query/key/value/dense, GPT-2 c_attn/c_proj/c_fc, Llama projections); a list of module
             names or paths (PEFT's suffix rule), a regex string, or ``"all-linear"``.
-        modules_to_save: modules trained and saved in full. None = the classification head
-            (classifier / score / pre_classifier / qa_outputs) for *ForSequenceClassification and
-            similar task models, nothing otherwise; ``[]`` for none.
+        modules_to_save: modules trained and saved in full. None = the task head (the top-level
+            modules besides the backbone: classifier / score / pre_classifier / qa_outputs ...) of
+            *ForSequenceClassification and similar task models, nothing otherwise; ``[]`` for none.
         use_rslora: scaling ``alpha / sqrt(r)`` instead of ``alpha / r``.
         ranks, alphas: per-path overrides (used when loading PEFT adapters with rank/alpha patterns).
     """

@@ -279,11 +279,16 @@ class Trainer:
             import fastft
             from fastft.patching import patched_parts
 
+            patched: list[str] = []
             try:
                 fastft.patch(self.model)
-                self.fused_parts = patched_parts(self.model)
+                patched = patched_parts(self.model)
             except Exception as e:  # noqa: BLE001 - a kernel part must never stop training
-                self._notes.append(f"fastft.patch failed ({first_line(e)}); training unfused")
+                self._notes.append(
+                    f"fastft.patch failed ({first_line(e)}); the model's own fused parts are off"
+                )
+            # what training really goes through: the task says which loss it fuses
+            self.fused_parts = self.task.fused_parts(patched, self.model, cfg)
         self.model.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
@@ -298,6 +303,7 @@ class Trainer:
         if counts is None and self.problem_type == "multi_label_classification":
             counts = (self.data.report.get("label_counts") or {}).get("train")
         self._notes += diagnose.small_data_warnings(self.plan.total_steps, counts)
+        self._notes += self.task.run_warnings(self.cfg, self.world)
         if self.precision == "fp16" and self.device.type == "cpu":
             self._notes.append(
                 "warning: --precision fp16 on CPU runs through autocast emulation and is not a speed "
@@ -1036,7 +1042,7 @@ class Trainer:
             + (", gradient checkpointing" if cfg.gradient_checkpointing else ""),
             "  fused      "
             + (
-                ("patched: " + ", ".join(self.fused_parts))
+                ", ".join(self.fused_parts)
                 if self.fused_parts
                 else ("off (--no-fused)" if not cfg.fused else "no fused part applies to this model")
             ),

@@ -16,15 +16,8 @@ import traceback
 import pytest
 import torch
 
-from tests.clip_util import one_thread
 from tests.compare import assert_close
 from tests.distributed.workers import free_port, torchrun_env
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
-
 
 pytestmark = pytest.mark.distributed
 

@@ -86,6 +86,29 @@ def test_heads_trainable_only_for_classification():
     assert {n.rsplit(".", 3)[-3] for n, p in m3.named_parameters() if p.requires_grad} == {"query"}
 
 
+@pytest.mark.parametrize(
+    "auto_cls, config, head",
+    [
+        ("AutoModelForTokenClassification", tiny_gpt2_config, "classifier"),  # not in the gpt2 row
+        ("AutoModelForQuestionAnswering", tiny_llama_config, "qa_outputs"),
+        ("AutoModelForSequenceClassification", tiny_llama_config, "score"),
+        ("AutoModelForQuestionAnswering", tiny_bert_config, "qa_outputs"),
+        ("AutoModelForImageClassification", None, "classifier"),  # CLIP: towers on the model, no backbone
+    ],
+)
+def test_default_head_is_every_family_task_head(auto_cls, config, head):
+    """The new head of any task class trains under LoRA (it would otherwise stay at its random init)."""
+    if config is None:
+        from tests.clip_util import tiny_config
+
+        config = tiny_config("clip")
+    m = build(auto_cls, config(num_labels=3) if callable(config) else config)
+    fastft.add_lora(m, r=2, target_modules="all-linear")
+    trainable = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trainable == {head}
+    assert not any(n.startswith(head + ".") for n in lora_layers(m))  # all-linear leaves the head alone
+
+
 def test_layer_wraps_same_weight_and_scaling():
     lin = nn.Linear(13, 7)
     layer = LoRALinear(lin, r=4, alpha=8)

@@ -15,13 +15,8 @@ import torch
 import fastft
 from fastft.functional import clip_loss, siglip_loss
 from fastft.nn import ContrastiveLoss
-from tests.clip_util import one_thread, tiny_config
+from tests.clip_util import tiny_config
 from tests.compare import assert_close, assert_within_torch_error, randn
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def _ref_clip(img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

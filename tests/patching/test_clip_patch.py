@@ -13,13 +13,8 @@ import fastft
 from fastft.functional import clip_loss, siglip_loss
 from fastft.patching import attention as attn_mod
 from fastft.patching import patched_parts
-from tests.clip_util import one_thread, tiny_model
+from tests.clip_util import tiny_model
 from tests.compare import assert_close
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def _batch(model, B=3, S=7, seed=0):

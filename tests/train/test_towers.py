@@ -8,12 +8,7 @@ import pytest
 import fastft
 from fastft.lora.inject import lora_layers, tower_lora_targets
 from fastft.train import strategies as strat
-from tests.clip_util import one_thread, tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
+from tests.clip_util import tiny_model
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])

@@ -10,12 +10,13 @@ duplicate sentences (same words and tags) are dropped, as for text."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 
 import numpy as np
 
 from fastft.train.data.sources import Raw
 
-__all__ = ["clean", "is_missing", "as_text", "is_word_list", "as_words"]
+__all__ = ["clean", "drop_rows", "is_missing", "as_text", "is_word_list", "as_words"]
 
 
 def is_word_list(v) -> bool:
@@ -48,22 +49,32 @@ def clean(raw: Raw, need_labels: bool) -> tuple[Raw, dict]:
     raw.texts = [as_text(t) for t in raw.texts]
     if raw.pairs is not None:
         raw.pairs = [as_text(t) for t in raw.pairs]
+    pairs = raw.pairs
+
+    def key(i: int):
+        t, p = raw.texts[i].strip(), pairs[i].strip() if pairs is not None else None
+        return None if not t or (pairs is not None and not p) else (t, p)
+
+    return drop_rows(raw, need_labels, key)
+
+
+def drop_rows(raw: Raw, need_labels: bool, key: Callable[[int], Hashable | None]) -> tuple[Raw, dict]:
+    """Keep the first row of each ``key(i)``; drop rows whose key is None (empty) and, when labels are
+    needed, rows without a label. Shared by the text and image cleaning so both count alike."""
     keep, seen = [], set()
     empty = missing = dup = 0
-    for i, t in enumerate(raw.texts):
-        key_t = t.strip()
-        key_p = raw.pairs[i].strip() if raw.pairs is not None else None
-        if not key_t or (raw.pairs is not None and not key_p):
+    for i in range(len(raw.texts)):
+        k = key(i)
+        if k is None:
             empty += 1
             continue
-        if need_labels and is_missing(raw.labels[i]):
+        if need_labels and raw.labels is not None and is_missing(raw.labels[i]):
             missing += 1
             continue
-        key = (key_t, key_p)
-        if key in seen:
+        if k in seen:
             dup += 1
             continue
-        seen.add(key)
+        seen.add(k)
         keep.append(i)
     return raw.take(keep), {"empty": empty, "missing_label": missing, "duplicate": dup}
 

@@ -142,24 +142,14 @@ def _missing(v) -> bool:
 def clean_images(raw: Raw, need_labels: bool) -> tuple[Raw, dict]:
     """Drop rows without an image reference (empty), without a label, and repeated references (the
     same file or bytes, keeping the first); the counts go to the data report like the text cleaning's."""
-    from fastft.train.data.clean import is_missing
+    from fastft.train.data.clean import drop_rows
 
-    keep, seen = [], set()
-    empty = missing = dup = 0
-    for i, ref in enumerate(raw.texts):
-        if _missing(ref):
-            empty += 1
-            continue
-        if need_labels and raw.labels is not None and is_missing(raw.labels[i]):
-            missing += 1
-            continue
-        key = (ref, raw.pairs[i] if raw.pairs is not None else None)
-        if key in seen:
-            dup += 1
-            continue
-        seen.add(key)
-        keep.append(i)
-    return raw.take(keep), {"empty": empty, "missing_label": missing, "duplicate": dup}
+    refs, pairs = raw.texts, raw.pairs
+
+    def key(i: int):
+        return None if _missing(refs[i]) else (refs[i], pairs[i] if pairs is not None else None)
+
+    return drop_rows(raw, need_labels, key)
 
 
 def check_images(raw: Raw, where: str) -> Counter:
@@ -214,28 +204,16 @@ def mode_note(modes: Counter) -> str | None:
 # whole sources (train/validation/test) for prepare_data, and one file for eval/predict
 
 
-def _label_column(cols: list[str], given: str | None, task, exclude: tuple, where: str) -> str:
+def _pick_column(kind: str, flag: str, cols: list[str], given: str | None, known, exclude, where: str) -> str:
+    """The ``kind`` column: ``given`` (``flag``) if it exists, else the first known name not in ``exclude``."""
     if given is not None:
         if given not in cols:
-            raise columns_error("label", given, "--label-column", where, cols)
+            raise columns_error(kind, given, flag, where, cols)
         return given
-    found = next((c for c in task.label_columns if c in cols and c not in exclude), None)
+    found = next((c for c in known if c in cols and c not in exclude), None)
     if found is None:
         raise DataError(
-            f"no label column found in {where}; columns are: {', '.join(map(str, cols))} (set --label-column)"
-        )
-    return found
-
-
-def _caption_column(cols: list[str], given: str | None, task, exclude: tuple, where: str) -> str:
-    if given is not None:
-        if given not in cols:
-            raise columns_error("caption", given, "--text-column", where, cols)
-        return given
-    found = next((c for c in task.text_columns if c in cols and c not in exclude), None)
-    if found is None:
-        raise DataError(
-            f"no caption column found in {where}; columns are: {', '.join(map(str, cols))} (set --text-column)"
+            f"no {kind} column found in {where}; columns are: {', '.join(map(str, cols))} (set {flag})"
         )
     return found
 
@@ -248,8 +226,15 @@ def table_raw(ds, path_or_name: str, where: str, task, c, need_label: bool, grou
     image = find_image_column(cols, getattr(c, "image_column", None), task.image_columns, where)
     caption = None
     if task.modality == "image_text":
-        caption = _caption_column(cols, c.text_column, task, (image,), where)
-    label = _label_column(cols, c.label_column, task, (image, caption), where) if need_label else None
+        caption = _pick_column(
+            "caption", "--text-column", cols, c.text_column, task.text_columns, (image,), where
+        )
+    label = None
+    if need_label:
+        exclude = (image, caption)
+        label = _pick_column(
+            "label", "--label-column", cols, c.label_column, task.label_columns, exclude, where
+        )
     group_col = c.split_group_column if group else None
     if group_col is not None and group_col not in cols:
         raise columns_error("group", group_col, "--split-group-column", where, cols)

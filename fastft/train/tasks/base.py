@@ -78,6 +78,13 @@ class Task(ABC):
     label_in_dataset: bool = True
     #: the task head is newly initialised: it trains under LoRA (a causal LM's lm_head does not).
     fresh_head: bool = True
+    #: the fused loss this task's own training loss goes through under ``--fused`` (None: none).
+    fused_loss: str | None = None
+    #: the training loss is the model's own (``labels=`` into its forward), so the ``loss`` part of
+    #: ``fastft.patch`` is what fuses it; otherwise that part is never called in training.
+    uses_model_loss: bool = False
+    #: with ``--teacher`` the training loss is fastft's fused KD loss.
+    distils: bool = False
     #: labels have names (``label2id`` in the model config) that eval files are encoded with.
     named_labels: bool = False
     #: extra tokenized columns the collate needs (e.g. ``word_ids`` for token-level labels).
@@ -157,6 +164,11 @@ class Task(ABC):
         """Warnings about the final raw splits (encoded labels), e.g. test tags never seen in train."""
         return []
 
+    def run_warnings(self, cfg, world: int) -> list[str]:
+        """Start-up warnings (one line each) about this run's options (a ``TrainConfig``, ``world``
+        processes) that train differently for this task than the user may expect."""
+        return []
+
     def detects(self, labels: list, texts: list) -> bool:
         """``--task auto``: do these raw label values (and texts) look like this task's? Detection asks
         the registered tasks in registry order; the first that says yes wins."""
@@ -222,6 +234,18 @@ class Task(ABC):
         batch's item count). ``cfg`` (a ``TrainConfig``) carries ``fused`` and the KD settings."""
         logits = model(**model_inputs(batch)).logits.float()
         return self.item_losses(logits, batch["labels"]).sum() / n_items
+
+    def fused_parts(self, patched: list[str], model, cfg) -> list[str]:
+        """The fused parts this run's training really uses (the start-up summary's ``fused`` line):
+        ``patched`` (``fastft.patch``'s parts on ``model``) without its ``loss`` part unless the model's
+        own loss trains, plus the fused losses the task computes itself (KD with a teacher)."""
+        kd = self.distils and bool(getattr(cfg, "teacher", None))
+        parts = [p for p in patched if p != "loss" or (self.uses_model_loss and not kd)]
+        if kd:
+            parts.append("KD loss")
+        elif self.fused_loss:
+            parts.append(self.fused_loss)
+        return parts
 
     def check_teacher(self, teacher, model, space: LabelSpace) -> str | None:
         """Why ``teacher`` cannot teach ``model`` (one line naming the fix), or ``None``."""

@@ -18,6 +18,8 @@ from fastft.train.tasks.classification import kd_loss_sum
 
 class CausalLM(Task):
     name = "causal_lm"
+    uses_model_loss = True  # fastft.patch fuses its linear + cross-entropy
+    distils = True
     problem_type = "causal_lm"
     auto_class = "AutoModelForCausalLM"
     needs_labels = False

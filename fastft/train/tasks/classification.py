@@ -54,6 +54,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 class Classification(Task):
     name = "classification"
+    fused_loss = "cross-entropy loss"
+    distils = True
     aliases = ("single_label_classification",)
     problem_type = "single_label_classification"
     named_labels = True

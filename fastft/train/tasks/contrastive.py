@@ -256,6 +256,25 @@ class Contrastive(Task):
     def item_losses(self, logits, labels):
         raise NotImplementedError("the contrastive loss is per batch, not per item")
 
+    def run_warnings(self, cfg, world):
+        # the InfoNCE / sigmoid loss is per micro-batch (gathered over ranks): accumulation adds
+        # steps, not negatives (no GradCache-style embedding cache)
+        if cfg.grad_accum <= 1:
+            return []
+        return [
+            f"warning: contrastive loss: negatives come from each micro-batch of {cfg.batch_size * world} "
+            "rows; --grad-accum does not add negatives: raise --batch-size instead"
+        ]
+
+    def fused_parts(self, patched, model, cfg):
+        # CLIP's InfoNCE goes through the fused CE; SigLIP's sigmoid loss is plain torch
+        parts = super().fused_parts(patched, model, cfg)
+        if not _is_siglip(_unwrap(model)):
+            parts.append("contrastive cross-entropy loss")
+        if getattr(_unwrap(model), HEAD, None) is not None:
+            parts.append("class-head cross-entropy loss")
+        return parts
+
     def _losses(self, model, batch, fused: bool = True):
         """(contrastive loss, class CE or None, image embeddings, text embeddings, class logits)."""
         from fastft.functional import clip_loss, cross_entropy, siglip_loss

@@ -91,15 +91,27 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: str, title: 
     return True
 
 
-class ImageClassification(Classification):
-    name = "image_classification"
-    aliases = ("image-classification", "image_single_label")
+class _ImageRows:
+    """What both image tasks share: the model class, the image batches, and top-k prediction."""
+
     auto_class = "AutoModelForImageClassification"
     modality = "image"
     batch_columns = ("image_ref",)
 
     def detects(self, labels, texts):
         return False  # chosen by --task (or an image folder as --train-file), never from labels
+
+    @staticmethod
+    def probs(logits: np.ndarray) -> np.ndarray:
+        return softmax(logits)
+
+    def predict(self, model, tokenizer, ds, batches, *, device, text_columns, options):
+        return _image_predict(self, model, ds, batches, device, options, self.probs)
+
+
+class ImageClassification(_ImageRows, Classification):
+    name = "image_classification"
+    aliases = ("image-classification", "image_single_label")
 
     def claims_model(self, config):
         return _is_image_model(config) and getattr(config, "problem_type", None) != MultiLabel.problem_type
@@ -121,25 +133,17 @@ class ImageClassification(Classification):
         path = os.path.join(out_dir, "confusion_matrix.png")
         return ["confusion_matrix.png"] if cm and plot_confusion(cm, names, path, "confusion matrix") else []
 
-    def predict(self, model, tokenizer, ds, batches, *, device, text_columns, options):
-        return _image_predict(self, model, ds, batches, device, options, softmax)
 
-
-class ImageMultiLabel(MultiLabel):
+class ImageMultiLabel(_ImageRows, MultiLabel):
     name = "image_multilabel"
     aliases = ("image_multi_label", "image-multilabel")
-    auto_class = "AutoModelForImageClassification"
-    modality = "image"
-    batch_columns = ("image_ref",)
 
-    def detects(self, labels, texts):
-        return False
+    @staticmethod
+    def probs(logits: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-logits))  # independent sigmoids
 
     def claims_model(self, config):
         return _is_image_model(config) and getattr(config, "problem_type", None) == self.problem_type
 
     def describe(self, space):
         return f"image multi-label classification, {space.num_labels} labels"
-
-    def predict(self, model, tokenizer, ds, batches, *, device, text_columns, options):
-        return _image_predict(self, model, ds, batches, device, options, lambda x: 1.0 / (1.0 + np.exp(-x)))

@@ -49,6 +49,8 @@ def _names(model) -> list[str]:
 
 class TokenClassification(Task):
     name = "token_classification"
+    fused_loss = "cross-entropy loss"
+    distils = True
     aliases = ("ner", "token-classification")
     problem_type = "token_classification"
     auto_class = "AutoModelForTokenClassification"

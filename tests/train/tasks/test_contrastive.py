@@ -12,13 +12,8 @@ import pytest
 import torch
 
 from fastft.cli import main
-from tests.clip_util import one_thread, save_tiny, write_pairs
+from tests.clip_util import save_tiny, write_pairs
 from tests.compare import assert_close
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +53,11 @@ def test_training_lifts_recall_far_above_chance(trained):
     assert test["mean_recall@1"] == pytest.approx((test["i2t_recall@1"] + test["t2i_recall@1"]) / 2)
     assert res["metric_for_best"] == "mean_recall@1"
     assert test["zero_shot_accuracy"] > 1 / 8 and "class_accuracy" in test, test  # 8 colour classes
-    assert "attention" in res["fused_parts"]
+    assert res["fused_parts"] == [
+        "attention",
+        "contrastive cross-entropy loss",
+        "class-head cross-entropy loss",
+    ]
 
 
 def test_output_loads_with_plain_automodel(trained, env):
@@ -107,6 +106,29 @@ def test_eval_and_predict_both_directions(trained, env, tmp_path, capsys):
                  "--top-k", "3", "--output", str(pred2)]) == 0  # fmt: skip
     rows = [json.loads(x) for x in pred2.read_text().splitlines()]
     assert len(rows) == 16 and all(len(r["images"]) == 3 for r in rows)  # the file's 16 distinct captions
+
+
+def test_summary_is_true_and_grad_accum_warns(env, tmp_path, capsys):
+    out = tmp_path / "accum"
+    assert main(_argv(env, out, "--max-steps", "1", "--eval-strategy", "no", "--grad-accum", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "  fused      attention, contrastive cross-entropy loss\n" in printed  # not HF's unused "loss"
+    warning = (
+        "warning: contrastive loss: negatives come from each micro-batch of 16 rows; "
+        "--grad-accum does not add negatives: raise --batch-size instead"
+    )
+    assert printed.count(warning) == 1
+
+
+def test_grad_accum_warning_counts_the_gathered_rows():
+    from types import SimpleNamespace
+
+    from fastft.train.tasks import get_task
+
+    task = get_task("contrastive")
+    assert task.run_warnings(SimpleNamespace(grad_accum=1, batch_size=8), 4) == []
+    (line,) = task.run_warnings(SimpleNamespace(grad_accum=3, batch_size=8), 4)
+    assert "each micro-batch of 32 rows" in line  # under torchrun the loss sees every rank's rows
 
 
 def _params(path):
@@ -161,6 +183,7 @@ def test_siglip_trains_with_the_sigmoid_loss(env, tmp_path):
     )
     res = json.load(open(out / "results.json"))
     assert res["global_step"] == 4 and "mean_recall@1" in res["test"]
+    assert res["fused_parts"] == ["attention"]  # the sigmoid loss is plain torch; HF's loss patch never runs
     before, after = _params(env["siglip"]), _params(str(out))
     assert not torch.equal(before["logit_bias"], after["logit_bias"])  # only the sigmoid loss has a bias
     from transformers import AutoModel

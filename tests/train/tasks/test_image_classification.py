@@ -37,7 +37,7 @@ def test_folder_train_eval_predict_topk(ws, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "head       re-initialised (checkpoint had 2 labels, the data has 3)" in printed
-    assert "patched: attention, loss" in printed
+    assert "  fused      attention, cross-entropy loss\n" in printed  # the task's CE, not HF's loss hook
     res = _results(out)
     assert res["problem_type"] == "single_label_classification" and res["num_labels"] == 3
     assert res["test"]["accuracy"] >= 0.8  # chance is 1/3
@@ -73,7 +73,7 @@ def test_families_train_from_csv(ws, tmp_path, capsys, kind):
     assert res["global_step"] == 3 and res["data"]["columns"]["image"] == "image_path"
     attention = "attention" in res["fused_parts"]
     assert attention == (kind == "deit")  # ViT/DeiT: AttentionInterface; Swin: biased windows; convs: none
-    assert "loss" in res["fused_parts"]
+    assert res["fused_parts"][-1] == "cross-entropy loss" and "loss" not in res["fused_parts"]
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,23 @@ def test_evaluator_pads_token_level_rows_across_batches():
     out = _cat_padded([a, b], -100)
     assert out.shape == (3, 5) and out[:2, 3:].eq(-100).all() and out[2].eq(2).all()
     assert _cat_padded([a, a], 0).shape == (4, 3)
+
+
+@pytest.mark.parametrize(
+    "name, teacher, expected",
+    [
+        ("causal_lm", None, ["attention", "loss"]),  # the model's own loss is the one fastft.patch fuses
+        ("causal_lm", "t", ["attention", "KD loss"]),
+        ("classification", None, ["attention", "cross-entropy loss"]),  # computed by the task
+        ("image_classification", None, ["attention", "cross-entropy loss"]),
+        ("token_classification", "t", ["attention", "KD loss"]),
+        ("image_multilabel", None, ["attention"]),  # BCE is plain torch
+        ("multilabel", "t", ["attention"]),  # no KD path: the teacher is not a fused part
+        ("regression", None, ["attention"]),
+    ],
+)
+def test_fused_parts_name_what_training_uses(name, teacher, expected):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(teacher=teacher)
+    assert get_task(name).fused_parts(["attention", "loss"], torch.nn.Linear(2, 2), cfg) == expected
