@@ -264,6 +264,11 @@ class Trainer:
         cfg = self.cfg
         self.model = self._load_model()
         if cfg.teacher:
+            if not self.task.distils:  # its loss would silently ignore the teacher
+                raise ConfigError(
+                    f"--teacher (distillation) is not supported for --task {self.task.name}; it applies to "
+                    "classification, token_classification and causal_lm: drop --teacher"
+                )
             self.teacher = models.load_teacher(self.task, cfg.teacher, self.model, self.labels)
         if cfg.gradient_checkpointing:
             # transformers >= 5.2x renamed it; the GPU image (5.17) has only the old name

@@ -159,3 +159,17 @@ def test_kd_end_to_end(models, tmp_path):
     assert res["global_step"] == 3 and "accuracy" in res["test"]
     saved = json.load(open(out / "train_config.json"))
     assert saved["teacher"] == models["teacher"] and saved["kd_alpha"] == 0.8
+
+
+def test_teacher_refused_for_a_task_without_distillation(models, tmp_path):
+    """Regression's loss has no KD term: a --teacher would be ignored silently, so it is refused."""
+    from fastft.train.config import ConfigError
+
+    rows = [[t, float(p - n)] for t, p, n in sentences(24, seed=5)]
+    path = write_csv(str(tmp_path / "reg.csv"), ["text", "score"], rows)
+    cfg = TrainConfig(
+        model=models["student"], train_file=path, output_dir=str(tmp_path / "r"), batch_size=8,
+        cache_dir=str(models["d"] / "cache"), teacher=models["teacher"], task="regression",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="--teacher .* not supported for --task regression"):
+        Trainer(cfg)._setup()
