@@ -21,7 +21,8 @@ Usage::
     python -m bench.bench_quality --fastft-args "--class-weights auto"   # extra flags for fastft only
     python -m bench.bench_quality --configs 0 --seeds 42 43 44 --out q.json  # 3 training seeds, one split
 
-Trainers (``--impls``): ``fastft``, ``fastft_cw`` (fastft with ``--class-weights auto``) and ``hf``;
+Trainers (``--impls``): ``fastft`` (``--class-weights none``), ``fastft_cw`` (``--class-weights auto``,
+which fastft's default ``imbalanced`` picks on this 7x-imbalanced set) and ``hf``;
 with ``--seeds`` every trainer runs every seed on the same split and the report adds per-trainer means.
 
 On a loaded machine the four trainings (2 settings x 2 trainers) can run as parallel invocations on
@@ -394,7 +395,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             hp = {**base, "seed": seed}
             entry: dict[str, Any] = {"config": i, "hp": hp}
             tag = f"{i}" if not args.seeds else f"{i}-s{seed}"
-            for impl, flags in (("fastft", extra), ("fastft_cw", [*extra, "--class-weights", "auto"])):
+            cw = (("fastft", "none"), ("fastft_cw", "auto"))  # fastft's default here (7x imbalance): auto
+            for impl, flags in ((i, [*extra, "--class-weights", w]) for i, w in cw):
                 if impl in args.impls:
                     out_dir = os.path.join(work, f"{impl.replace('_', '-')}-{tag}")
                     f = _reused(out_dir, args.reuse) or _saved(out_dir, run_fastft(paths, hp, out_dir, flags))

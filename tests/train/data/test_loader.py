@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import datasets
+import numpy as np
 import torch
 
 from fastft.train.data import make_dataloader
@@ -41,3 +42,20 @@ def test_one_process_and_training_have_no_repeat_rows():
     )
     assert not any(bool(b["repeat"].any()) for b in tr)
     assert all(b["labels"].dtype == torch.long for b in tr)
+
+
+def test_length_grouping_draws_new_batches_each_epoch_on_small_data():
+    """600 rows at batch 32: mega-batches of 4 batches (HF's rule), so each epoch regroups the rows
+    (a single global sort gave the same 19 batches every epoch), while each batch stays length-sorted."""
+    from fastft.train.data.loader import global_batch_order, mega_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 250, 600).tolist()
+    assert mega_batches(600, 32) == 4 and mega_batches(8530, 32) == 50 and mega_batches(10, 32) == 1
+    epochs = [global_batch_order(lengths, 32, shuffle=True, seed=1, epoch=e) for e in range(2)]
+    sets = [{frozenset(b) for b in bs} for bs in epochs]
+    assert len(sets[0] & sets[1]) <= 2  # almost all batches are new
+    for bs in epochs:
+        assert sorted(i for b in bs for i in b) == list(range(600))
+        spread = np.mean([np.ptp([lengths[i] for i in b]) for b in bs])
+        assert spread < 0.5 * np.ptp(lengths)  # still grouped by length
