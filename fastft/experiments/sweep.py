@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import warnings
 from typing import Any
 
@@ -68,12 +69,26 @@ def make_storage(url: str | None, output_dir: str):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(path)), url
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url)), url
+        return _rdb_storage(optuna, url), url
     except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"--storage {url}: {msg[:200]}; pass an RDB URL Optuna takes or journal:FILE"
         ) from None
+
+
+def _rdb_storage(optuna, url: str, attempts: int = 5):
+    """``RDBStorage(url)``, retried when another process is creating the same fresh schema: both
+    see an empty database, both insert Alembic's version row, the second fails on its UNIQUE key.
+    A retry finds the schema in place."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for i in range(attempts - 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        except (IntegrityError, OperationalError):  # "table ... already exists" is an OperationalError
+            time.sleep(0.2 * (i + 1))
+    return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

@@ -93,6 +93,28 @@ def test_two_processes_join_one_study(work, tmp_path):
     assert os.path.isfile(os.path.join(out, "best.yaml"))
 
 
+def test_storage_survives_the_schema_creation_race(tmp_path, monkeypatch):
+    """The other process created the schema first: its Alembic row makes ours fail once; a retry joins."""
+    from sqlalchemy.exc import IntegrityError
+
+    from fastft.experiments import sweep
+
+    calls = []
+
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, url, **kw):
+            calls.append(url)
+            super().__init__(url, **kw)  # the first time: the winner's schema
+            if len(calls) == 1:
+                raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    url = f"sqlite:///{tmp_path}/race.db"
+    store, got = sweep.make_storage(url, str(tmp_path))
+    assert got == url and len(calls) == 2
+    assert optuna.create_study(storage=store, study_name="s").study_name == "s"
+
+
 @pytest.mark.parametrize(
     "flags, msg",
     [

@@ -231,7 +231,7 @@ def test_tensorboard_and_curve(env, tmp_path):
 def test_unfused_path_matches_fused(env, tmp_path):
     """--no-fused (plain torch AdamW + HF modules, clipping in the trainer) trains the same as the default
     (fastft.patch + FusedAdamW, clipping inside the optimizer), up to float rounding."""
-    kw = dict(max_steps=3, eval_strategy="no", max_grad_norm=0.05, lr=1e-2)
+    kw = dict(max_steps=3, eval_strategy="no", max_grad_norm=0.01, lr=1e-2)
     fused = Trainer(_cfg(env, tmp_path / "f", **kw)).train()
     plain = Trainer(_cfg(env, tmp_path / "p", fused=False, deterministic=True, **kw)).train()
     assert plain["optimizer"] == "torch.optim.AdamW" and plain["fused_parts"] == []
@@ -241,7 +241,7 @@ def test_unfused_path_matches_fused(env, tmp_path):
     assert lf == pytest.approx(lp, rel=1e-4)
     gf = [r["grad_norm"] for r in read_jsonl(str(tmp_path / "f" / "metrics.jsonl")) if r["type"] == "train"]
     gp = [r["grad_norm"] for r in read_jsonl(str(tmp_path / "p" / "metrics.jsonl")) if r["type"] == "train"]
-    assert gf == pytest.approx(gp, rel=1e-4) and min(gf) > 0.05  # pre-clip norms, so clipping was active
+    assert gf == pytest.approx(gp, rel=1e-4) and min(gf) > 0.01  # pre-clip norms, so clipping was active
 
 
 def test_llama_style_classification(tmp_path):
