@@ -45,13 +45,19 @@ class PruneCallback(Callback):
     def __init__(self, trial, metric: str) -> None:
         self.trial, self.metric = trial, metric
         self.pruned_step: int | None = None
+        self._final = False
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        if record.get("type") == "eval":
+            self._final = bool(record.get("final"))
 
     def on_evaluate(self, step: int, metrics: dict[str, Any]) -> bool | None:
         value = metrics.get(self.metric)
         if not isinstance(value, (int, float)):
             return None
         self.trial.report(float(value), step)
-        if self.trial.should_prune():
+        # the last evaluation ends the run anyway: pruning it would only throw a finished value away
+        if not self._final and self.trial.should_prune():
             self.pruned_step = step
             return True
         return None

@@ -5,6 +5,7 @@ The trainer calls, on every rank unless a callback filters itself (trackers log 
 * ``on_start(config, output_dir, resumed)`` once, after the output dir is prepared (``config`` is the
   resolved config as a dict);
 * ``on_log(record)`` for every record appended to ``metrics.jsonl`` (``type`` train / eval / test);
+  an evaluation's record (``final`` True at the run's last step) comes before its ``on_evaluate``;
 * ``on_evaluate(step, metrics)`` after each validation evaluation; returning ``True`` asks the run to
   stop (a pruned sweep trial): the trainer finishes as after early stopping;
 * ``on_end(results, output_dir)`` once, after ``results.json`` is written.

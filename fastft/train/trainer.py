@@ -789,6 +789,7 @@ class Trainer:
             **shown,
             "is_best": improved,
             "collapsed": collapse is not None,
+            "final": s.global_step >= self.plan.total_steps,  # the run's last evaluation
         }
         self.log.event(rec)
         self.callbacks.on_log(rec)

@@ -32,7 +32,11 @@ def two_ranks(tmp_path_factory):
     try:
         mp.spawn(W.run, args=(out, W.free_port()), nprocs=W.WORLD, join=True)
     except Exception as e:  # the rank's own traceback is more useful than spawn's summary
-        errs = [open(os.path.join(out, f)).read() for f in sorted(os.listdir(out)) if f.startswith("error-")]
+        errs = [
+            f"{f}:\n" + open(os.path.join(out, f)).read()
+            for f in sorted(os.listdir(out))
+            if f.startswith(("error-", "fault-")) and os.path.getsize(os.path.join(out, f))
+        ]
         pytest.fail("a rank failed:\n" + ("\n".join(errs) or str(e)))
     results = [json.load(open(os.path.join(out, f"result-{r}.json"))) for r in range(W.WORLD)]
     return out, results

@@ -7,6 +7,7 @@ Results are written as JSON / safetensors into ``out`` and checked by the parent
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import os
@@ -125,6 +126,10 @@ def _save_sd(path: str, sd: dict) -> None:
 
 def run(rank: int, out: str, port: int) -> None:
     """Entry point for ``torch.multiprocessing.spawn``; any failure is written to ``out/error-<rank>``."""
+    # A native crash (SIGSEGV/SIGABRT) leaves no Python traceback: faulthandler writes every thread's
+    # stack to out/fault-<rank>.txt, which the parent shows when the rank dies.
+    fault = open(os.path.join(out, f"fault-{rank}.txt"), "w")  # noqa: SIM115  (open until exit)
+    faulthandler.enable(file=fault, all_threads=True)
     try:
         os.environ.update(torchrun_env(rank, WORLD, port))
         torch.set_num_threads(1)

@@ -55,6 +55,9 @@ def test_sweep_prunes_a_bad_trial_and_best_yaml_reruns(work, tmp_path, capsys):
         assert t.state == optuna.trial.TrialState.COMPLETE
         res = _results(t.user_attrs["run_dir"])
         assert res["global_step"] == 6 and t.value == res["best_validation"]["loss"]
+        with open(os.path.join(t.user_attrs["run_dir"], "metrics.jsonl")) as fh:
+            evals = [r for r in map(json.loads, fh) if r["type"] == "eval"]
+        assert [r["final"] for r in evals] == [False] * (len(evals) - 1) + [True]
         cfg = json.load(open(os.path.join(t.user_attrs["run_dir"], "train_config.json")))
         assert (
             cfg["lr"] == t.params["lr"] and cfg["lora_r"] == t.params["lora_r"] and cfg["strategy"] == "lora"
@@ -135,3 +138,30 @@ def test_bad_sweep_input_is_one_line_exit_2(flags, msg, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1, err
     assert not os.path.exists(tmp_path / "o" / "trials")
+
+
+class _AlwaysPrune:
+    """An Optuna trial stand-in whose pruner says "prune" at every report."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[float, int]] = []
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return True
+
+
+def test_prune_callback_never_prunes_the_final_evaluation():
+    from fastft.experiments.sweep import PruneCallback
+
+    trial = _AlwaysPrune()
+    cb = PruneCallback(trial, "accuracy")
+    cb.on_log({"type": "eval", "step": 2, "final": False})
+    assert cb.on_evaluate(2, {"accuracy": 0.5}) is True and cb.pruned_step == 2
+    cb = PruneCallback(trial, "accuracy")
+    cb.on_log({"type": "train", "step": 3})
+    cb.on_log({"type": "eval", "step": 4, "final": True})
+    assert cb.on_evaluate(4, {"accuracy": 0.6}) is None and cb.pruned_step is None
+    assert trial.reports == [(0.5, 2), (0.6, 4)]  # the final value is still reported to the study
