@@ -10,10 +10,10 @@ import sys
 import pandas as pd
 import pytest
 
+from tests import ROOT, child_env
+
 pytest.importorskip("sklearn")
 from bench import bench_quality as bq  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_quick_end_to_end(corpus, tmp_path):
     About 50 s of CPU (two MiniLM fine-tunes of 3 steps each, plus start-up).
     """
     out = tmp_path / "q.json"
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = child_env()
     cmd = [
         sys.executable,
         "-m",

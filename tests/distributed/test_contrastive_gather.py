@@ -114,8 +114,8 @@ def test_torchrun_contrastive_run_equals_one_process(tmp_path):
     import subprocess
     import sys
 
+    from tests import child_env
     from tests.clip_util import save_tiny, write_pairs
-    from tests.distributed.test_torchrun_cli import ROOT
 
     model = save_tiny(str(tmp_path / "clip"), "clip")
     data = write_pairs(str(tmp_path / "data"), 48, "pairs.csv", classes=True)
@@ -124,7 +124,7 @@ def test_torchrun_contrastive_run_equals_one_process(tmp_path):
         for k, v in os.environ.items()
         if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
     }
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]))
+    env = child_env(base=env, OMP_NUM_THREADS="1")
     args = ["train", "--task", "contrastive", "--model", model, "--train-file", data, "--max-steps", "2",
             "--logging-steps", "1", "--eval-strategy", "no", "--device", "cpu", "--no-group-by-length",
             "--contrastive-class-column", "colour", "--lr", "1e-3"]  # fmt: skip

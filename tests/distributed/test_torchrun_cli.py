@@ -25,13 +25,13 @@ import sys
 import pytest
 import torch
 
+from tests import child_env
 from tests.compare import assert_close
 from tests.distributed.workers import free_port
 from tests.models import build, minilm_dir, tiny_bert_config
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Installed into every launched process: records each write-like event below FASTFT_AUDIT_ROOT,
 # per rank, into FASTFT_AUDIT_LOG-<rank> (opened before the hook exists, written with os.write).
@@ -127,9 +127,10 @@ def runs(tmp_path_factory):
         for k, v in os.environ.items()
         if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
     }
-    env.update(
+    env = child_env(
+        hook_dir,
+        base=env,
         OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([hook_dir, ROOT, env.get("PYTHONPATH", "")]),
         FASTFT_AUDIT_ROOT=os.path.join(work, "runs"),
         FASTFT_AUDIT_LOG=os.path.join(hook_dir, "audit"),
     )

@@ -23,6 +23,8 @@ import tempfile
 
 import pytest
 
+from tests import child_env
+
 SMEM_LIMIT = 232448  # bytes of dynamic shared memory per block on sm_90
 
 _FLOATS = {"qk_scale", "sm_scale", "dropout_p", "eps", "p", "scaling", "scale", "inv_temp", "temp", "alpha"}
@@ -256,8 +258,7 @@ def _sweep(tmp_path, *args: str, timeout: int = 900) -> list[dict]:
         pytest.skip("this triton ships no ptxas/cuobjdump")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    env = child_env(base=env)
     r = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=env, capture_output=True,
                        text=True, timeout=timeout)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

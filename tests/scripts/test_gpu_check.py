@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 PROBES = ROOT / "scripts" / "gpu_probes.py"
@@ -21,10 +23,7 @@ STEPS = ["build", "probes", "pytest_gpu", "pytest_device", "bench_parts", "bench
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
+    return child_env(base={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **extra)
 
 
 def _strict_json(line: str) -> dict:

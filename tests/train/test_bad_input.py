@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from fastft.cli import main
+from tests import child_env
 from tests.train.trainutil import file_flags, save_tiny, workspace, write_csv
 
 
@@ -252,7 +253,7 @@ def test_real_cli_process_prints_one_line(env, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+        env=child_env(),
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no.csv" in proc.stderr

@@ -16,8 +16,7 @@ from fastft.train import checkpoint as ckpt
 from fastft.train import outdir as od
 from fastft.train.config import ConfigError
 from fastft.train.state import TrainState
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import child_env
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -32,7 +31,7 @@ def _holder(out):
         sys.stdin.read()
         """
     )
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     p = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
@@ -461,7 +460,7 @@ def test_lock_mutual_exclusion_under_contention(tmp_path):
         print(got)
         """
     )
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(3)

@@ -18,6 +18,7 @@ import pytest
 from fastft.cli import main
 from fastft.train.checkpoint import list_checkpoints, load_checkpoint
 from fastft.train.trainer import Trainer
+from tests import child_env
 from tests.train.trainutil import file_flags, read_jsonl, workspace, write_csv
 
 
@@ -69,7 +70,7 @@ def finished(env, tmp_path_factory):
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=os.getcwd())
+    return child_env()
 
 
 # ------------------------------------------------------------------------------------------ lock

@@ -16,6 +16,7 @@ import torch
 from fastft.cli import main
 from fastft.train import TrainConfig, Trainer
 from fastft.train.checkpoint import list_checkpoints, load_checkpoint, load_state_dict_file
+from tests import child_env
 from tests.train.trainutil import classification_files, file_flags, read_jsonl, save_tiny, train_losses
 
 
@@ -170,7 +171,7 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(setup, tmp_path):
         "--logging-steps",
         "1",
     ]
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = child_env()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     metrics = out / "metrics.jsonl"
     t0 = time.time()
