@@ -37,7 +37,8 @@ def two_ranks(tmp_path_factory):
             for f in sorted(os.listdir(out))
             if f.startswith(("error-", "fault-")) and os.path.getsize(os.path.join(out, f))
         ]
-        pytest.fail("a rank failed:\n" + ("\n".join(errs) or str(e)))
+        written = sorted(os.listdir(out))  # threads-<r>.json: that rank got through all its work
+        pytest.fail(f"a rank failed ({e}); written: {written}\n" + "\n".join(errs))
     results = [json.load(open(os.path.join(out, f"result-{r}.json"))) for r in range(W.WORLD)]
     return out, results
 
