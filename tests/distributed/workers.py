@@ -7,6 +7,7 @@ Results are written as JSON / safetensors into ``out`` and checked by the parent
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import json
@@ -266,6 +267,33 @@ def _run(rank: int, out: str) -> None:
     D.cleanup(st)
     with open(os.path.join(out, f"threads-cleanup-{rank}.json"), "w") as f:
         json.dump(native_threads(), f)
+
+
+@contextlib.contextmanager
+def gloo_group(store_path: str, rank: int, world: int):
+    """A gloo process group over a FileStore for a test that builds its own group, torn down the way
+    ``fastft.distributed`` does it, and checked: no gloo / TCPStore thread may outlive the block.
+
+    ``dist.destroy_process_group()`` alone leaves the group alive (``torch.distributed.nn``'s default
+    arguments and DeviceMesh / DTensor caches keep it), so its gloo threads run into interpreter exit,
+    where the last collective's work object is freed on a gloo thread while Python is finalising: that
+    thread then takes the GIL of a dying interpreter and the rank aborts ("terminate called without an
+    active exception"; gdb: ``~AsyncAllgatherCoalescedWork`` -> ``decref_pyobject`` -> ``take_gil`` ->
+    ``pthread_exit`` inside ``ProcessGroupGloo::runLoop``)."""
+    import importlib
+
+    import torch.distributed as dist
+
+    from fastft import distributed as D
+
+    importlib.import_module("torch.distributed.nn")  # before the group exists: see D.init_distributed
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        D.cleanup()
+    left = [t for t in native_threads() if "gloo" in t or "tcpstore" in t]
+    assert not left, f"rank {rank}: backend threads outlive the process group: {left}"
 
 
 def native_threads() -> list[str]:

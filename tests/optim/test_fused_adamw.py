@@ -12,6 +12,7 @@ from fastft import _ext
 from fastft.optim import FusedAdamW
 from fastft.optim import fused_adamw as fa
 from tests.compare import DTYPES, assert_close, assert_within_torch_error, max_err, randn
+from tests.distributed.workers import gloo_group
 
 # awkward sizes: a scalar-like 1, odd 7, just over one 64Ki CPU chunk (70001), 2-D, 3-D; the 1000003 case
 # (many chunks, odd tail) runs on a subset to keep the file inside its time budget
@@ -335,8 +336,7 @@ def test_dtensor_params_single_rank(path, tmp_path):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    try:
+    with gloo_group(str(tmp_path / "store"), rank=0, world=1):
         mesh = init_device_mesh("cpu", (1,))
         plain = [randn(6, 5, seed=1), randn(11, seed=2)]
         dts = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in plain]
@@ -353,8 +353,6 @@ def test_dtensor_params_single_rank(path, tmp_path):
         for p, d in zip(plain, dts):
             assert_close(d.full_tensor(), p, torch.float32)
         assert type(o2.state[dts[0]]["exp_avg"]).__name__ == "DTensor"
-    finally:
-        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -456,14 +454,12 @@ def test_cuda_matches_cpu(dtype):
 
 
 def _two_rank_worker(rank: int, store_path: str, use_ext: bool) -> None:
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
     torch.set_num_threads(1)
     fa.USE_EXTENSION = use_ext
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
-    try:
+    with gloo_group(store_path, rank, world=2):
         mesh = init_device_mesh("cpu", (2,))
         full = [randn(9, 4, seed=1), randn(5, seed=2), randn(1, seed=3)]  # odd shard sizes, an empty shard
         plain = [torch.nn.Parameter(t.clone()) for t in full]
@@ -479,8 +475,6 @@ def _two_rank_worker(rank: int, store_path: str, use_ext: bool) -> None:
             assert_close(opt.grad_norm, ref.grad_norm, torch.float32, name="global grad_norm")
         for p, d in zip(plain, dts):
             assert_close(d.full_tensor(), p, torch.float32, name="sharded param")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed
