@@ -479,9 +479,10 @@ def _release_process_groups() -> None:
         from torch.distributed.device_mesh import DeviceMesh
 
         # Every mesh, not only wrap_model's: DTensor state-dict code deep-copies meshes, and each
-        # copy (__setstate__) re-resolves the groups into a registry of its own.
+        # copy (__setstate__) re-resolves the groups into a registry of its own. type(), not
+        # isinstance(): the heap holds weak proxies, and isinstance() on a dead one raises.
         for obj in gc.get_objects():
-            if isinstance(obj, DeviceMesh) and isinstance(getattr(obj, "_pg_registry", None), dict):
+            if issubclass(type(obj), DeviceMesh) and isinstance(getattr(obj, "_pg_registry", None), dict):
                 obj._pg_registry.clear()
     if "torch.distributed.tensor" in sys.modules:  # only if DTensor was used (private APIs: best effort)
         for clear in _dtensor_cache_clearers():

@@ -216,3 +216,23 @@ def test_bad_environment_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="not an integer"):
         D.init_distributed("cpu")
+
+
+def test_cleanup_survives_dead_weak_proxies_on_the_heap():
+    """cleanup() walks the heap for DeviceMeshes; a dead weakref.proxy anywhere in the process (any
+    library may leave one) must not make it raise (isinstance() on one raises ReferenceError)."""
+    import weakref
+
+    import torch.distributed.device_mesh  # noqa: F401  (the heap walk runs only once it is imported)
+
+    from fastft import distributed as D
+
+    class Thing:
+        pass
+
+    t = Thing()
+    holder = [weakref.proxy(t)]  # kept alive in a list gc tracks, its referent gone
+    del t
+    with pytest.raises(ReferenceError):
+        isinstance(holder[0], torch.distributed.device_mesh.DeviceMesh)
+    D.cleanup()
