@@ -152,7 +152,7 @@ def test_cleanup_stops_the_backend_threads(two_ranks):
             threads = json.load(f)
         if not threads:
             pytest.skip("no /proc/self/task on this platform")
-        left = [t for t in threads if "gloo" in t or "tcpstore" in t]
+        left = W.backend_threads(threads)
         assert not left, f"rank {rank}: backend threads still running at exit: {left}"
 
 

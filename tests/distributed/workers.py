@@ -280,20 +280,23 @@ def gloo_group(store_path: str, rank: int, world: int):
     thread then takes the GIL of a dying interpreter and the rank aborts ("terminate called without an
     active exception"; gdb: ``~AsyncAllgatherCoalescedWork`` -> ``decref_pyobject`` -> ``take_gil`` ->
     ``pthread_exit`` inside ``ProcessGroupGloo::runLoop``)."""
-    import importlib
-
     import torch.distributed as dist
 
     from fastft import distributed as D
 
-    importlib.import_module("torch.distributed.nn")  # before the group exists: see D.init_distributed
+    D._import_group_defaults()  # torch.distributed.nn before the group exists, as init_distributed does
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
     try:
         yield
     finally:
         D.cleanup()
-    left = [t for t in native_threads() if "gloo" in t or "tcpstore" in t]
+    left = backend_threads()
     assert not left, f"rank {rank}: backend threads outlive the process group: {left}"
+
+
+def backend_threads(threads: list[str] | None = None) -> list[str]:
+    """The gloo / TCPStore threads among ``threads`` (default: this process's native threads)."""
+    return [t for t in (native_threads() if threads is None else threads) if "gloo" in t or "tcpstore" in t]
 
 
 def native_threads() -> list[str]:
