@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet()
-    from fastft.train.errors import first_line
+    from fastft.train.errors import PeerError, first_line
     from fastft.train.trainer import TrainingError
 
     user_errors = _user_errors()
@@ -426,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         return cmd_predict(args)
     except user_errors as e:
-        print(f"fastft {args.command}: error: {first_line(e, 10_000)}", file=sys.stderr, flush=True)
+        if not isinstance(e, PeerError):  # rank 0 prints it for every rank
+            print(f"fastft {args.command}: error: {first_line(e, 10_000)}", file=sys.stderr, flush=True)
         return 2
     except TrainingError as e:
         print(f"fastft {args.command}: failed: {e}", file=sys.stderr, flush=True)

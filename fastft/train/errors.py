@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "first_line"]
+__all__ = ["ConfigError", "DataError", "PeerError", "first_line"]
 
 
 class ConfigError(ValueError):
@@ -15,6 +15,11 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A user-facing data problem: one line naming the problem and the fix (CLI exit code 2)."""
+
+
+class PeerError(ConfigError):
+    """Rank 0's user error, raised on the other torchrun ranks too so that they stop at once instead of
+    waiting at the next collective until its timeout; the CLI prints it on rank 0 only (exit code 2)."""
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -48,7 +48,7 @@ from fastft.train.callbacks import Callback, CallbackList
 from fastft.train.config import ConfigError, TrainConfig, config_from_dict
 from fastft.train.data import make_dataloader, prepare_data
 from fastft.train.data.pipeline import requested_task
-from fastft.train.errors import first_line
+from fastft.train.errors import DataError, PeerError, first_line
 from fastft.train.evaluate import best_metric_spec, evaluate_model
 from fastft.train.models import check_model, load_tokenizer
 from fastft.train.runlog import RunLogger, fmt_duration, plot_curves
@@ -324,10 +324,7 @@ class Trainer:
         """The checkpoint to resume from (``None``: a fresh run); read-only checks of the output dir."""
         cfg = self.cfg
         out = cfg.output_dir
-        if self.is_main:  # nobody else writes here from now on; a dead run's deferral is undone first
-            self._lock = od.acquire(out)
-            od.check_writable(out)
-            od.recover_deferred(out)
+        self._on_main(self._lock_output_dir)
         if cfg.resume is not None:
             path = ckpt.latest_checkpoint(out) if cfg.resume == "latest" else cfg.resume
             if path is None:
@@ -350,17 +347,52 @@ class Trainer:
             raise ConfigError(f"--output-dir {out} is a file; pass a folder path")
         return None
 
+    def _lock_output_dir(self) -> None:
+        """Main process: nobody else writes here from now on; a dead run's deferral is undone first."""
+        out = self.cfg.output_dir
+        self._lock = od.acquire(out)
+        od.check_writable(out)
+        od.recover_deferred(out)
+
+    def _on_main(self, fn) -> None:
+        """Run ``fn`` on rank 0 only; if it fails there, every other rank fails too, at once.
+
+        Without this, when rank 0 was refused the lock (another run holds the output dir) or found the
+        disk full, the other ranks ran on into the next collective: a gloo traceback about the closed
+        peer (under torchrun, whose agent then kills them), or a wait until the process-group timeout.
+        """
+        failure = None
+        try:
+            if self.is_main:
+                fn()
+        except (ConfigError, DataError) as e:
+            failure = ("user", first_line(e, 10_000))
+            raise
+        except Exception as e:
+            failure = ("other", first_line(e))
+            raise
+        finally:
+            if self.world > 1:
+                failure = D.broadcast_object(failure, self.dist)
+        if failure is not None:  # only the other ranks get here
+            kind, line = failure
+            if kind == "user":
+                raise PeerError(line)
+            raise TrainingError(f"rank 0 failed during set-up: {line}")
+
     def _prepare_output_dir(self) -> None:
         out = self.cfg.output_dir
-        if self.is_main:
-            try:
-                self._write_run_files(out)
-            except OSError as e:
-                raise (od.storage_error(e, out) or e) from None
+        self._on_main(lambda: self._write_run_files_or_storage_error(out))
         if "split_indices" in self.data.report:  # it named the temp folder, which goes now
             self.data.report["split_indices"] = os.path.join(out, "split_indices.json")
         shutil.rmtree(self._split_tmp, ignore_errors=True)
         D.barrier(self.dist)
+
+    def _write_run_files_or_storage_error(self, out: str) -> None:
+        try:
+            self._write_run_files(out)
+        except OSError as e:
+            raise (od.storage_error(e, out) or e) from None
 
     def _write_run_files(self, out: str) -> None:
         """Main process: clear a replaced run (only fastft's files), then write the run's side files."""

@@ -83,13 +83,27 @@ def _write_data(path: str) -> None:
             w.writerow([f"r{i} " + " ".join(words), "pos" if lab else "neg"])
 
 
+def _launch_env(*paths: str, **env: str) -> dict:
+    """This process's environment without its own torchrun variables (if any), one thread per rank."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
+    }
+    return child_env(*paths, base=base, OMP_NUM_THREADS="1", **env)
+
+
+def _torchrun(nproc: int, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+            "-m", "fastft", "train", *args]  # fmt: skip
+
+
 def _launch(args: list[str], env: dict, nproc: int, cwd: str) -> subprocess.CompletedProcess:
     if nproc == 1:
         cmd = [sys.executable, "-m", "fastft", "train", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "fastft", "train", *args]  # fmt: skip
+        cmd = _torchrun(nproc, args)
     p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     if p.returncode != 0:
         pytest.fail(f"{' '.join(cmd[:6])} ... exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
@@ -122,15 +136,8 @@ def runs(tmp_path_factory):
     os.makedirs(hook_dir)
     with open(os.path.join(hook_dir, "sitecustomize.py"), "w") as f:
         f.write(AUDIT_HOOK)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
-    }
-    env = child_env(
+    env = _launch_env(
         hook_dir,
-        base=env,
-        OMP_NUM_THREADS="1",
         FASTFT_AUDIT_ROOT=os.path.join(work, "runs"),
         FASTFT_AUDIT_LOG=os.path.join(hook_dir, "audit"),
     )
@@ -226,3 +233,26 @@ def test_two_process_checkpoint_resumes_in_one_process(runs):
     got = load_file(os.path.join(out["resumed"], "model.safetensors"))
     for k, v in load_file(os.path.join(out["ref"], "model.safetensors")).items():
         assert_close(got[k], v, torch.float32, name=k)
+
+
+def test_a_locked_output_dir_stops_every_rank_at_once(tmp_path):
+    """Rank 0 is refused the run lock: rank 1 stops with it (before: a gloo traceback from the next
+    collective), and the refusal is printed once, by rank 0."""
+    from fastft.train import outdir as od
+
+    data, out = str(tmp_path / "train.csv"), str(tmp_path / "run")
+    _write_data(data)
+    lock = od.acquire(out, argv=["fastft", "train", "(the test's run)"])
+    try:
+        args = ["--model", minilm_dir(), "--train-file", data, "--output-dir", out, *COMMON]
+        p = subprocess.run(
+            _torchrun(2, args), env=_launch_env(), cwd=str(tmp_path), capture_output=True, text=True,
+            timeout=240,
+        )  # fmt: skip
+    finally:
+        lock.release()
+    assert p.returncode != 0
+    refusals = [ln for ln in p.stderr.splitlines() if ln.startswith("fastft train: error:")]
+    assert len(refusals) == 1, p.stderr[-3000:]
+    assert str(os.getpid()) in refusals[0], refusals[0]  # it names the process holding the lock
+    assert "fastft/" not in p.stderr, p.stderr[-3000:]  # no traceback from a rank
