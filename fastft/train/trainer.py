@@ -69,6 +69,9 @@ __all__ = [
 MAX_NONFINITE_IN_A_ROW = 10
 
 
+LENGTH_FIELDS = ("epochs", "max_steps")  # may change on --resume: the run goes on to the new end
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss stays NaN); one line for the user, exit code 1."""
 
@@ -126,6 +129,7 @@ class Trainer:
         self._lock: od.RunLock | None = None  # the output dir's run lock (main process)
         self._deferred: od.Deferred | None = None  # a same-config re-run's old checkpoints
         self._resume_forced: list[str] = []
+        self._length_changed: list[str] = []  # "--epochs 3 -> 5": a resumed run extended (or shortened)
         self._old_handlers: dict[int, Any] = {}
         self._prev_deterministic: bool | None = None
         self._split_tmp: str | None = None
@@ -411,6 +415,8 @@ class Trainer:
         saved = self.cfg.to_dict()
         if self._resume_forced:  # the truth: these fields differ from the checkpoint's config
             saved["resume_forced"] = self._resume_forced
+        if self._length_changed:
+            saved["resume_length_changed"] = self._length_changed
         od.record(out, "train_config.json", "metrics.jsonl", "tensorboard")
         od.atomic_write(os.path.join(out, "train_config.json"), json.dumps(saved, indent=2), overwrite=True)
 
@@ -460,10 +466,36 @@ class Trainer:
         self.state.last_saved_step = self.state.global_step
         self._resumed_from = path
         self._reshard_position(int(meta.get("world_size") or 1))
+        if self._length_changed:
+            self._resume_length(path)
+
+    def _resume_length(self, path: str) -> None:
+        """``--epochs``/``--max-steps`` changed on resume (HF Trainer's way to extend a run): train on to
+        the new end with the lr schedule planned for the new length, from the next step on."""
+        step, total, shown = self.global_step, self.plan.total_steps, ", ".join(self._length_changed)
+        if step >= total:
+            raise ConfigError(
+                f"--resume {path}: the checkpoint is at step {step} and this config ends at step {total} "
+                f"({shown}); pass a larger --epochs or --max-steps"
+            )
+        sched = self.scheduler  # the checkpoint's group lrs are the old plan's next lr: re-plan them
+        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self._notes.append(
+            f"warning: --resume with a new length ({shown}): continuing from step {step} to step {total} "
+            f"with the lr schedule re-planned for {total} steps (next lr {sched._last_lr[0]:.3g})"
+        )
 
     def _check_resume_config(self, path: str, saved: dict, saved_world: int) -> None:
-        """Every field that changes the math must match the checkpoint's (``--resume-force``: recorded)."""
-        diffs = ckpt.config_diffs(saved, self.cfg.to_dict(), saved_world, self.world)
+        """Every field that changes the math must match the checkpoint's (``--resume-force``: recorded),
+        except the run's length (``--epochs``/``--max-steps``), which :meth:`_resume_length` handles."""
+        now = self.cfg.to_dict()
+        self._length_changed = ckpt.config_diffs(
+            {k: saved[k] for k in LENGTH_FIELDS if k in saved}, {k: now[k] for k in LENGTH_FIELDS}
+        )
+        rest = {k: v for k, v in saved.items() if k not in LENGTH_FIELDS}
+        diffs = ckpt.config_diffs(rest, now, saved_world, self.world)
         if not diffs:
             return
         shown = ", ".join(diffs)
@@ -1162,7 +1194,9 @@ def _same_run(saved_config: str, cfg: TrainConfig) -> bool:
 
     def comparable(d: dict) -> dict:
         return {
-            k: v for k, v in d.items() if k not in ("resume", "overwrite", "resume_force", "resume_forced")
+            k: v
+            for k, v in d.items()
+            if k not in ("resume", "overwrite", "resume_force", "resume_forced", "resume_length_changed")
         }
 
     return comparable(saved) == comparable(cfg.to_dict())

@@ -132,19 +132,51 @@ def test_resume_from_path_via_cli_and_rotation(setup, tmp_path, capsys):
     ck = load_checkpoint(str(out / "checkpoint-5"))
     assert set(ck) >= {"model", "optimizer", "scheduler", "rng", "trainer_state"}
     assert ck["trainer_state"]["global_step"] == 5
-    # a larger budget changes the schedule: refused with the difference, then --resume-force continues
-    # from the explicit checkpoint folder at step 5 and records what it overrode
+    # a larger budget extends the run (HF Trainer's way): one warning line, the new length recorded
     capsys.readouterr()
     argv2 = [a if a != "5" else "7" for a in argv] + ["--resume", str(out / "checkpoint-4")]
-    assert main(argv2) == 2
-    err = capsys.readouterr().err
-    assert "--max-steps 5 -> 7" in err and "--resume-force" in err and err.count("\n") == 1
-    assert main([*argv2, "--resume-force"]) == 0
-    assert "resume" in capsys.readouterr().out
+    assert main(argv2) == 0
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if "new length" in ln]
+    assert len(warned) == 1 and "--max-steps 5 -> 7" in warned[0] and "step 4 to step 7" in warned[0]
     saved = json.loads((out / "train_config.json").read_text())
-    assert saved["max_steps"] == 7 and saved["resume_forced"] == ["--max-steps 5 -> 7"]
+    assert saved["max_steps"] == 7 and saved["resume_length_changed"] == ["--max-steps 5 -> 7"]
+    assert "resume_forced" not in saved
     losses = train_losses(str(out))
     assert sorted(losses) == list(range(1, 8))
+    # another math field still needs --resume-force, and is recorded
+    argv3 = [a if not a.endswith("checkpoint-4") else str(out / "checkpoint-6") for a in argv2]
+    argv3 += ["--lr", "1e-3"]
+    assert main(argv3) == 2
+    err = capsys.readouterr().err
+    assert "--lr" in err and "-> 0.001" in err and "--resume-force" in err and err.count("\n") == 1
+    assert main([*argv3, "--resume-force"]) == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert len(saved["resume_forced"]) == 1 and saved["resume_forced"][0].startswith("--lr ")
+    # a length that ends at or before the checkpoint's step is refused, naming both
+    capsys.readouterr()
+    argv4 = [{"7": "3", str(out / "checkpoint-6"): "latest"}.get(a, a) for a in argv3]
+    assert main(argv4) == 2
+    err = capsys.readouterr().err
+    assert "at step 7" in err and "ends at step 3" in err and err.count("\n") == 1
+
+
+def test_extended_resume_takes_the_new_plans_lr_at_once(setup, tmp_path):
+    """The checkpoint's optimizer holds the old plan's lr for its next step; the extended run's first
+    step after the resume already uses the new plan's."""
+    from fastft.train.schedule import lr_lambda
+
+    d, model, files = setup
+    out = tmp_path / "ext"
+    cfg = dict(max_steps=4, save_steps=2, eval_strategy="no", warmup_steps=0, lr=1e-2)
+    Trainer(_cfg(d, model, files, out, **cfg)).train()
+    t = Trainer(_cfg(d, model, files, out, **{**cfg, "max_steps": 10}, resume=str(out / "checkpoint-2")))
+    t._setup()
+    try:
+        want = 1e-2 * lr_lambda(10, 0, "linear")(2)
+        assert max(g["lr"] for g in t.optimizer.param_groups) == pytest.approx(want, rel=1e-12)
+        assert want != pytest.approx(1e-2 * lr_lambda(4, 0, "linear")(2))
+    finally:
+        t._cleanup_failed_setup()
 
 
 def test_sigterm_saves_checkpoint_and_exits_cleanly(setup, tmp_path):
