@@ -200,107 +200,17 @@ def apply(model: nn.Module, family) -> Callable[[], None] | None:
     if getattr(model, _STATE, None) is not None:
         return None  # already patched (idempotent)
     undo: list[Callable[[], None]] = []
-
-    # 1. transformers' per-instance loss_function hook
     loss_type = _loss_type(model)
     fn = _LOSS_FUNCTIONS.get(loss_type)
     if fn is not None:
-        had = "_loss_function" in model.__dict__
-        old = model.__dict__.get("_loss_function")
-        model.loss_function = fn
-
-        def _restore_loss_function(had=had, old=old):
-            if had:
-                model.__dict__["_loss_function"] = old
-            else:
-                model.__dict__.pop("_loss_function", None)
-
-        undo.append(_restore_loss_function)
-
+        undo.append(_set_loss_function(model, fn))
     head = _fused_causal_ok(model, family)
     seqcls = loss_type == "ForSequenceClassification" and not _uses_loss_function(model)
     state = _State(undo)
-
     if head is not None or seqcls:
-        kind = "causal" if head is not None else "seqcls"
-
-        def pre_hook(module, args, kwargs):
-            labels = kwargs.get("labels")
-            keep = kwargs.pop(_KEEP_LOGITS, False)
-            if labels is None or keep or not _wants_dict(module, kwargs):
-                state.calls.append(None)
-                return args, kwargs
-            if kind == "causal" and kwargs.get("logits_to_keep", 0) not in (0, None):
-                state.calls.append(None)
-                return args, kwargs
-            kwargs = dict(kwargs)
-            kwargs.pop("labels")
-            call = _Call(kind, labels)
-            if kind == "causal":
-                call.num_items_in_batch = kwargs.get("num_items_in_batch")
-                call.ignore_index = kwargs.get("ignore_index", -100)
-                call.shift_labels = kwargs.get("shift_labels")
-            state.calls.append(call)
-            return args, kwargs
-
-        def post_hook(module, args, kwargs, output):
-            call = state.calls.pop() if state.calls else None
-            if call is None or output is None:
-                return None
-            if call.kind == "causal":
-                if call.loss is not None:
-                    return _rebuild(output, loss=call.loss, logits=None)
-                # the patched head was not the one called (e.g. replaced after patching): HF
-                # computed the logits, so take the loss from them with HF's semantics
-                loss = causal_lm_loss(
-                    output.logits, call.labels, module.config.vocab_size, call.num_items_in_batch,
-                    call.ignore_index, call.shift_labels,
-                )  # fmt: skip
-                return _rebuild(output, loss=loss)
-            loss = sequence_classification_loss(call.labels, output.logits, module.config)
-            return _rebuild(output, loss=loss)
-
-        handles = [
-            model.register_forward_pre_hook(pre_hook, with_kwargs=True),
-            model.register_forward_hook(post_hook, with_kwargs=True, always_call=True),
-        ]
-        undo.append(lambda: [h.remove() for h in handles])
-
+        undo.append(_install_label_hooks(model, "causal" if head is not None else "seqcls", state))
     if head is not None:
-        head_forward = head.forward  # the bound class method (or an earlier instance wrapper)
-        had_instance_forward = "forward" in head.__dict__
-
-        def lm_head_forward(hidden: torch.Tensor, *rest, **kw):
-            call = state.calls[-1] if state.calls else None
-            if call is None or call.kind != "causal" or call.loss is not None:
-                return head_forward(hidden, *rest, **kw)
-            if call.shift_labels is not None:
-                target = call.shift_labels
-            else:
-                target = _shift(call.labels, call.ignore_index)
-            target = target.to(hidden.device).reshape(-1)
-            h = hidden.reshape(-1, hidden.shape[-1])
-            nib = call.num_items_in_batch
-            loss = linear_cross_entropy(
-                h, head.weight, target, head.bias, ignore_index=call.ignore_index,
-                reduction="mean" if nib is None else "sum", fp32_loss=True,
-            )  # fmt: skip
-            if nib is not None:
-                loss = loss / (nib.to(loss.device) if torch.is_tensor(nib) else nib)
-            call.loss = loss
-            # stands in for the logits HF would return; the post-hook drops it
-            return hidden.new_empty((*hidden.shape[:-1], 0))
-
-        head.forward = lm_head_forward
-
-        def _restore_head():
-            if had_instance_forward:
-                head.forward = head_forward
-            else:
-                head.__dict__.pop("forward", None)
-
-        undo.append(_restore_head)
-
+        undo.append(_install_fused_head(head, state))
     if not undo:
         return None
     object.__setattr__(model, _STATE, state)
@@ -311,3 +221,101 @@ def apply(model: nn.Module, family) -> Callable[[], None] | None:
         model.__dict__.pop(_STATE, None)
 
     return undo_all
+
+
+def _set_loss_function(model: nn.Module, fn) -> Callable[[], None]:
+    """transformers' per-instance ``loss_function`` hook -> the undo callable."""
+    had = "_loss_function" in model.__dict__
+    old = model.__dict__.get("_loss_function")
+    model.loss_function = fn
+
+    def restore():
+        if had:
+            model.__dict__["_loss_function"] = old
+        else:
+            model.__dict__.pop("_loss_function", None)
+
+    return restore
+
+
+def _install_label_hooks(model: nn.Module, kind: str, state: _State) -> Callable[[], None]:
+    """Forward hooks that take ``labels`` away from HF's forward (so it computes no loss) and put the
+    fused loss into its output; ``kind``: "causal" (the head computes it) or "seqcls"."""
+
+    def pre_hook(module, args, kwargs):
+        labels = kwargs.get("labels")
+        keep = kwargs.pop(_KEEP_LOGITS, False)
+        skip = labels is None or keep or not _wants_dict(module, kwargs)
+        if skip or (kind == "causal" and kwargs.get("logits_to_keep", 0) not in (0, None)):
+            state.calls.append(None)
+            return args, kwargs
+        kwargs = dict(kwargs)
+        kwargs.pop("labels")
+        call = _Call(kind, labels)
+        if kind == "causal":
+            call.num_items_in_batch = kwargs.get("num_items_in_batch")
+            call.ignore_index = kwargs.get("ignore_index", -100)
+            call.shift_labels = kwargs.get("shift_labels")
+        state.calls.append(call)
+        return args, kwargs
+
+    def post_hook(module, args, kwargs, output):
+        call = state.calls.pop() if state.calls else None
+        if call is None or output is None:
+            return None
+        if call.kind == "causal":
+            if call.loss is not None:
+                return _rebuild(output, loss=call.loss, logits=None)
+            # the patched head was not the one called (e.g. replaced after patching): HF
+            # computed the logits, so take the loss from them with HF's semantics
+            loss = causal_lm_loss(
+                output.logits, call.labels, module.config.vocab_size, call.num_items_in_batch,
+                call.ignore_index, call.shift_labels,
+            )  # fmt: skip
+            return _rebuild(output, loss=loss)
+        loss = sequence_classification_loss(call.labels, output.logits, module.config)
+        return _rebuild(output, loss=loss)
+
+    handles = [
+        model.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        model.register_forward_hook(post_hook, with_kwargs=True, always_call=True),
+    ]
+    return lambda: [h.remove() for h in handles]
+
+
+def _install_fused_head(head: nn.Module, state: _State) -> Callable[[], None]:
+    """The LM head's forward computes the fused linear-CE loss of the pending call instead of the
+    (B, S, vocab) logits -> the undo callable."""
+    head_forward = head.forward  # the bound class method (or an earlier instance wrapper)
+    had_instance_forward = "forward" in head.__dict__
+
+    def lm_head_forward(hidden: torch.Tensor, *rest, **kw):
+        call = state.calls[-1] if state.calls else None
+        if call is None or call.kind != "causal" or call.loss is not None:
+            return head_forward(hidden, *rest, **kw)
+        if call.shift_labels is not None:
+            target = call.shift_labels
+        else:
+            target = _shift(call.labels, call.ignore_index)
+        target = target.to(hidden.device).reshape(-1)
+        h = hidden.reshape(-1, hidden.shape[-1])
+        nib = call.num_items_in_batch
+        loss = linear_cross_entropy(
+            h, head.weight, target, head.bias, ignore_index=call.ignore_index,
+            reduction="mean" if nib is None else "sum", fp32_loss=True,
+        )  # fmt: skip
+        if nib is not None:
+            loss = loss / (nib.to(loss.device) if torch.is_tensor(nib) else nib)
+        call.loss = loss
+        # stands in for the logits HF would return; the post-hook drops it
+        return hidden.new_empty((*hidden.shape[:-1], 0))
+
+    head.forward = lm_head_forward
+
+    def restore():
+        if had_instance_forward:
+            head.forward = head_forward
+        else:
+            head.__dict__.pop("forward", None)
+
+    return restore
