@@ -178,6 +178,50 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
     from safetensors.torch import load_file
 
     model = unwrap(model)
+    cfg, w_path = _read_adapter_config(adapter_dir)
+    lora, other = _split_adapter_tensors(load_file(w_path))
+    r0, a0 = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
+    alphas = {p: float(_pattern_value(p, cfg.get("alpha_pattern") or {}, a0)) for p in lora}
+    st = lora_state(model)
+    if st is None:
+        add_lora(
+            model,
+            r=r0,
+            alpha=a0,
+            dropout=float(cfg.get("lora_dropout", 0.0)),
+            target_modules=list(lora),
+            modules_to_save=sorted(_adapter_modules_to_save(model, cfg, other)),
+            use_rslora=bool(cfg.get("use_rslora", False)),
+            ranks={p: int(ab["lora_A"].shape[0]) for p, ab in lora.items()},
+            alphas=alphas,
+        )
+        st = model.__dict__[_STATE]
+    layers = _all_layers(model)
+    if set(layers) != set(lora):
+        raise ValueError(
+            f"load_adapter: the model's LoRA layers ({len(layers)}) differ from the adapter's ({len(lora)}); "
+            "call fastft.remove_lora(model) first to load it from scratch"
+        )
+    rslora = bool(cfg.get("use_rslora", False))
+    with torch.no_grad():
+        for path, layer in layers.items():
+            _copy_lora_weights(path, layer, lora[path], merged=path in st.merged)
+            layer.alpha = alphas[path]
+            layer.scaling = layer.alpha / ((layer.r**0.5) if rslora else layer.r)
+            layer.use_rslora = rslora
+        msd = model.state_dict(keep_vars=True)
+        missing = [k for k in other if k not in msd]
+        if missing:
+            raise ValueError(
+                f"load_adapter: adapter tensors {missing[:3]} have no counterpart in {type(model).__name__}"
+            )
+        for k, t in other.items():
+            msd[k].copy_(t)
+    return model
+
+
+def _read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[dict, str]:
+    """-> (adapter_config.json, the weights file path); refuses what fastft's LoRA cannot represent."""
     cfg_path = os.path.join(adapter_dir, CONFIG_NAME)
     w_path = os.path.join(adapter_dir, WEIGHTS_NAME)
     if not os.path.isfile(cfg_path):
@@ -200,8 +244,13 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
         raise ValueError(
             f"load_adapter: PEFT options {bad} are not supported by fastft's LoRA; train without them"
         )
+    return cfg, w_path
 
-    sd = load_file(w_path)
+
+def _split_adapter_tensors(
+    sd: dict[str, torch.Tensor],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """PEFT's flat state dict -> ({layer path: {"lora_A": A, "lora_B": B}}, {other key: tensor})."""
     lora: dict[str, dict[str, torch.Tensor]] = {}
     other: dict[str, torch.Tensor] = {}
     for key, t in sd.items():
@@ -216,63 +265,30 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
     incomplete = [p for p, ab in lora.items() if set(ab) != {"lora_A", "lora_B"}]
     if incomplete:
         raise ValueError(f"load_adapter: {incomplete[:3]} lack lora_A or lora_B weights")
+    return lora, other
 
-    r0, a0 = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
-    ranks = {p: int(ab["lora_A"].shape[0]) for p, ab in lora.items()}
-    alphas = {p: float(_pattern_value(p, cfg.get("alpha_pattern") or {}, a0)) for p in lora}
-    st = lora_state(model)
-    if st is None:
-        # modules_to_save: the config's entries that own adapter tensors, plus the owner of any stray tensor
-        owners = {k.rsplit(".", 1)[0] for k in other}
-        save = {
-            p
-            for p in _module_paths(model, cfg.get("modules_to_save") or [])
-            if any(m == p or m.startswith(p + ".") for m in owners)
-        }
-        save |= {m for m in owners if not any(m == p or m.startswith(p + ".") for p in save)}
-        add_lora(
-            model,
-            r=r0,
-            alpha=a0,
-            dropout=float(cfg.get("lora_dropout", 0.0)),
-            target_modules=list(lora),
-            modules_to_save=sorted(save),
-            use_rslora=bool(cfg.get("use_rslora", False)),
-            ranks=ranks,
-            alphas=alphas,
-        )
-        st = model.__dict__[_STATE]
-    layers = _all_layers(model)
-    if set(layers) != set(lora):
-        raise ValueError(
-            f"load_adapter: the model's LoRA layers ({len(layers)}) differ from the adapter's ({len(lora)}); "
-            "call fastft.remove_lora(model) first to load it from scratch"
-        )
-    with torch.no_grad():
-        for path, layer in layers.items():
-            a, b = lora[path]["lora_A"], lora[path]["lora_B"]
-            if tuple(a.shape) != tuple(layer.lora_A.weight.shape) or tuple(b.shape) != tuple(
-                layer.lora_B.weight.shape
-            ):
-                raise ValueError(f"load_adapter: {path}: adapter rank {a.shape[0]} != layer rank {layer.r}")
-            if path in st.merged:
-                raise ValueError(
-                    "load_adapter: the model's LoRA is merged; call fastft.unmerge_lora(model) first"
-                )
-            layer.lora_A.weight.copy_(a)
-            layer.lora_B.weight.copy_(b)
-            layer.alpha = alphas[path]
-            layer.scaling = layer.alpha / ((layer.r**0.5) if cfg.get("use_rslora") else layer.r)
-            layer.use_rslora = bool(cfg.get("use_rslora", False))
-        msd = model.state_dict(keep_vars=True)
-        missing = [k for k in other if k not in msd]
-        if missing:
-            raise ValueError(
-                f"load_adapter: adapter tensors {missing[:3]} have no counterpart in {type(model).__name__}"
-            )
-        for k, t in other.items():
-            msd[k].copy_(t)
-    return model
+
+def _adapter_modules_to_save(model: nn.Module, cfg: dict, other: dict[str, torch.Tensor]) -> set[str]:
+    """The config's ``modules_to_save`` entries that own adapter tensors, plus the owner of any stray one."""
+    owners = {k.rsplit(".", 1)[0] for k in other}
+    save = {
+        p
+        for p in _module_paths(model, cfg.get("modules_to_save") or [])
+        if any(m == p or m.startswith(p + ".") for m in owners)
+    }
+    return save | {m for m in owners if not any(m == p or m.startswith(p + ".") for p in save)}
+
+
+def _copy_lora_weights(path: str, layer: nn.Module, ab: dict[str, torch.Tensor], merged: bool) -> None:
+    a, b = ab["lora_A"], ab["lora_B"]
+    if tuple(a.shape) != tuple(layer.lora_A.weight.shape) or tuple(b.shape) != tuple(
+        layer.lora_B.weight.shape
+    ):
+        raise ValueError(f"load_adapter: {path}: adapter rank {a.shape[0]} != layer rank {layer.r}")
+    if merged:
+        raise ValueError("load_adapter: the model's LoRA is merged; call fastft.unmerge_lora(model) first")
+    layer.lora_A.weight.copy_(a)
+    layer.lora_B.weight.copy_(b)
 
 
 def _module_paths(model: nn.Module, names: list[str]) -> set[str]:
