@@ -112,42 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("predict", "write a predictions CSV for a file"),
     ):
         s = sub.add_parser(name, help=what, description=f"fastft {name}: {what}.")
-        s.add_argument("--model", required=True, help="a saved model folder (e.g. a fastft output dir)")
-        s.add_argument(
-            "--file",
-            required=True,
-            help="data file: .csv .tsv .json .jsonl .parquet or .conll (images: or a folder)",
-        )
-        s.add_argument(
-            "--text-column", default=None, help="text column (default: the training run's, else 'text')"
-        )
-        s.add_argument(
-            "--text-pair-column", default=None, help="second text column (default: the training run's)"
-        )
-        s.add_argument(
-            "--tokens-column",
-            default=None,
-            help="word-list column (token classification; default: the run's)",
-        )
-        s.add_argument(
-            "--label-column", default=None, help="label column (default: the training run's, else 'label')"
-        )
-        s.add_argument(
-            "--max-length",
-            type=int,
-            default=None,
-            help="truncate to this many tokens (default: the training run's)",
-        )
-        s.add_argument(
-            "--image-column", default=None, help="image-path column (image models; default: the run's)"
-        )
-        s.add_argument("--batch-size", type=int, default=64, help="batch size")
-        s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-        s.add_argument(
-            "--allow-untrained-head",
-            action="store_true",
-            help="run even when the model's task head is not in its checkpoint (randomly initialised)",
-        )
+        _add_saved_model_flags(s)
         if name == "eval":
             s.add_argument(
                 "--output",
@@ -155,42 +120,85 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also write the metrics as JSON here (image models: and confusion_matrix.png beside it)",
             )
         else:
-            s.add_argument(
-                "--output",
-                default=None,
-                help="predictions file to write (default: predictions.csv, or .jsonl)",
-            )
-            s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-            s.add_argument(
-                "--top-k",
-                type=int,
-                default=5,
-                help="classification: the k most likely labels per row (image models)",
-            )
-            r = s.add_argument_group("retrieval (contrastive CLIP/SigLIP models)")
-            r.add_argument(
-                "--captions-file",
-                default=None,
-                help="candidate captions: .txt (one per line) or a csv/jsonl with a caption column "
-                "(default: the --file's own captions)",
-            )
-            r.add_argument(
-                "--direction",
-                choices=("i2t", "t2i"),
-                default="i2t",
-                help="i2t: the --top-k captions of each image; t2i: the --top-k images of each caption",
-            )
-            g = s.add_argument_group("generation (causal LM models)")
-            g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt row")
-            g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-            g.add_argument(
-                "--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)"
-            )
-            g.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
+            _add_predict_flags(s)
     from fastft.experiments.cli import add_parsers
 
     add_parsers(sub)  # compare, sweep
     return p
+
+
+def _add_saved_model_flags(s: argparse.ArgumentParser) -> None:
+    """eval's and predict's shared flags: the saved model, the data file and how to read it."""
+    s.add_argument("--model", required=True, help="a saved model folder (e.g. a fastft output dir)")
+    s.add_argument(
+        "--file",
+        required=True,
+        help="data file: .csv .tsv .json .jsonl .parquet or .conll (images: or a folder)",
+    )
+    s.add_argument(
+        "--text-column", default=None, help="text column (default: the training run's, else 'text')"
+    )
+    s.add_argument(
+        "--text-pair-column", default=None, help="second text column (default: the training run's)"
+    )
+    s.add_argument(
+        "--tokens-column",
+        default=None,
+        help="word-list column (token classification; default: the run's)",
+    )
+    s.add_argument(
+        "--label-column", default=None, help="label column (default: the training run's, else 'label')"
+    )
+    s.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncate to this many tokens (default: the training run's)",
+    )
+    s.add_argument(
+        "--image-column", default=None, help="image-path column (image models; default: the run's)"
+    )
+    s.add_argument("--batch-size", type=int, default=64, help="batch size")
+    s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    s.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="run even when the model's task head is not in its checkpoint (randomly initialised)",
+    )
+
+
+def _add_predict_flags(s: argparse.ArgumentParser) -> None:
+    """predict's own flags: the output file, top-k, retrieval and generation."""
+    s.add_argument(
+        "--output",
+        default=None,
+        help="predictions file to write (default: predictions.csv, or .jsonl)",
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    s.add_argument(
+        "--top-k",
+        type=int,
+        default=5,
+        help="classification: the k most likely labels per row (image models)",
+    )
+    r = s.add_argument_group("retrieval (contrastive CLIP/SigLIP models)")
+    r.add_argument(
+        "--captions-file",
+        default=None,
+        help="candidate captions: .txt (one per line) or a csv/jsonl with a caption column "
+        "(default: the --file's own captions)",
+    )
+    r.add_argument(
+        "--direction",
+        choices=("i2t", "t2i"),
+        default="i2t",
+        help="i2t: the --top-k captions of each image; t2i: the --top-k images of each caption",
+    )
+    g = s.add_argument_group("generation (causal LM models)")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt row")
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    g.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
 
 
 # --------------------------------------------------------------------------------------------------
