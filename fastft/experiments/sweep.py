@@ -14,6 +14,7 @@ checkpoint by the next run of the sweep.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -185,23 +186,9 @@ def run_sweep(
 
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1 (got {trials})")
-    names = {s.name for s in space}
-    for e in enqueue or []:
-        if set(e) - names:
-            raise ConfigError(
-                f"--enqueue {sorted(set(e) - names)}: not searched; enqueue only --search fields"
-            )
     metric = metric or base.get("metric_for_best") or base.get("metric-for-best") or "loss"
     direction = direction or ("minimize" if lower_is_better(metric) else "maximize")
-    config_from_dict({**base, "metric_for_best": metric}).resolved().validate()  # before any trial
-    for s in space:  # every choice and both bounds must make a valid run
-        for v in s.choices or (s.low, s.high):
-            try:
-                config_from_dict({**base, s.name: v}).validate()
-            except ConfigError as e:
-                raise ConfigError(
-                    f"--search {s.name}={s.describe()}: {s.name}={v!r} is invalid: {e}"
-                ) from None
+    _validate_sweep(base, space, metric, enqueue)
     os.makedirs(output_dir, exist_ok=True)
     store, url = make_storage(storage, output_dir)
     try:
@@ -230,25 +217,51 @@ def run_sweep(
     from fastft.train.trackers import GroupRun
 
     group = GroupRun(base.get("report_to", base.get("report-to")), f"sweep-{study_name}")
-    saved = {k: os.environ.get(k) for k in group.env}
-    os.environ.update(group.env)  # the trials run in this process
-    try:
-        if finished < trials:
+    if finished < trials:
+        with _environ(group.env):  # the trials run in this process
             study.optimize(
                 _objective(base, space, metric, os.path.join(output_dir, "trials")),
                 callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)],
                 catch=(TrainingError, ConfigError, DataError),
                 gc_after_trial=True,
             )
+    out = write_outputs(study, output_dir, base, metric, url)
+    group.finish(out["files"], {"best_value": out["best"]["value"]} if out["best"] else None)
+    return out
+
+
+def _validate_sweep(base: dict[str, Any], space: list[SearchSpace], metric: str, enqueue) -> None:
+    """Before any trial: the base config, every choice and both bounds of each range, the enqueued trials."""
+    names = {s.name for s in space}
+    for e in enqueue or []:
+        if set(e) - names:
+            raise ConfigError(
+                f"--enqueue {sorted(set(e) - names)}: not searched; enqueue only --search fields"
+            )
+    config_from_dict({**base, "metric_for_best": metric}).resolved().validate()
+    for s in space:
+        for v in s.choices or (s.low, s.high):
+            try:
+                config_from_dict({**base, s.name: v}).validate()
+            except ConfigError as e:
+                raise ConfigError(
+                    f"--search {s.name}={s.describe()}: {s.name}={v!r} is invalid: {e}"
+                ) from None
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]):
+    """``os.environ`` updated with ``env`` inside the block, restored after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    out = write_outputs(study, output_dir, base, metric, url)
-    group.finish(out["files"], {"best_value": out["best"]["value"]} if out["best"] else None)
-    return out
 
 
 def _done(study):
