@@ -20,6 +20,12 @@ Usage::
     python -m bench.bench_quality --quick --out /tmp/q.json     # tiny smoke run (for the tests)
     python -m bench.bench_quality --fastft-args "--class-weights auto"   # extra flags for fastft only
     python -m bench.bench_quality --configs 0 --seeds 42 43 44 --out q.json  # 3 training seeds, one split
+    python -m bench.bench_quality --configs 0 --seeds 42 43 --large-test 2000 --reuse  # + 2000 test rows
+
+``--large-test N`` scores every model also on N rows drawn from the test split's own movies (the
+200-row test set alone has a standard error of ~0.03 on accuracy). Logits are cached next to each run
+(``<run>.<set>.<key>.npy``), so a ``--reuse`` invocation does not predict again. The report's
+``means[...]["paired"]`` gives each fastft variant minus HF over the common seeds, with a paired t-test.
 
 Trainers (``--impls``): ``fastft`` (``--class-weights none``), ``fastft_cw`` (``--class-weights auto``,
 which fastft's default ``imbalanced`` picks on this 7x-imbalanced set) and ``hf``;
@@ -104,31 +110,56 @@ def build_splits(
     """
     mix = mix or DEFAULT_MIX
     rng = np.random.default_rng(seed)
+    pools = _movie_pools(df, sizes, rng)
+    return {name: _draw(pools[name], name, sizes[name], mix, rng) for name in sizes}
+
+
+def build_large_test(
+    df: pd.DataFrame,
+    sizes: dict[str, int],
+    rows: int,
+    mix: dict[str, float] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``rows`` test rows from the test split's own movies (the same movies as :func:`build_splits`'s test
+    rows for this ``sizes`` and ``seed``, so no train or validation movie), with class mix ``mix``.
+
+    The 200-row test set's accuracy has a standard error of ~0.03, as large as the trainer differences
+    being measured; this one, drawn from the same movies, is ten times larger.
+    """
+    pools = _movie_pools(df, sizes, np.random.default_rng(seed))
+    return _draw(pools["test"], "test_large", rows, mix or DEFAULT_MIX, np.random.default_rng(seed + 1))
+
+
+def _movie_pools(
+    df: pd.DataFrame, sizes: dict[str, int], rng: np.random.Generator
+) -> dict[str, pd.DataFrame]:
+    """Movies shuffled and dealt to the splits in proportion to ``sizes`` -> each split's candidate rows."""
     movies = rng.permutation(np.array(sorted(df["movie_name"].unique()), dtype=object))
     total = sum(sizes.values())
-    bounds, acc = [], 0
+    pools, acc = {}, 0
     for name, n in sizes.items():
-        lo = acc
-        acc += n
-        bounds.append((name, round(lo / total * len(movies)), round(acc / total * len(movies))))
-    out = {}
-    for name, lo, hi in bounds:
-        pool = df[df["movie_name"].isin(set(movies[lo:hi]))]
-        parts = []
-        for cls, k in _counts(sizes[name], mix).items():
-            rows = pool[pool["category"] == cls]
-            if len(rows) < k:
-                raise SystemExit(f"split {name}: only {len(rows)} '{cls}' rows for {k}; ask for fewer rows")
-            parts.append(rows.sample(n=k, random_state=int(rng.integers(2**31))))
-        part = pd.concat(parts).sample(frac=1.0, random_state=int(rng.integers(2**31)))
-        out[name] = pd.DataFrame(
-            {
-                "text": part["text"].values,
-                "label": part["category"].values,
-                "movie_name": part["movie_name"].values,
-            }
-        )
-    return out
+        lo, acc = acc, acc + n
+        picked = movies[round(lo / total * len(movies)) : round(acc / total * len(movies))]
+        pools[name] = df[df["movie_name"].isin(set(picked))]
+    return pools
+
+
+def _draw(pool: pd.DataFrame, name: str, n: int, mix: dict[str, float], rng) -> pd.DataFrame:
+    parts = []
+    for cls, k in _counts(n, mix).items():
+        rows = pool[pool["category"] == cls]
+        if len(rows) < k:
+            raise SystemExit(f"split {name}: only {len(rows)} '{cls}' rows for {k}; ask for fewer rows")
+        parts.append(rows.sample(n=k, random_state=int(rng.integers(2**31))))
+    part = pd.concat(parts).sample(frac=1.0, random_state=int(rng.integers(2**31)))
+    return pd.DataFrame(
+        {
+            "text": part["text"].values,
+            "label": part["category"].values,
+            "movie_name": part["movie_name"].values,
+        }
+    )
 
 
 def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]:
@@ -153,18 +184,38 @@ def predict_logits(model_dir: str, texts: list[str], max_length: int, batch_size
 
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    out = []
+    # batches of similar length (less padding; the attention mask makes the logits the same)
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
             enc = tok(
-                texts[i : i + batch_size],
+                [texts[j] for j in idx],
                 truncation=True,
                 max_length=max_length,
                 padding=True,
                 return_tensors="pt",
             )
-            out.append(model(**enc).logits.float().numpy())
-    return np.concatenate(out)
+            out[idx] = model(**enc).logits.float().numpy()
+    return out
+
+
+def cached_logits(model_dir: str, cache: str, texts: list[str], max_length: int) -> np.ndarray:
+    """:func:`predict_logits`, kept in ``cache`` (.npy) for a later ``--reuse`` (keyed by model file and rows)."""
+    import hashlib
+
+    weights = os.path.join(model_dir, "model.safetensors")
+    stamp = os.stat(weights).st_mtime_ns if os.path.exists(weights) else 0
+    key = hashlib.sha256(json.dumps([texts, max_length, stamp]).encode()).hexdigest()[:16]
+    path = f"{cache}.{key}.npy"
+    if os.path.exists(path):
+        return np.load(path, allow_pickle=False)
+    logits = predict_logits(model_dir, texts, max_length)
+    np.save(f"{path}.tmp-{os.getpid()}.npy", logits, allow_pickle=False)
+    os.replace(f"{path}.tmp-{os.getpid()}.npy", path)
+    return logits
 
 
 def score(logits: np.ndarray, labels: np.ndarray, id2label: dict[int, str]) -> dict[str, Any]:
@@ -378,16 +429,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     paths = write_splits(splits, os.path.join(work, "data"))
     label2id = {n: i for i, n in enumerate(sorted(CLASSES))}  # fastft's order: sorted label names
     id2label = {i: n for n, i in label2id.items()}
-    test = splits["test"]
-    y = np.array([label2id[v] for v in test["label"]])
+    scored = {"test": splits["test"]}
+    if args.large_test:
+        scored["test_large"] = build_large_test(load_corpus(), sizes, args.large_test, seed=args.seed)
+        paths.update(write_splits({"test_large": scored["test_large"]}, os.path.join(work, "data")))
     report: dict[str, Any] = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "data": {n: {"rows": len(f), **f["label"].value_counts().to_dict()} for n, f in splits.items()},
+        "data": {
+            n: {"rows": len(f), **f["label"].value_counts().to_dict()}
+            for n, f in {**splits, **scored}.items()
+        },
         "files": paths,
         "runs": [],
     }
     extra = shlex.split(args.fastft_args or "")
-    texts = test["text"].tolist()
+    sets = {n: (f["text"].tolist(), np.array([label2id[v] for v in f["label"]])) for n, f in scored.items()}
+
+    def score_model(model_dir: str, out_dir: str, max_length: int) -> dict[str, Any]:
+        """{"test": ..., "test_large": ...}: every scored set, by the same code for every trainer."""
+        return {
+            name: score(cached_logits(model_dir, f"{out_dir}.{name}", texts, max_length), y, id2label)
+            for name, (texts, y) in sets.items()
+        }
+
     for i, base in enumerate(runs):
         if args.configs is not None and i not in args.configs:
             continue
@@ -401,12 +465,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     out_dir = os.path.join(work, f"{impl.replace('_', '-')}-{tag}")
                     f = _reused(out_dir, args.reuse) or _saved(out_dir, run_fastft(paths, hp, out_dir, flags))
                     if f.get("rc") == 0:
-                        f["test"] = score(predict_logits(out_dir, texts, hp["max_length"]), y, id2label)
+                        f.update(score_model(out_dir, out_dir, hp["max_length"]))
                     entry[impl] = f
             if "hf" in args.impls:
                 out_dir = os.path.join(work, f"hf-{tag}")
                 h = _reused(out_dir, args.reuse) or _saved(out_dir, run_hf(paths, hp, out_dir, label2id))
-                h["test"] = score(predict_logits(h["model_dir"], texts, hp["max_length"]), y, id2label)
+                h.update(score_model(h["model_dir"], out_dir, hp["max_length"]))
                 entry["hf_trainer"] = h
             report["runs"].append(entry)
             print(table([entry]), flush=True)
@@ -435,45 +499,98 @@ def _reused(out_dir: str, reuse: bool) -> dict[str, Any] | None:
 IMPLS = ("fastft", "fastft_cw", "hf_trainer")
 
 
+SETS = ("test", "test_large")  # the scored sets (test_large only with --large-test)
+
+
 def means(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per setting and trainer: mean test accuracy / macro-F1 over the seeds, and the paired
-    fastft - HF differences (same seed, same split)."""
+    """Per setting and trainer: mean test accuracy / macro-F1 over the seeds (``test_large`` beside them
+    when scored), and ``paired``: each fastft variant minus HF on the same seeds, with a paired t-test."""
     out: dict[str, dict[str, Any]] = {}
     for e in entries:
         cell = out.setdefault(str(e["config"]), {"hp": {k: v for k, v in e["hp"].items() if k != "seed"}})
         for impl in IMPLS:
-            t = (e.get(impl) or {}).get("test")
-            if t:
-                rec = cell.setdefault(impl, {"seeds": [], "accuracy": [], "f1_macro": []})
-                rec["seeds"].append(e["hp"]["seed"])
-                rec["accuracy"].append(t["accuracy"])
-                rec["f1_macro"].append(t["f1_macro"])
+            for name in SETS:
+                t = (e.get(impl) or {}).get(name)
+                if not t:
+                    continue
+                rec = cell.setdefault(impl, {})
+                rec = rec if name == "test" else rec.setdefault(name, {})
+                for k, v in (
+                    ("seeds", e["hp"]["seed"]),
+                    ("accuracy", t["accuracy"]),
+                    ("f1_macro", t["f1_macro"]),
+                ):
+                    rec.setdefault(k, []).append(v)
     for cell in out.values():
         for impl in IMPLS:
-            if impl in cell:
-                for k in ("accuracy", "f1_macro"):
-                    cell[impl][f"mean_{k}"] = float(np.mean(cell[impl][k]))
+            for rec in (cell.get(impl), (cell.get(impl) or {}).get("test_large")):
+                if rec and "seeds" in rec:
+                    for k in ("accuracy", "f1_macro"):
+                        rec[f"mean_{k}"] = float(np.mean(rec[k]))
+        cell["paired"] = _paired(cell)
     return out
 
 
+def _paired(cell: dict[str, Any]) -> dict[str, Any]:
+    """{"fastft_cw - hf_trainer": {"test": {"accuracy": {"n", "mean_diff", "p"}, ...}, ...}, ...}"""
+    out: dict[str, Any] = {}
+    hf = cell.get("hf_trainer")
+    for impl in ("fastft", "fastft_cw"):
+        if impl not in cell or not hf:
+            continue
+        for name in SETS:
+            a = cell[impl] if name == "test" else cell[impl].get(name)
+            b = hf if name == "test" else hf.get(name)
+            if not a or not b or "seeds" not in a or "seeds" not in b:
+                continue
+            common = sorted(set(a["seeds"]) & set(b["seeds"]))
+            for k in ("accuracy", "f1_macro"):
+                x = np.array([a[k][a["seeds"].index(sd)] for sd in common])
+                y = np.array([b[k][b["seeds"].index(sd)] for sd in common])
+                out.setdefault(f"{impl} - hf_trainer", {}).setdefault(name, {})[k] = _paired_test(x, y)
+    return out
+
+
+def _paired_test(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    d = x - y
+    rec: dict[str, Any] = {"n": int(len(d)), "mean_diff": float(d.mean()) if len(d) else None, "p": None}
+    if len(d) >= 2 and d.std() > 0:
+        from scipy.stats import ttest_rel
+
+        rec["p"] = float(ttest_rel(x, y).pvalue)
+        rec["se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
+    return rec
+
+
 def means_table(summary: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'setting':<30} {'impl':<10} {'seeds':>5} {'mean acc':>9} {'mean macroF1':>13}"]
+    lines = [f"{'setting':<30} {'impl':<10} {'set':<10} {'seeds':>5} {'mean acc':>9} {'mean macroF1':>13}"]
     for cell in summary.values():
         hp = cell["hp"]
         name = f"lr {hp['lr']:g} bs {hp['batch_size']} ep {hp['epochs']} len {hp['max_length']}"
         for impl in IMPLS:
-            if impl in cell:
-                r = cell[impl]
-                lines.append(
-                    f"{name:<30} {impl:<10} {len(r['seeds']):>5} {r['mean_accuracy']:>9.4f} "
-                    f"{r['mean_f1_macro']:>13.4f}"
-                )
+            for set_name in SETS:
+                r = cell.get(impl) if set_name == "test" else (cell.get(impl) or {}).get(set_name)
+                if r and "seeds" in r:
+                    lines.append(
+                        f"{name:<30} {impl:<10} {set_name:<10} {len(r['seeds']):>5} {r['mean_accuracy']:>9.4f} "
+                        f"{r['mean_f1_macro']:>13.4f}"
+                    )
+        for pair, by_set in cell.get("paired", {}).items():
+            for set_name, by_metric in by_set.items():
+                parts = []
+                for k, r in by_metric.items():
+                    p = f"p={r['p']:.2f}" if r.get("p") is not None else "p=-"
+                    se = f" se {r['se']:.4f}" if r.get("se") is not None else ""
+                    parts.append(f"{k} {r['mean_diff']:+.4f}{se} {p}")
+                lines.append(f"  paired {pair} on {set_name} (n={r['n']}): " + "; ".join(parts))
     return "\n".join(lines)
 
 
 def table(entries: list[dict[str, Any]]) -> str:
+    large = any((e.get(i) or {}).get("test_large") for e in entries for i in IMPLS)
     lines = [
         f"{'run':<42} {'impl':<10} {'test acc':>8} {'macroF1':>8}  predicted            warned  collapsed"
+        + ("  large acc  large F1" if large else "")
     ]
     for e in entries:
         hp = e["hp"]
@@ -489,10 +606,12 @@ def table(entries: list[dict[str, Any]]) -> str:
                 continue
             hist = " ".join(f"{k}:{v}" for k, v in t["predicted"].items())
             warned = str(r.get("warned")) if impl != "hf_trainer" else "-"
-            lines.append(
+            row = (
                 f"{name:<42} {impl:<10} {t['accuracy']:>8.4f} {t['f1_macro']:>8.4f}  {hist:<20} {warned:<7} "
-                f"{bool(t['collapse'])}"
+                f"{str(bool(t['collapse'])):<9}"
             )
+            big = r.get("test_large")
+            lines.append(row + (f"  {big['accuracy']:>9.4f} {big['f1_macro']:>9.4f}" if big else ""))
     return "\n".join(lines)
 
 
@@ -524,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--reuse", action="store_true", help="score finished runs in --work-dir again, do not retrain"
+    )
+    p.add_argument(
+        "--large-test",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="also score every model on ROWS rows of the test movies (e.g. 2000; 0: off)",
     )
     args = p.parse_args(argv)
     report = measure(args)

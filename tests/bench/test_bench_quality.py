@@ -55,6 +55,22 @@ def test_splits_class_mix_and_no_movie_across_splits(corpus, tmp_path):
     assert list(back.columns) == ["text", "label", "movie_name"] and len(back) == 600
 
 
+def test_large_test_comes_from_the_test_movies_only(corpus):
+    sizes = {"train": 600, "validation": 200, "test": 200}
+    splits = bq.build_splits(corpus, sizes, seed=0)
+    big = bq.build_large_test(corpus, sizes, 2000, seed=0)
+    assert len(big) == 2000 and big["label"].value_counts().to_dict() == bq._counts(2000, bq.DEFAULT_MIX)
+    assert not set(big["movie_name"]) & (
+        set(splits["train"]["movie_name"]) | set(splits["validation"]["movie_name"])
+    )
+    # the same movie pool as the 200 test rows: most of those movies are in it
+    assert (
+        len(set(splits["test"]["movie_name"]) & set(big["movie_name"]))
+        > 0.8 * splits["test"]["movie_name"].nunique()
+    )
+    assert bq.build_large_test(corpus, sizes, 2000, seed=0).equals(big)
+
+
 def test_too_many_rows_is_one_clear_error(corpus):
     with pytest.raises(SystemExit, match="ask for fewer rows"):
         bq.build_splits(corpus, {"train": 20000, "test": 10}, seed=0)
@@ -78,13 +94,15 @@ def test_quick_end_to_end(corpus, tmp_path):
         "--impls",
         "fastft",
         "hf",
+        "--large-test",
+        "48",
     ]
     cmd += ["--work-dir", str(tmp_path / "w")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(out.read_text())
     sizes, _ = bq.settings(quick=True)
-    assert {n: d["rows"] for n, d in rep["data"].items()} == sizes
+    assert {n: d["rows"] for n, d in rep["data"].items()} == {**sizes, "test_large": 48}
     (run,) = rep["runs"]
     assert run["fastft"]["rc"] == 0 and isinstance(run["fastft"]["warned"], bool)
     for impl in ("fastft", "hf_trainer"):
@@ -96,6 +114,17 @@ def test_quick_end_to_end(corpus, tmp_path):
     # the independent scoring agrees with fastft's own test metrics on the same rows
     assert run["fastft"]["test"]["accuracy"] == pytest.approx(run["fastft"]["results_json"]["test_accuracy"])
     assert "fastft" in proc.stdout and "hf_trainer" in proc.stdout
+    assert rep["data"]["test_large"]["rows"] == 48
+    for impl in ("fastft", "hf_trainer"):
+        assert sum(run[impl]["test_large"]["predicted"].values()) == 48
+    # a --reuse invocation scores from the cached logits: the same numbers, no new .npy file
+    npys = sorted(p.name for p in (tmp_path / "w").glob("*.npy"))
+    assert len(npys) == 4
+    proc = subprocess.run([*cmd, "--reuse"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads(out.read_text())["runs"][0]
+    assert again["hf_trainer"]["test_large"] == run["hf_trainer"]["test_large"]
+    assert sorted(p.name for p in (tmp_path / "w").glob("*.npy")) == npys
 
 
 def test_means_average_each_trainer_over_its_seeds():
@@ -110,6 +139,16 @@ def test_means_average_each_trainer_over_its_seeds():
     assert m["fastft"]["seeds"] == [1, 2] and m["fastft"]["mean_accuracy"] == pytest.approx(0.7)
     assert m["hf_trainer"]["mean_f1_macro"] == pytest.approx(0.3) and "fastft_cw" not in m
     assert "seed" not in m["hp"] and "0.7000" in bq.means_table(bq.means(runs))
+    # paired differences over the common seeds, with a t-test once they vary
+    d = m["paired"]["fastft - hf_trainer"]["test"]["accuracy"]
+    assert d["n"] == 2 and d["mean_diff"] == pytest.approx(0.1) and d["p"] is None  # constant difference
+    runs.append(entry(3, {"fastft": 0.7, "hf_trainer": 0.75}))
+    d = bq.means(runs)["0"]["paired"]["fastft - hf_trainer"]["test"]["accuracy"]
+    from scipy.stats import ttest_rel
+
+    want = ttest_rel([0.6, 0.8, 0.7], [0.5, 0.7, 0.75]).pvalue
+    assert d["n"] == 3 and d["mean_diff"] == pytest.approx(0.05) and d["p"] == pytest.approx(want)
+    assert "paired fastft - hf_trainer on test (n=3)" in bq.means_table(bq.means(runs))
 
 
 def test_warning_lines_are_fastfts_not_pythons():
