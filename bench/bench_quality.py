@@ -27,8 +27,8 @@ Usage::
 (``<run>.<set>.<key>.npy``), so a ``--reuse`` invocation does not predict again. The report's
 ``means[...]["paired"]`` gives each fastft variant minus HF over the common seeds, with a paired t-test.
 
-Trainers (``--impls``): ``fastft`` (``--class-weights none``), ``fastft_cw`` (``--class-weights auto``,
-which fastft's default ``imbalanced`` picks on this 7x-imbalanced set) and ``hf``;
+Trainers (``--impls``): ``fastft`` (``--class-weights none``, fastft's default), ``fastft_cw``
+(``--class-weights auto``) and ``hf``;
 with ``--seeds`` every trainer runs every seed on the same split and the report adds per-trainer means.
 
 On a loaded machine the four trainings (2 settings x 2 trainers) can run as parallel invocations on
@@ -459,7 +459,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             hp = {**base, "seed": seed}
             entry: dict[str, Any] = {"config": i, "hp": hp}
             tag = f"{i}" if not args.seeds else f"{i}-s{seed}"
-            cw = (("fastft", "none"), ("fastft_cw", "auto"))  # fastft's default here (7x imbalance): auto
+            cw = (("fastft", "none"), ("fastft_cw", "auto"))  # fastft's default is none
             for impl, flags in ((i, [*extra, "--class-weights", w]) for i, w in cw):
                 if impl in args.impls:
                     out_dir = os.path.join(work, f"{impl.replace('_', '-')}-{tag}")

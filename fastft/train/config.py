@@ -186,10 +186,10 @@ class TrainConfig(DataConfig):
     kd_alpha: float = _f(0.5, "KD weight: loss = (1-alpha)*CE + alpha*T^2*KL")
     kd_temperature: float = _f(2.0, "KD softmax temperature T")
     class_weights: str = _f(
-        "imbalanced",
-        "single-label classification: per-class loss weights, imbalanced (auto when the largest train "
-        "class has >= 3x the rows of the smallest, else none) | none | auto (n / (k * n_class), "
-        "sklearn's 'balanced') | w1,w2,... in class-id order",
+        "none",
+        "single-label classification: per-class loss weights, none | auto (n / (k * n_class), sklearn's "
+        "'balanced') | imbalanced (auto when the largest train class has >= 3x the rows of the smallest, "
+        "else none) | w1,w2,... in class-id order",
     )
     # ---- numerics ----------------------------------------------------------------------------------
     precision: str = _f(

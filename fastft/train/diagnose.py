@@ -320,7 +320,8 @@ def imbalance_ratio(counts: Mapping[Any, int] | Sequence[int]) -> float | None:
     return float(max(vals) / min(vals))
 
 
-#: ``--class-weights imbalanced`` (the default) means ``auto`` from this largest/smallest class ratio on.
+#: ``--class-weights imbalanced`` means ``auto`` from this largest/smallest class ratio on (and with the
+#: default ``none``, the start-up report suggests weights from this ratio on).
 STRONG_IMBALANCE = 3.0
 
 

@@ -220,7 +220,7 @@ class Trainer:
         single = self.problem_type == "single_label_classification"
         spec = (cfg.class_weights or "none").strip().lower()
         if spec == "imbalanced" and (not single or cfg.teacher):
-            spec = "none"  # the default: only where weights apply
+            spec = "none"  # "weights if imbalanced" only where weights apply
         if spec != "none" and not single:
             raise ConfigError(
                 f"--class-weights applies to single-label classification, not {self.problem_type}; "
@@ -245,6 +245,11 @@ class Trainer:
             else f"imbalanced (imbalance >= {diagnose.STRONG_IMBALANCE:g}x: auto)"
         )
         spec = diagnose.resolve_class_weights(spec, ratio)
+        if spec == "none" and ratio is not None and ratio >= diagnose.STRONG_IMBALANCE:
+            self._notes.append(
+                "  hint       --class-weights auto favours the minority classes at some cost in accuracy "
+                "(pair it with --metric-for-best f1_macro); see the README's class weights"
+            )
         weights = diagnose.class_weights(list(dist["counts"].values()), spec)
         if weights is not None:
             self.class_weight = torch.tensor(weights, dtype=torch.float32, device=self.device)

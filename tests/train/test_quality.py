@@ -92,23 +92,31 @@ def test_class_weights_auto_reach_the_fused_loss(env, tmp_path, monkeypatch):
     assert seen[0].tolist() == pytest.approx(expect)
 
 
-def test_default_class_weights_turn_on_for_strong_imbalance_only(env, tmp_path, capsys):
-    """The default ``imbalanced``: auto weights from a 3x largest/smallest train-class ratio, else none."""
+def test_imbalanced_class_weights_turn_on_for_strong_imbalance_only(env, tmp_path, capsys):
+    """``imbalanced``: auto weights from a 3x largest/smallest train-class ratio, else none. The default
+    ``none`` weighs nothing and, on such a set, prints one hint line instead."""
     rows = [[t, "pos" if i % 5 else "neg"] for i, (t, _, _) in enumerate(sentences(30, seed=3))]  # 24 : 6
     path = write_csv(str(tmp_path / "skewed.csv"), ["text", "label"], rows)
-    cfg = TrainConfig(
-        model=env["bert"], train_file=path, output_dir=str(tmp_path / "skew"), cache_dir=env["cache"],
-        max_steps=1, eval_strategy="no", batch_size=8,
+    kw = dict(
+        model=env["bert"], train_file=path, cache_dir=env["cache"], max_steps=1, eval_strategy="no", batch_size=8
     )  # fmt: skip
-    assert cfg.class_weights == "imbalanced"
-    res = Trainer(cfg).train()
+    assert TrainConfig(**kw).class_weights == "none"
+    res = Trainer(TrainConfig(**kw, output_dir=str(tmp_path / "skew0"))).train()
+    assert "class_weights" not in res["data"]
+    hints = [ln for ln in capsys.readouterr().out.splitlines() if "hint" in ln]
+    assert len(hints) == 1 and "--class-weights auto" in hints[0]
+    res = Trainer(TrainConfig(**kw, output_dir=str(tmp_path / "skew"), class_weights="imbalanced")).train()
     counts = res["data"]["label_distribution"]["counts"]
     n, k = sum(counts.values()), len(counts)
     assert max(counts.values()) >= 3 * min(counts.values())
     assert res["data"]["class_weights"] == pytest.approx({c: n / (k * m) for c, m in counts.items()})
-    assert "--class-weights imbalanced (imbalance >= 3x: auto)" in capsys.readouterr().out
-    balanced = Trainer(_cfg(env, tmp_path / "bal", max_steps=1, eval_strategy="no")).train()  # 9 : 15
-    assert "class_weights" not in balanced["data"]
+    out = capsys.readouterr().out
+    assert "--class-weights imbalanced (imbalance >= 3x: auto)" in out and "hint" not in out
+    bal = Trainer(
+        _cfg(env, tmp_path / "bal", max_steps=1, eval_strategy="no", class_weights="imbalanced")
+    ).train()
+    assert "class_weights" not in bal["data"]  # 9 : 15
+    assert "hint" not in capsys.readouterr().out
 
 
 def test_resolve_class_weights():
