@@ -308,10 +308,19 @@ def baseline_lines(records: list[dict]) -> list[str]:
 
 
 def newest_for_readme(results_dir: Path = RESULTS_DIR) -> Path | None:
-    """The newest CUDA results file if any (the README shows GPU numbers once they exist), else CPU."""
-    files = sorted(results_dir.glob("*.json"), key=lambda p: p.name.rsplit("-", 3)[-3:])
-    gpu = [p for p in files if not p.name.startswith("cpu-")]
-    return (gpu or files or [None])[-1]
+    """The newest ``python -m bench`` results file with end-to-end records: a GPU one if any (the README
+    shows GPU numbers once they exist), else CPU. Other JSON there (bench_quality, compare) is skipped."""
+    runs = []
+    for p in results_dir.glob("*.json"):
+        try:
+            data = load_results(p)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(data, dict) and (data.get("parts") or {}).get("e2e", {}).get("records"):
+            runs.append((str((data.get("environment") or {}).get("date") or ""), p))
+    runs.sort()
+    gpu = [p for _, p in runs if not p.name.startswith("cpu-")]
+    return (gpu or [p for _, p in runs] or [None])[-1]
 
 
 def update_readme(json_path: Path | None = None, readme: Path = README) -> Path:

@@ -95,3 +95,24 @@ def test_update_readme_fills_the_results_block(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.endswith("tail\n") and "2.00× vs hf" in text
     assert f"]({path.with_suffix('.md').name})" in text  # links relative to the README
+
+
+def test_readme_takes_the_newest_bench_run_with_end_to_end_records(tmp_path):
+    """Not a later bench_quality / compare JSON, nor a kernels-only run, and GPU runs before CPU ones."""
+    from bench import report
+
+    def run(name, date, parts):
+        data = {"environment": {"date": date}, "parts": parts}
+        (tmp_path / name).write_text(json.dumps(data))
+        return tmp_path / name
+
+    e2e = {"e2e": {"records": [{"name": "cpu_train"}]}}
+    old = run("cpu-2026-11-22.json", "2026-11-22T08:00:00Z", e2e)
+    assert report.newest_for_readme(tmp_path) == old
+    new = run("cpu-2026-12-01-e2e.json", "2026-12-01T13:45:00Z", e2e)
+    run("cpu-2026-12-02-adamw.json", "2026-12-02T09:00:00Z", {"adamw": {"records": [{"name": "x"}]}})
+    (tmp_path / "cpu-2026-12-03-quality.json").write_text(json.dumps({"runs": [], "means": {}}))
+    (tmp_path / "broken.json").write_text("{")
+    assert report.newest_for_readme(tmp_path) == new
+    gpu = run("h200-2026-11-30.json", "2026-11-30T10:00:00Z", e2e)
+    assert report.newest_for_readme(tmp_path) == gpu
