@@ -554,7 +554,7 @@ def _paired(cell: dict[str, Any]) -> dict[str, Any]:
 def _paired_test(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     d = x - y
     rec: dict[str, Any] = {"n": int(len(d)), "mean_diff": float(d.mean()) if len(d) else None, "p": None}
-    if len(d) >= 2 and d.std() > 0:
+    if len(d) >= 2 and d.std() > 1e-12:  # a constant difference (up to rounding) has no t-test
         from scipy.stats import ttest_rel
 
         rec["p"] = float(ttest_rel(x, y).pvalue)
