@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# fastft GPU check: one command, <= 8 minutes on an H200. Run from the repo root on the GPU machine:
+# fastft GPU check: one command, <= 8 minutes on an H200. Run it on the GPU machine from any folder
+# (it works in the checkout that holds this script):
 #
 #     bash scripts/gpu_check.sh
 #
@@ -16,8 +17,11 @@
 # GPU_CHECK_ONLY="probes pytest_gpu" runs only the named steps (env always runs).
 set -uo pipefail
 
+# A relative OUT is the caller's; everything else runs in the repo this script belongs to.
+[ -n "${OUT:-}" ] && OUT=$(realpath -m -- "$OUT")
+cd "$(dirname "$(realpath -- "${BASH_SOURCE[0]}")")/.." || exit 2
 if [ ! -f pyproject.toml ] || ! grep -qs '^name = "fastft"' pyproject.toml; then
-  echo "gpu_check.sh: run it from the fastft repo root" >&2
+  echo "gpu_check.sh: $PWD is not a fastft checkout (scripts/gpu_check.sh must stay in one)" >&2
   exit 2
 fi
 OUT=${OUT:-$PWD/bench/results/gpu_check-$(date +%Y%m%d-%H%M%S)}
