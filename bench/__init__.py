@@ -3,5 +3,3 @@
 See bench/README.md. The shared machinery (timing, peak memory, records, output) is in
 :mod:`bench.common`.
 """
-
-import fastft  # noqa: F401,E402  (first: it repairs a mismatched torchvision before transformers imports it)

@@ -158,7 +158,7 @@ def rotten_tomatoes_lengths() -> list[int] | None:
 
         df = pd.read_csv(csv)
         texts = [str(t) for t in df.loc[df["category"] != "plot", "text"].tolist()]
-        tok = AutoTokenizer.from_pretrained(tok_dir)
+        tok = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
         _RT_LENGTHS = [len(ids) for ids in tok(texts)["input_ids"]]
     return _RT_LENGTHS
 
@@ -931,6 +931,7 @@ def build_hf_trainer(cfg, tokenizer):
     data = _prepare(cfg, tokenizer)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         cfg.model,
+        trust_remote_code=False,
         num_labels=data.num_labels,
         id2label=data.id2label,
         label2id=data.label2id,
@@ -1054,7 +1055,9 @@ def bench_cpu_train(device: torch.device, quick: bool, peaks: dict) -> list[dict
         eval_strategy="no",
         save_total_limit=1,
     ).resolved()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(base.tokenizer or base.model)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        base.tokenizer or base.model, trust_remote_code=False
+    )
     shape.update(batch_size=base.batch_size, max_length=base.max_length, lr=base.lr)
     length = f"{steps['max_steps']} steps" if steps["max_steps"] > 0 else f"{base.epochs:g} epoch(s)"
     note = (
@@ -1149,7 +1152,9 @@ def _load_trained(output_dir: str):
     for c in cands:
         if os.path.isfile(os.path.join(c, "config.json")):
             try:
-                return transformers.AutoModelForSequenceClassification.from_pretrained(c)
+                return transformers.AutoModelForSequenceClassification.from_pretrained(
+                    c, trust_remote_code=False
+                )
             except Exception:
                 continue
     return None

@@ -182,8 +182,10 @@ def predict_logits(model_dir: str, texts: list[str], max_length: int, batch_size
     import torch
     import transformers
 
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        model_dir, trust_remote_code=False
+    ).eval()
     # batches of similar length (less padding; the attention mask makes the logits the same)
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
@@ -313,7 +315,7 @@ def run_hf(
     from fastft.train.config import default_model_path
 
     model_dir = default_model_path()
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     t0, c0 = time.perf_counter(), time.process_time()
     transformers.set_seed(hp["seed"])
 
@@ -324,7 +326,11 @@ def run_hf(
 
     train, val = load("train"), load("validation")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(label2id), label2id=label2id, id2label={i: n for n, i in label2id.items()}
+        model_dir,
+        trust_remote_code=False,
+        num_labels=len(label2id),
+        label2id=label2id,
+        id2label={i: n for n, i in label2id.items()},
     )
     total = max(1, math.ceil(hp["epochs"] * math.ceil(len(train) / hp["batch_size"])))
     kw: dict[str, Any] = dict(

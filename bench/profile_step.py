@@ -226,7 +226,9 @@ def flops_per_step(cfg, model_path: str, train) -> dict[str, float]:
     """Model FLOPs of one optimizer step (mean over the train split's rows)."""
     import transformers
 
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=2, trust_remote_code=False
+    )
     lens = [len(x) for x in train["input_ids"]]
     per_tok = e2e.matmul_param_flops_per_token(model)
     c = model.config
@@ -325,7 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     from fastft.train.data import prepare_data
 
     base = TrainConfig(device="cpu", eval_strategy="no", save_total_limit=1, max_eval_samples=64).resolved()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(base.tokenizer or base.model)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        base.tokenizer or base.model, trust_remote_code=False
+    )
     train = prepare_data(dataclasses.replace(base, output_dir=tempfile.mkdtemp()), tokenizer).splits["train"]
     fl = flops_per_step(base, base.model, train)
     peaks = measure_peaks(torch.device("cpu"))

@@ -10,9 +10,6 @@ import importlib
 from typing import Any
 
 from fastft._backend import backend, current_backend, report
-from fastft._compat import repair_torchvision
-
-repair_torchvision()  # before anything imports transformers (which imports torchvision)
 
 __version__ = "0.1.0"
 

@@ -259,8 +259,7 @@ def _saved_run_config(model_dir: str) -> dict:
 
 
 def _load_for_inference(args: argparse.Namespace, require_labels: bool):
-    import torch
-
+    from fastft.distributed import resolve_device
     from fastft.train.config import ConfigError, TrainConfig
     from fastft.train.data import prepare_file
     from fastft.train.models import check_model, from_pretrained, load_tokenizer
@@ -272,6 +271,7 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
         raise ConfigError(f"--file {args.file}: file not found; check the path")
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be > 0 (got {args.batch_size})")
+    device = resolve_device(args.device)  # a missing GPU / unknown device: one line, before any loading
     mcfg = check_model(args.model)
     task = task_of_model(mcfg)
     if os.path.isdir(args.file) and task.modality == "text":  # image models take a folder of images
@@ -311,7 +311,6 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
         cfg.text_column, cfg.text_pair_column, _ = resolve_columns(
             raw, None, cfg.text_pair_column, None, False, args.file, task
         )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
     return model, tok, ds, cfg, task, device
 

@@ -42,6 +42,7 @@ __all__ = [
     "DistState",
     "STRATEGIES",
     "init_distributed",
+    "resolve_device",
     "wrap_model",
     "unwrap_model",
     "no_sync",
@@ -101,13 +102,44 @@ def _env_int(name: str, default: int) -> int:
         ) from None
 
 
+def _device_error(msg: str) -> ValueError:
+    from fastft.train.errors import ConfigError  # lazy: fastft.train imports this module
+
+    return ConfigError(msg)  # a ValueError: the CLI prints its one line and exits 2
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, or a one-line error for a name torch does not know or a device this
+    machine lacks (e.g. ``tpu``, ``cuda`` without a GPU) instead of a traceback later on."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise _device_error(f"--device {device}: not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise _device_error(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):  # e.g. mps / xpu: fine where that backend is present
+        backend = getattr(torch, dev.type, None)
+        if not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+            raise _device_error(f"--device {device}: no {dev.type} device here; use cpu or cuda")
+    return dev
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device of a single-process run (``None``/``"auto"``: CUDA when present, else CPU); a one-line
+    ``ConfigError`` (a ``ValueError``) for a device that does not exist here."""
+    return _resolve_device(device, 0, False)
+
+
 def _resolve_device(device: str | torch.device | None, local_rank: int, distributed: bool) -> torch.device:
     if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = _parse_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but no CUDA GPU is visible; use --device cpu")
+        if not distributed and dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise _device_error(
+                f"--device {device}: only {n} GPU(s) visible here; use cuda:0 to cuda:{n - 1}"
+            )
         if distributed:
             # One process per GPU: torchrun's LOCAL_RANK picks the GPU on this node.
             if dev.index is not None and dev.index != local_rank:
@@ -464,26 +496,23 @@ def cleanup(state: DistState | None = None) -> None:
 
 def _release_process_groups() -> None:
     """Let the destroyed process groups really go: their backend threads and sockets, and rank 0's
-    TCPStore server, stop here instead of at interpreter exit.
+    TCPStore server, stop here, while every rank is still alive, instead of whenever the last
+    reference dies.
 
-    A DeviceMesh holds strong references to its groups (``_pg_registry``), and DTensor's sharding /
-    redistribution caches keep every mesh ever used alive. ``destroy_process_group`` alone therefore
-    leaves the gloo threads (``pt_gloo_runloop``, ``gloo_tcp_loop``) and ``pt_tcpstore_uv`` running
-    until the interpreter is torn down, where they are destroyed in no fixed order, while the peer
-    ranks exit and close their sockets: under load a rank then aborts with "terminate called
-    without an active exception" (SIGABRT).
+    ``destroy_process_group`` only unregisters a group; it lives on (gloo's ``shutdown``/``abort``
+    stop no thread) while anything refers to it: a DDP wrapper the caller still holds (its
+    ``Reducer`` and ``Logger``), FSDP2's mesh info, a DeviceMesh (``_pg_registry``; DTensor's
+    caches keep every mesh ever used). Its ``pt_gloo_runloop`` / ``gloo_tcp_loop`` threads then
+    run on after cleanup: the group is torn down later, after the peer ranks have exited and
+    closed their sockets, or during interpreter exit (a rank dies with SIGABRT or SIGSEGV).
     """
     import sys
 
-    if "torch.distributed.device_mesh" in sys.modules:
-        from torch.distributed.device_mesh import DeviceMesh
-
-        # Every mesh, not only wrap_model's: DTensor state-dict code deep-copies meshes, and each
-        # copy (__setstate__) re-resolves the groups into a registry of its own. type(), not
-        # isinstance(): the heap holds weak proxies, and isinstance() on a dead one raises.
-        for obj in gc.get_objects():
-            if issubclass(type(obj), DeviceMesh) and isinstance(getattr(obj, "_pg_registry", None), dict):
-                obj._pg_registry.clear()
+    holders = _group_holder_types()
+    # type(), not isinstance(): the heap holds weak proxies, and isinstance() on a dead one raises.
+    for obj in gc.get_objects():
+        if issubclass(type(obj), holders):
+            _drop_groups(obj)
     if "torch.distributed.tensor" in sys.modules:  # only if DTensor was used (private APIs: best effort)
         for clear in _dtensor_cache_clearers():
             try:
@@ -491,6 +520,36 @@ def _release_process_groups() -> None:
             except Exception as e:  # noqa: BLE001 - a torch version without that cache
                 log.debug("fastft.distributed: could not clear a DTensor cache: %s", e)
     gc.collect()  # the groups sit in reference cycles (mesh <-> specs); free them now, not at exit
+
+
+def _group_holder_types() -> tuple[type, ...]:
+    """The classes whose instances keep a process group alive (only those already imported)."""
+    import sys
+
+    out: list[type] = [nn.parallel.DistributedDataParallel]
+    if "torch.distributed.device_mesh" in sys.modules:
+        from torch.distributed.device_mesh import DeviceMesh
+
+        out.append(DeviceMesh)
+    if "torch.distributed.fsdp._fully_shard._fsdp_common" in sys.modules:
+        from torch.distributed.fsdp._fully_shard._fsdp_common import FSDPMeshInfo
+
+        out.append(FSDPMeshInfo)
+    return tuple(out)
+
+
+def _drop_groups(obj: Any) -> None:
+    """Drop ``obj``'s references to process groups: a wrapper cannot run collectives after cleanup
+    anyway (a DDP forward then fails); its inner module stays usable."""
+    registry = getattr(obj, "_pg_registry", None)
+    if isinstance(registry, dict):  # DeviceMesh: every mesh, deep copies too (each resolves its own)
+        registry.clear()
+    d = getattr(obj, "__dict__", {})
+    for name in ("reducer", "logger", "process_group"):  # DDP: its C++ Reducer holds the group
+        if name in d:
+            d[name] = None
+    for name in [k for k, v in d.items() if k.endswith("_process_group") and v is not None]:
+        d[name] = None  # FSDP2 mesh info: shard / replicate (/ reduce-scatter) groups
 
 
 def _dtensor_cache_clearers() -> list:

@@ -23,10 +23,12 @@ WORDS = ("a", "photo", "of", "the", "bright", *COLOURS, *SHAPES, "dark", "small"
 TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
 
 
-def import_torchvision() -> None:
-    """transformers' models import torchvision when it is installed: ``import fastft`` repairs a
-    mismatched build first (fastft._compat)."""
-    import fastft  # noqa: F401
+def image_processor_class(name: str):
+    """transformers' PIL image processor ``<name>Pil`` where it exists (transformers >= 5 without
+    torchvision warns when the plain name falls back to it), else the plain (slow) class."""
+    import transformers
+
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
 
 
 def clip_tokenizer(words=WORDS):
@@ -56,7 +58,6 @@ def clip_tokenizer(words=WORDS):
 
 
 def tiny_config(kind: str = "clip", vocab_size: int = 128):
-    import_torchvision()
     text = dict(vocab_size=vocab_size, max_position_embeddings=16, **TINY)
     vision = dict(image_size=32, patch_size=8, **TINY)
     if kind == "clip":
@@ -71,7 +72,6 @@ def tiny_config(kind: str = "clip", vocab_size: int = 128):
 
 
 def tiny_model(kind: str = "clip", seed: int = 0):
-    import_torchvision()
     from transformers import CLIPModel, SiglipModel
 
     torch.manual_seed(seed)
@@ -80,15 +80,15 @@ def tiny_model(kind: str = "clip", seed: int = 0):
 
 
 def processor(kind: str = "clip"):
-    import_torchvision()
-    from transformers import CLIPImageProcessor, CLIPProcessor, SiglipImageProcessor, SiglipProcessor
+    from transformers import CLIPProcessor, SiglipProcessor
 
     tok = clip_tokenizer()
     size = {"shortest_edge": 32} if kind == "clip" else {"height": 32, "width": 32}
     if kind == "clip":
-        ip = CLIPImageProcessor(size=size, crop_size={"height": 32, "width": 32})
+        ip = image_processor_class("CLIPImageProcessor")(size=size, crop_size={"height": 32, "width": 32})
         return CLIPProcessor(image_processor=ip, tokenizer=tok)
-    return SiglipProcessor(image_processor=SiglipImageProcessor(size=size), tokenizer=tok)
+    ip = image_processor_class("SiglipImageProcessor")(size=size)
+    return SiglipProcessor(image_processor=ip, tokenizer=tok)
 
 
 def save_tiny(path: str, kind: str = "clip", seed: int = 0) -> str:

@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import fastft  # noqa: E402,F401  (before transformers: see fastft._compat)
+import fastft  # noqa: E402,F401  (after the environment defaults above)
 
 
 def pytest_collection_modifyitems(config, items):

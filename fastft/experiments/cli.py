@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from typing import Any
 
@@ -35,6 +36,7 @@ _OWN = {
     "storage",
     "study_name",
     "enqueue",
+    "max_failures",
 }
 
 
@@ -63,7 +65,7 @@ def add_parsers(sub) -> None:
     c = sub.add_parser(
         "compare",
         help="A/B test of strategies/configs over seeds, with paired tests",
-        description="Run every arm x seed as its own fastft train run and report mean ± std, 95%% CI and "
+        description="Run every arm x seed as its own fastft train run and report mean ± std, 95% CI and "
         "paired t / Wilcoxon tests of each arm against the baseline. Any fastft train flag applies to all.",
         conflict_handler="resolve",
     )
@@ -105,6 +107,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--storage", default=None, help="Optuna storage URL or journal:FILE (default: SQLite)")
     s.add_argument("--study-name", default="fastft-sweep", help="study name inside the storage")
     s.add_argument("--enqueue", action="append", default=[], metavar="F=V,...", help="trial to run first")
+    s.add_argument(
+        "--max-failures", type=int, default=3, help="stop after this many failed trials in a row (default: 3)"
+    )
     s.set_defaults(func=cmd_sweep)
 
 
@@ -174,7 +179,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = load_config_file(args.config_files[0]) if args.config_files else {}
     base.update(_overrides(args))
     config_from_dict(base)  # unknown keys fail now
-    run_sweep(
+    out = run_sweep(
         base,
         space,
         args.exp_output_dir or "outputs/sweep",
@@ -188,14 +193,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         storage=args.storage,
         study_name=args.study_name,
         enqueue=[parse_assignments(e, "--enqueue") for e in args.enqueue],
+        max_failures=args.max_failures,
     )
+    if out["stopped"]:  # a signal or failing trials ended it early; the study stays resumable
+        code, line = out["stopped"]
+        print(f"fastft sweep: {line}", file=sys.stderr, flush=True)
+        return code
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fastft.experiments compare|sweep ...`` (same exit codes as ``fastft``)."""
-    from fastft.cli import _Parser, _quiet
-    from fastft.train.config import ConfigError
+    from fastft.cli import _Parser, _quiet, _user_errors
 
     p = _Parser(prog="fastft", description="fastft experiments")
     sub = p.add_subparsers(dest="command", metavar="{compare,sweep}", parser_class=_Parser)
@@ -205,17 +214,23 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return 2
     _quiet()
-    return run_command(args, (ConfigError,))
+    return run_command(args, _user_errors())
 
 
 def run_command(args: argparse.Namespace, user_errors: tuple[type[BaseException], ...]) -> int:
     """``args.func(args)`` with the CLI's error contract: a user error is one line and exit 2."""
+    from fastft.train.errors import first_line
+    from fastft.train.trainer import TrainingError
+
     try:
         return args.func(args)
     except user_errors as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         print(f"fastft {args.command}: error: {msg}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
+    except TrainingError as e:
+        print(f"fastft {args.command}: failed: {first_line(e, 10_000)}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt as e:  # Ctrl-C outside a run; a second SIGTERM (StopNow) exits 143
         print(f"fastft {args.command}: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return 128 + int(getattr(e, "signum", signal.SIGINT))

@@ -268,7 +268,14 @@ def run_compare(
     if parallel < 1:
         raise ConfigError(f"--parallel must be >= 1 (got {parallel})")
     specs = plan_runs(arms, seeds, output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    from fastft.train.outdir import acquire
+
+    # a second compare into this folder would run the same runs and append to the same logs
+    with acquire(output_dir):
+        return _compare(arms, seeds, specs, output_dir, parallel, baseline, alpha, metric, command)
+
+
+def _compare(arms, seeds, specs, output_dir, parallel, baseline, alpha, metric, command) -> dict[str, Any]:
     from fastft.train.trackers import GroupRun, parse_report_to
 
     trackers = sorted(

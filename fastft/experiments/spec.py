@@ -15,7 +15,15 @@ from typing import Any
 
 from fastft.train.config import ConfigError, TrainConfig, config_from_dict
 
-__all__ = ["field_name", "parse_value", "parse_vary", "parse_assignments", "SearchSpace", "parse_search"]
+__all__ = [
+    "field_name",
+    "parse_value",
+    "parse_vary",
+    "parse_assignments",
+    "SearchSpace",
+    "parse_search",
+    "describe_distribution",
+]
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _CHOICES = {f.name: f.metadata.get("choices") for f in dataclasses.fields(TrainConfig)}
@@ -119,6 +127,27 @@ class SearchSpace:
         if self.kind == "choice":
             return "choice:" + ",".join(map(str, self.choices))
         return f"{self.kind}:{self.low}:{self.high}"
+
+    def distribution(self):
+        """The Optuna distribution :meth:`suggest` draws from (to check it against a stored study)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind in ("int", "int_log"):
+            return IntDistribution(int(self.low), int(self.high), log=self.kind == "int_log")
+        return FloatDistribution(float(self.low), float(self.high), log=self.kind == "loguniform")
+
+
+def describe_distribution(dist) -> str:
+    """An Optuna distribution as the ``--search`` text that makes it (``loguniform:1e-05:0.001``)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return "choice:" + ",".join(map(str, dist.choices))
+    if isinstance(dist, IntDistribution):
+        return f"{'int_log' if dist.log else 'int'}:{dist.low}:{dist.high}"
+    return f"{'loguniform' if dist.log else 'uniform'}:{dist.low:g}:{dist.high:g}"
 
 
 _KINDS = "loguniform:LOW:HIGH | uniform:LOW:HIGH | int:LOW:HIGH | choice:A,B,..."

@@ -8,8 +8,14 @@ The study lives in Optuna storage: by default ``sqlite:///<output-dir>/study.db`
 command again continues the study until ``--trials`` trials have finished (complete or pruned). Any
 RDB URL (``postgresql://...``) or ``journal:FILE`` (Optuna's journal file, safe for several processes
 on one file system) lets several processes / machines work on one study: start the same command in
-each, with its own ``--sampler-seed``. A trial interrupted by Ctrl-C / SIGTERM is resumed from its
-checkpoint by the next run of the sweep.
+each, with its own ``--sampler-seed``. A re-run's sampler seed is mixed with the study's trial count,
+so it does not propose the first run's parameters again.
+
+Before any trial: the searched values, the metric (one evaluation of the untrained model shows what
+the task reports, unless the study already has a complete trial) and, for an existing study, its
+metric, direction and the kind of each searched distribution. Ctrl-C / SIGTERM and trials that keep
+failing end the sweep early (:mod:`fastft.experiments.sweep_control`); a trial interrupted with a
+checkpoint is resumed by the next run of the sweep.
 """
 
 from __future__ import annotations
@@ -17,25 +23,35 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import socket
 import time
 import warnings
 from typing import Any
 
-from fastft.experiments.spec import SearchSpace
+from fastft.experiments.spec import SearchSpace, describe_distribution
 from fastft.experiments.stats import lower_is_better
+from fastft.experiments.sweep_control import SweepControl, TrialInterrupted
+from fastft.experiments.sweep_report import write_outputs
 from fastft.train.callbacks import Callback
 from fastft.train.config import ConfigError, config_from_dict
+from fastft.train.errors import first_line
 
-__all__ = ["PruneCallback", "run_sweep", "make_storage", "write_outputs"]
+__all__ = ["PruneCallback", "run_sweep", "make_storage", "write_outputs", "check_metric"]
+
+
+_QUIETED = False
 
 
 def _optuna():
+    global _QUIETED
     try:
         import optuna
     except ImportError:
         raise ConfigError("fastft sweep needs optuna: pip install fastft[sweep]") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not _QUIETED:  # once: a later call must not undo _optuna_quiet
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _QUIETED = True
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
@@ -46,6 +62,7 @@ class PruneCallback(Callback):
     def __init__(self, trial, metric: str) -> None:
         self.trial, self.metric = trial, metric
         self.pruned_step: int | None = None
+        self.last: float | None = None  # the metric at the latest evaluation (nan when diverged)
         self._final = False
 
     def on_log(self, record: dict[str, Any]) -> None:
@@ -54,7 +71,10 @@ class PruneCallback(Callback):
 
     def on_evaluate(self, step: int, metrics: dict[str, Any]) -> bool | None:
         value = metrics.get(self.metric)
-        if not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        self.last = float(value)
+        if not math.isfinite(value):  # a diverged evaluation gives the pruner nothing to compare
             return None
         self.trial.report(float(value), step)
         # the last evaluation ends the run anyway: pruning it would only throw a finished value away
@@ -70,17 +90,40 @@ def make_storage(url: str | None, output_dir: str):
     if url is None:
         url = "sqlite:///" + os.path.abspath(os.path.join(output_dir, "study.db"))
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = url[len("journal:") :]
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(path)), url
+        return _journal_storage(optuna, url), url
     try:
         return _rdb_storage(optuna, url), url
     except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"--storage {url}: {msg[:200]}; pass an RDB URL Optuna takes or journal:FILE"
+        ) from None
+
+
+def _journal_storage(optuna, url: str):
+    """Optuna's journal file; its folder must take a new file (Optuna's lock is a symlink beside it)."""
+    import tempfile
+
+    from optuna.storages.journal import JournalFileBackend
+
+    path = url[len("journal:") :]
+    if not path.strip():
+        raise ConfigError("--storage journal: needs a file name: journal:FILE")
+    path = os.path.abspath(path)
+    try:
+        if os.path.isfile(os.path.dirname(path)):
+            raise NotADirectoryError(20, f"{os.path.dirname(path)} is a file")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".fastft-probe.")
+        os.close(fd)
+        os.unlink(probe)
+        with open(path, "ab"):  # an existing journal must take appends
+            pass
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"--storage {url}: cannot write {path} ({why}); pass a journal:FILE in a writable folder"
         ) from None
 
 
@@ -123,44 +166,70 @@ def _resume_interrupted(study) -> None:
             taken.add(run_dir)
 
 
-def _objective(base: dict, space: list[SearchSpace], metric: str, trials_dir: str):
-    optuna = _optuna()
-    from fastft.train.trainer import Trainer
+def _objective(base: dict, space: list[SearchSpace], metric: str, trials_dir: str, control: SweepControl):
+    from fastft.train.data import DataError
+    from fastft.train.trainer import Trainer, TrainingError
 
     def objective(trial) -> float:
+        if control.signum is not None:  # a signal arrived between two trials: start no new one
+            raise TrialInterrupted(signal.Signals(control.signum).name)
         params = {s.name: s.suggest(trial) for s in space}
         resume_dir = trial.user_attrs.get("resume_dir")
         run_dir = resume_dir or os.path.join(trials_dir, f"trial-{trial.number}")
         trial.set_user_attr("run_dir", run_dir)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        cfg = config_from_dict(
-            {
-                **base,
-                **params,
-                "metric_for_best": metric,
-                "output_dir": run_dir,
-                "resume": "latest" if resume_dir else None,
-                "overwrite": not resume_dir,  # a folder left by a deleted study is stale
-            }
-        )
         prune = PruneCallback(trial, metric)
-        print(f"sweep trial {trial.number}: {params} -> {run_dir}", flush=True)
-        result = Trainer(cfg, callbacks=[prune]).train()
-        if result.get("interrupted"):
-            trial.set_user_attr("interrupted_dir", run_dir)
-            raise KeyboardInterrupt
-        if prune.pruned_step is not None:
-            trial.set_user_attr("stopped_at_step", prune.pruned_step)
-            raise optuna.TrialPruned(f"pruned at step {prune.pruned_step}")
-        value = (result.get("best_validation") or {}).get(metric)
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"--metric {metric!r} was not computed on the validation split")
-        trial.set_user_attr(
-            "test", {k: v for k, v in (result.get("test") or {}).items() if k != "confusion_matrix"}
-        )
-        return float(value)
+        what = "resumes from its checkpoint" if resume_dir else "->"
+        print(f"sweep trial {trial.number}: {params} {what} {run_dir}", flush=True)
+        trainer = None
+        try:
+            cfg = config_from_dict(
+                {
+                    **base,
+                    **params,
+                    "metric_for_best": metric,
+                    "output_dir": run_dir,
+                    "resume": "latest" if resume_dir else None,
+                    "overwrite": not resume_dir,  # a folder left by a deleted study is stale
+                }
+            )
+            trainer = Trainer(cfg, callbacks=[prune])
+            trainer.resume_hint = "the next run of the same fastft sweep command resumes it"
+            control.trainer = trainer
+            result = trainer.train()
+            return _trial_value(trial, result, prune, metric, run_dir)
+        except (TrainingError, ConfigError, DataError) as e:
+            control.bad_input = not isinstance(e, TrainingError)
+            trial.set_user_attr("error", first_line(e, 300))
+            raise
+        finally:
+            control.trainer = None
+            control.saw(getattr(trainer, "_stop_signal", None))  # one that the trainer's handler caught
 
     return objective
+
+
+def _trial_value(trial, result: dict[str, Any], prune: PruneCallback, metric: str, run_dir: str) -> float:
+    optuna = _optuna()
+    from fastft.train.trainer import TrainingError
+
+    if result.get("interrupted"):
+        trial.set_user_attr("interrupted_dir", run_dir)
+        raise TrialInterrupted(result["interrupted"])
+    if prune.pruned_step is not None:
+        trial.set_user_attr("stopped_at_step", prune.pruned_step)
+        raise optuna.TrialPruned(f"pruned at step {prune.pruned_step}")
+    value = (result.get("best_validation") or {}).get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if prune.last is not None:
+            raise TrainingError(
+                f"validation {metric} was {prune.last} at every evaluation (the run diverged)"
+            )
+        raise TrainingError(f"validation {metric} was never computed (no validation evaluation)")
+    trial.set_user_attr(
+        "test", {k: v for k, v in (result.get("test") or {}).items() if k != "confusion_matrix"}
+    )
+    return float(value)
 
 
 def run_sweep(
@@ -178,36 +247,24 @@ def run_sweep(
     storage: str | None = None,
     study_name: str = "fastft-sweep",
     enqueue: list[dict[str, Any]] | None = None,
+    max_failures: int = 3,
 ):
-    """Run (or continue) the study until ``trials`` trials finished; write best.yaml, sweep.md, PNGs."""
-    optuna = _optuna()
-    from fastft.train.data import DataError
-    from fastft.train.trainer import TrainingError
+    """Run (or continue) the study until ``trials`` trials finished; write best.yaml, sweep.md, PNGs.
 
+    The result's ``stopped`` is ``(exit code, line)`` when a signal or ``max_failures`` failed trials
+    in a row ended it early (the study is left resumable), else None."""
+    optuna = _optuna()
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1 (got {trials})")
+    if max_failures < 1:
+        raise ConfigError(f"--max-failures must be >= 1 (got {max_failures})")
     metric = metric or base.get("metric_for_best") or base.get("metric-for-best") or "loss"
     direction = direction or ("minimize" if lower_is_better(metric) else "maximize")
     _validate_sweep(base, space, metric, enqueue)
-    os.makedirs(output_dir, exist_ok=True)
+    _writable_dir(output_dir)
     store, url = make_storage(storage, output_dir)
-    try:
-        study = optuna.create_study(
-            storage=store,
-            study_name=study_name,
-            direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-            pruner=_pruner(pruner, pruner_startup_trials, pruner_warmup_steps),
-            load_if_exists=True,
-        )
-    except ValueError as e:  # e.g. an existing study with the other direction
-        raise ConfigError(f"study {study_name!r} in {url}: {e}") from None
-    if not study.user_attrs.get("metric"):
-        study.set_user_attr("metric", metric)
-        for e in enqueue or []:
-            study.enqueue_trial(e)
-    elif study.user_attrs["metric"] != metric:
-        raise ConfigError(f"study {study_name!r} optimises {study.user_attrs['metric']!r}, not {metric!r}")
+    sampler = dict(seed=sampler_seed, pruner=_pruner(pruner, pruner_startup_trials, pruner_warmup_steps))
+    study = _open_study(store, url, study_name, base, space, metric, direction, sampler, enqueue)
     _resume_interrupted(study)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = len(study.get_trials(deepcopy=False, states=states))
@@ -217,17 +274,47 @@ def run_sweep(
     from fastft.train.trackers import GroupRun
 
     group = GroupRun(base.get("report_to", base.get("report-to")), f"sweep-{study_name}")
+    control = SweepControl(max_failures)
     if finished < trials:
-        with _environ(group.env):  # the trials run in this process
-            study.optimize(
-                _objective(base, space, metric, os.path.join(output_dir, "trials")),
-                callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)],
-                catch=(TrainingError, ConfigError, DataError),
-                gc_after_trial=True,
-            )
+        objective = _objective(base, space, metric, os.path.join(output_dir, "trials"), control)
+        _optimize(
+            study, objective, [optuna.study.MaxTrialsCallback(trials, states=states), control], group.env
+        )
     out = write_outputs(study, output_dir, base, metric, url)
+    out["stopped"] = control.outcome(len(study.get_trials(deepcopy=False, states=states)), trials)
     group.finish(out["files"], {"best_value": out["best"]["value"]} if out["best"] else None)
     return out
+
+
+def _optimize(study, objective, callbacks: list, env: dict[str, str]) -> None:
+    """``study.optimize`` with the sweep's signal handlers; a failed trial is one line (the control's),
+    not Optuna's warning with a traceback."""
+    from fastft.train.data import DataError
+    from fastft.train.trainer import TrainingError
+
+    control = callbacks[-1]
+    try:
+        with _environ(env), _optuna_quiet(), control:  # the trials run in this process
+            study.optimize(
+                objective,
+                callbacks=callbacks,
+                catch=(TrainingError, ConfigError, DataError, TrialInterrupted),
+                gc_after_trial=True,
+            )
+    except KeyboardInterrupt as e:  # a second signal (stop at once), or one outside our handlers
+        control.saw(getattr(e, "signum", signal.SIGINT))
+
+
+def _writable_dir(output_dir: str) -> None:
+    from fastft.train.outdir import check_writable, storage_error
+
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise (
+            storage_error(e, output_dir) or ConfigError(f"--output-dir {output_dir}: {e.strerror}")
+        ) from None
+    check_writable(output_dir)
 
 
 def _validate_sweep(base: dict[str, Any], space: list[SearchSpace], metric: str, enqueue) -> None:
@@ -238,7 +325,12 @@ def _validate_sweep(base: dict[str, Any], space: list[SearchSpace], metric: str,
             raise ConfigError(
                 f"--enqueue {sorted(set(e) - names)}: not searched; enqueue only --search fields"
             )
-    config_from_dict({**base, "metric_for_best": metric}).resolved().validate()
+    cfg = config_from_dict({**base, "metric_for_best": metric}).resolved()
+    cfg.validate()
+    if cfg.eval_strategy == "no":
+        raise ConfigError(
+            "fastft sweep scores each trial on its validation evaluations: drop --eval-strategy no"
+        )
     for s in space:
         for v in s.choices or (s.low, s.high):
             try:
@@ -247,6 +339,134 @@ def _validate_sweep(base: dict[str, Any], space: list[SearchSpace], metric: str,
                 raise ConfigError(
                     f"--search {s.name}={s.describe()}: {s.name}={v!r} is invalid: {e}"
                 ) from None
+
+
+def _open_study(store, url, name, base, space, metric, direction, sampler: dict, enqueue):
+    """Create or load the study after checking that an existing one is the same search."""
+    optuna = _optuna()
+    try:
+        old = optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        old = None
+    if old is not None:
+        _check_study(old, url, space, metric, direction)
+    complete = old is not None and old.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if metric != "loss" and not complete:  # every task reports loss; a complete trial proved the metric
+        check_metric(base, metric)
+    seed = _sampler_seed(sampler["seed"], len(old.get_trials(deepcopy=False)) if old is not None else 0)
+    try:
+        study = optuna.create_study(
+            storage=store,
+            study_name=name,
+            direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=sampler["pruner"],
+            load_if_exists=True,
+        )
+    except ValueError as e:  # e.g. another process created it with the other direction meanwhile
+        raise ConfigError(f"study {name!r} in {url}: {e}") from None
+    if not study.user_attrs.get("metric"):
+        study.set_user_attr("metric", metric)
+        for e in enqueue or []:
+            study.enqueue_trial(e)
+    else:
+        _check_study(study, url, space, metric, direction)
+    return study
+
+
+_NEW = "or pass a new --study-name (or another --output-dir) to start a new study"
+
+
+def _check_study(study, url: str, space: list[SearchSpace], metric: str, direction: str) -> None:
+    """An existing study continues only with its metric, direction and kind of each distribution
+    (Optuna would fail each trial that suggests a field with another kind)."""
+    from optuna.distributions import check_distribution_compatibility
+
+    name, had = study.study_name, study.user_attrs.get("metric")
+    if had and had != metric:
+        raise ConfigError(
+            f"study {name!r} in {url} optimises {had!r}, not {metric!r}: pass --metric {had}, {_NEW}"
+        )
+    was = study.direction.name.lower()
+    if was != direction:
+        raise ConfigError(
+            f"study {name!r} in {url} is set to {was}, not {direction}: pass --direction {was}, {_NEW}"
+        )
+    seen: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False):
+        for k, d in t.distributions.items():
+            seen.setdefault(k, d)
+    for s in space:
+        if s.name not in seen:
+            continue
+        try:
+            check_distribution_compatibility(seen[s.name], s.distribution())
+        except ValueError:
+            old = describe_distribution(seen[s.name])
+            raise ConfigError(
+                f"--search {s.name}={s.describe()}: study {name!r} in {url} searched {s.name}={old}; "
+                f"pass --search {s.name}={old} to continue it, {_NEW}"
+            ) from None
+
+
+def _sampler_seed(seed: int, n_trials: int) -> int:
+    """``--sampler-seed`` for a new study; for one that has trials, mixed with their count, so that a
+    re-run's sampler does not draw the first run's parameters again."""
+    if n_trials == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**32, n_trials]).generate_state(1)[0])
+
+
+def check_metric(base: dict[str, Any], metric: str) -> None:
+    """One evaluation of the untrained model on the validation split, before any trial: a metric
+    that the task does not report is one line naming those it does (the trainer finds out only at
+    its first evaluation, in every trial). Uses the trainer's own set-up steps; trains and writes
+    nothing."""
+    import gc
+    import shutil
+    import tempfile
+
+    from fastft.train.trainer import Trainer
+
+    tmp = tempfile.mkdtemp(prefix="fastft-sweep-probe-")
+    cfg = {**base, "metric_for_best": metric, "output_dir": tmp, "report_to": "none", "overwrite": True}
+    trainer = Trainer(config_from_dict(cfg))
+    try:
+        trainer._setup_runtime()
+        trainer._setup_data()
+        trainer._setup_model()
+        metrics, problem = trainer.evaluate("validation"), trainer.problem_type
+    finally:
+        trainer._cleanup_failed_setup()
+        trainer._restore_globals()
+        shutil.rmtree(tmp, ignore_errors=True)
+        del trainer
+        gc.collect()
+        _free_cuda()
+    if metrics and metric not in metrics:
+        names = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        raise ConfigError(f"--metric {metric!r} is not reported for {problem}; use one of {', '.join(names)}")
+
+
+def _free_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _optuna_quiet():
+    """Optuna's per-trial warnings off (each failed trial is one line of ours), restored after."""
+    optuna = _optuna()
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 @contextlib.contextmanager
@@ -262,121 +482,3 @@ def _environ(env: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _done(study):
-    optuna = _optuna()
-    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "n/a" if not math.isfinite(v) else f"{v:.4g}"
-    return str(v)
-
-
-def write_outputs(study, output_dir: str, base: dict[str, Any], metric: str, url: str) -> dict[str, Any]:
-    """best.yaml (runnable: ``fastft train -c best.yaml``), sweep.md and the Optuna plots."""
-    import yaml
-
-    optuna = _optuna()
-    complete = _done(study)
-    out: dict[str, Any] = {"best": None, "importances": {}, "files": []}
-    if complete:
-        best = study.best_trial
-        cfg = {
-            k: v for k, v in {**base, **best.params, "metric_for_best": metric}.items() if k != "output_dir"
-        }
-        path = os.path.join(output_dir, "best.yaml")
-        tmp = path + f".{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(f"# fastft sweep {study.study_name}: best trial {best.number}, validation {metric} ")
-            fh.write(f"{best.value:.6g}\n# run it: fastft train -c best.yaml --output-dir DIR\n")
-            yaml.safe_dump(cfg, fh, sort_keys=False)
-        os.replace(tmp, path)
-        out["best"] = {"number": best.number, "value": best.value, "params": best.params, "config": cfg}
-        out["files"].append(path)
-    try:
-        if len(complete) >= 2:
-            out["importances"] = dict(optuna.importance.get_param_importances(study))
-    except Exception:  # noqa: BLE001 - importance needs variation among complete trials
-        out["importances"] = {}
-    out["files"] += _plots(study, output_dir, bool(out["importances"]))
-    md = _markdown(study, metric, url, out)
-    path = os.path.join(output_dir, "sweep.md")
-    with open(path + f".{os.getpid()}.tmp", "w", encoding="utf-8") as fh:  # processes may share the folder
-        fh.write(md)
-    os.replace(path + f".{os.getpid()}.tmp", path)
-    out["files"].append(os.path.join(output_dir, "sweep.md"))
-    print(f"sweep report: {os.path.join(output_dir, 'sweep.md')}" + (" + best.yaml" if complete else ""))
-    return out
-
-
-def _plots(study, output_dir: str, importances: bool) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    files = []
-    todo = [("optimization_history.png", ovm.plot_optimization_history)]
-    if importances:
-        todo.append(("param_importances.png", ovm.plot_param_importances))
-    for name, fn in todo:
-        try:
-            ax = fn(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
-            fig.tight_layout()
-            fig.savefig(os.path.join(output_dir, name), dpi=100)
-            plt.close(fig)
-            files.append(os.path.join(output_dir, name))
-        except Exception as e:  # noqa: BLE001 - a plot must never fail a finished sweep
-            print(f"could not draw {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    return files
-
-
-def _markdown(study, metric: str, url: str, out: dict[str, Any]) -> str:
-    trials = study.get_trials(deepcopy=False)
-    params = sorted({p for t in trials for p in t.params})
-    lines = [
-        f"# fastft sweep `{study.study_name}`",
-        "",
-        f"Storage `{url}`; {study.direction.name.lower()} validation `{metric}`; {len(trials)} trials "
-        f"({', '.join(f'{s}: {n}' for s, n in _count_states(trials).items())}).",
-        "",
-    ]
-    best = out["best"]
-    if best:
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
-        lines += [f"**Best trial {best['number']}:** {metric} = {_fmt(best['value'])} with {shown}.", ""]
-        lines += ["Re-run it: `fastft train -c best.yaml --output-dir DIR`.", ""]
-    lines += ["## Trials", "", "| trial | state | " + metric + " | " + " | ".join(params) + " | note |"]
-    lines.append("| --- | --- | --- | " + " | ".join("---" for _ in params) + " | --- |")
-    for t in trials:
-        note = ""
-        if t.state.name == "PRUNED":
-            step = t.user_attrs.get("stopped_at_step", t.last_step)
-            note = f"pruned at step {step}"
-        cells = [_fmt(t.params.get(p, "")) for p in params]
-        value = _fmt(t.value) if t.value is not None else "—"
-        lines.append(
-            f"| {t.number} | {t.state.name.lower()} | {value} | " + " | ".join(cells) + f" | {note} |"
-        )
-    lines += ["", "## Parameter importances (fANOVA)", ""]
-    if out["importances"]:
-        lines += ["| parameter | importance |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in out["importances"].items()]
-    else:
-        lines.append("n/a: needs at least 2 complete trials with different values.")
-    pngs = [os.path.basename(f) for f in out["files"] if f.endswith(".png")]
-    if pngs:
-        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in pngs) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def _count_states(trials) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    return counts

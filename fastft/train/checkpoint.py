@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from fastft.train.errors import ConfigError, first_line
-from fastft.train.outdir import is_stray_tmp
+from fastft.train.outdir import fix_mode, is_stray_tmp
 from fastft.train.state import TrainState
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "save_state_dict",
     "load_state_dict_file",
     "config_diffs",
+    "data_diffs",
     "state_dict_mismatch",
     "STATE_FILE",
 ]
@@ -85,6 +86,7 @@ def save_state_dict(sd: dict[str, torch.Tensor], path: str) -> None:
             seen[key] = k
         out[k] = v.to("cpu").contiguous()
     save_file(out, path, metadata={"format": "pt", "fastft_aliases": json.dumps(aliases)})
+    fix_mode(path)  # safetensors writes through a 0600 temp file; the other checkpoint files are 0644
 
 
 def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
@@ -218,6 +220,24 @@ def config_diffs(
         if key == "grad_accum" and isinstance(was, int) and was * saved_world == now * world:
             continue  # the same global batch with another number of processes (torchrun)
         out.append(f"--{key.replace('_', '-')} {json.dumps(was)} -> {json.dumps(now)}")
+    return out
+
+
+def data_diffs(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> list[str]:
+    """``["--train-file data.csv: content changed (size 120 -> 131 bytes, sha256 1a2b3c4d -> ...)"]``:
+    data files whose fingerprint (:func:`fastft.train.data.sources.fingerprint`) differs from the
+    checkpoint's. A file only one side fingerprinted (an older checkpoint, a hub dataset) is skipped;
+    a renamed path is already a config difference."""
+    out = []
+    for key, now in (current or {}).items():
+        was = (saved or {}).get(key)
+        if not isinstance(was, dict) or not isinstance(now, dict):
+            continue
+        if (was.get("size"), was.get("sha256")) == (now.get("size"), now.get("sha256")):
+            continue
+        sizes = f"size {was.get('size')} -> {now.get('size')} bytes"
+        hashes = f"sha256 {str(was.get('sha256'))[:8]} -> {str(now.get('sha256'))[:8]}"
+        out.append(f"--{key.replace('_', '-')} {now.get('path')}: content changed ({sizes}, {hashes})")
     return out
 
 

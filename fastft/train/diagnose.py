@@ -4,7 +4,8 @@ Pure numpy; the trainer calls these after each evaluation, at start-up and at th
 
 * :func:`collapse_report` -- does an evaluation look like a model that learned nothing (one class
   predicted for >= 99% of rows, AUC within 0.05 of chance, macro-F1 no better than a constant
-  predictor, constant regression outputs)? Returns the symptoms and one plain warning line.
+  predictor, constant regression outputs, one tag for >= 99% of words)? Returns the symptoms and one
+  plain warning line.
 * :func:`small_data_warnings` -- fewer than ~100 optimizer steps, or fewer than ~20 rows in a class.
 * :func:`class_weights` -- the per-class CE weights of ``--class-weights auto|none|w1,w2,...``.
 * :func:`label_distribution` / :func:`imbalance_ratio` -- the start-up label report.
@@ -50,6 +51,7 @@ _MULTILABEL = ("multi_label_classification", "multilabel")
 _FIXES_CLS = (
     "train longer (more --epochs or --max-steps), try a lower or a higher --lr, or --class-weights auto"
 )
+_FIXES_TOK = "train longer (more --epochs or --max-steps), or try a lower or a higher --lr"
 _FIXES_REG = "train longer (more --epochs or --max-steps), try a lower or a higher --lr, or scale the labels"
 
 
@@ -131,6 +133,7 @@ def collapse_report(
     logits_or_probs: Any,
     labels: Any,
     metrics: Mapping[str, Any] | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> dict[str, Any] | None:
     """Diagnose an evaluation that looks like a model that learned nothing; None when it looks fine.
 
@@ -147,7 +150,10 @@ def collapse_report(
     one-vs-rest) within 0.05 of 0.5; macro-F1 no better than the best constant predictor's
     (:func:`constant_macro_f1`). Multilabel: one label set (e.g. the empty set) predicted for >= 99%
     of rows; macro AUC within 0.05 of 0.5. Regression: std of predictions < 1% of the labels' std;
-    R^2 <= 0 (no better than predicting the label mean).
+    R^2 <= 0 (no better than predicting the label mean). Token classification: ``logits_or_probs`` are
+    the (N, T) predicted tag ids, ``labels`` (N, T) with -100 where no word starts; one tag (e.g. ``O``)
+    predicted for >= 99% of words while the labels give it to fewer; tag macro-F1 no better than the
+    best constant tagger's. ``names``: tag id -> name, for the message.
 
     Returns ``{"collapsed": True, "symptoms": [...], "message": "<one line>", "details": {...}}``.
     """
@@ -167,10 +173,13 @@ def collapse_report(
     elif problem_type == "regression":
         symptoms, details = _regression_symptoms(x, y, metrics)
         fixes = _FIXES_REG
+    elif problem_type == "token_classification":
+        symptoms, details = _token_symptoms(x, y, names or {})
+        fixes = _FIXES_TOK
     else:
         raise ValueError(
             f"unknown problem_type {problem_type!r}: use single_label_classification, "
-            "multi_label_classification, regression or causal_lm"
+            "multi_label_classification, regression, token_classification or causal_lm"
         )
     if not symptoms:
         return None
@@ -235,6 +244,31 @@ def _multilabel_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tuple[l
     if auc is not None and abs(float(auc) - 0.5) <= COLLAPSE_AUC_MARGIN:
         symptoms.append(f"AUC {float(auc):.3f} is within {COLLAPSE_AUC_MARGIN} of chance")
     return symptoms, {"top_set_fraction": share, "top_set": np.flatnonzero(top_set).tolist(), "auc": auc}
+
+
+def _token_symptoms(x: np.ndarray, y: np.ndarray, names: Mapping[int, str]) -> tuple[list[str], dict]:
+    if x.shape != y.shape:
+        raise ValueError(f"token predictions {x.shape} and labels {y.shape} differ in shape")
+    keep = y.astype(np.int64) >= 0  # each word's first sub-token
+    preds, y = x[keep].astype(np.int64).clip(0), y[keep].astype(np.int64)
+    if len(y) == 0:
+        return [], {}
+    k = int(max(preds.max(), y.max(), max(names, default=0))) + 1
+    counts = np.bincount(preds, minlength=k)
+    top = int(counts.argmax())
+    share, gold_share = float(counts[top] / len(preds)), float(np.mean(y == top))
+    tag = str(names.get(top, top))
+    symptoms: list[str] = []
+    # a tag the labels also give to >= 99% of words is the right answer, not a collapse
+    if share >= COLLAPSE_MAJORITY_FRACTION and gold_share < COLLAPSE_MAJORITY_FRACTION:
+        symptoms.append(f"predicts tag {tag!r} for {share:.1%} of words, the labels for {gold_share:.1%}")
+    f1, const = macro_f1(y, preds, k), constant_macro_f1(y, k)
+    if f1 <= const + _F1_TOL and len(np.unique(y)) > 1:
+        symptoms.append(
+            f"tag macro-F1 {f1:.3f} is no better than always predicting the majority tag ({const:.3f})"
+        )
+    details = {"top_tag": tag, "top_tag_fraction": share, "f1_macro": f1, "constant_f1_macro": const}
+    return symptoms, details
 
 
 def _regression_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tuple[list[str], dict]:

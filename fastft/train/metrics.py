@@ -15,6 +15,10 @@
 * ``regression``: predictions (N,) or (N, 1), float labels. mae, mse, rmse, pearson (``None`` when
   either side is constant), r2.
 ``perplexity(mean_loss)`` = exp(mean token NLL) for causal LM (inf on overflow).
+
+Non-finite outputs (a diverged model) never raise: a NaN/inf output counts as wrong (classification: a
+wrong class, the worst AUC score, left out of the confusion matrix; regression: an infinite error, so
+mae/mse/rmse are ``inf``), and ``nonfinite_rows`` (only present when > 0) says how many rows had one.
 """
 
 from __future__ import annotations
@@ -67,14 +71,20 @@ def _classification(logits: np.ndarray, labels: np.ndarray) -> dict:
         raise ValueError(f"classification logits must be (N, num_labels), got shape {logits.shape}")
     n_classes = logits.shape[1]
     labels = labels.reshape(-1).astype(np.int64)
+    logits = logits.astype(np.float64)
+    bad = ~np.isfinite(logits).all(axis=1)  # a diverged model's NaN/inf rows: each counts as wrong
     preds = logits.argmax(axis=-1)
+    preds[bad] = (labels[bad] + 1) % n_classes
     classes = list(range(n_classes))
-    probs = _softmax(logits.astype(np.float64))
+    onehot = labels[:, None] == np.arange(n_classes)[None, :]
+    probs = _softmax(np.where(bad[:, None], 0.0, logits))
+    probs[bad] = np.where(onehot[bad], 0.0, 1.0)  # the worst score for its label: ranked wrong in the AUC
     if n_classes == 2:
         auc = _binary_auc(labels == 1, probs[:, 1])
     else:
-        auc = _macro_auc(labels[:, None] == np.arange(n_classes)[None, :], probs)
-    return {
+        auc = _macro_auc(onehot, probs)
+    cm_preds = np.where(bad, -1, preds)  # no real prediction: left out of the confusion matrix
+    out = {
         "accuracy": float(accuracy_score(labels, preds)),
         "f1_macro": float(f1_score(labels, preds, average="macro", labels=classes, zero_division=0)),
         "f1_micro": float(f1_score(labels, preds, average="micro", labels=classes, zero_division=0)),
@@ -83,8 +93,17 @@ def _classification(logits: np.ndarray, labels: np.ndarray) -> dict:
         ),
         "recall_macro": float(recall_score(labels, preds, average="macro", labels=classes, zero_division=0)),
         "auc_roc": auc,
-        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+        "confusion_matrix": confusion_matrix(labels, cm_preds, labels=classes).tolist(),
     }
+    return _note_nonfinite(out, bad)
+
+
+def _note_nonfinite(out: dict, bad: np.ndarray) -> dict:
+    """Add ``nonfinite_rows`` (only when there are any) so a diverged model's numbers explain themselves."""
+    n = int(np.count_nonzero(bad.reshape(len(bad), -1).any(axis=1)))
+    if n:
+        out["nonfinite_rows"] = n
+    return out
 
 
 def _multilabel(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -95,9 +114,14 @@ def _multilabel(logits: np.ndarray, labels: np.ndarray) -> dict:
             f"multi-label logits and labels must both be (N, num_labels), got {logits.shape} and {labels.shape}"
         )
     y = (labels > 0.5).astype(np.int64)
+    logits = logits.astype(np.float64)
+    bad = ~np.isfinite(logits)  # a diverged model's NaN/inf outputs: each counts as wrong
     preds = (logits > 0).astype(np.int64)
+    preds[bad] = 1 - y[bad]
+    scores = _sigmoid(np.where(bad, 0.0, logits))
+    scores[bad] = 1.0 - y[bad]  # the worst score: ranked wrong in the AUC
     acc = float(accuracy_score(y, preds))
-    return {
+    out = {
         "accuracy": acc,
         "subset_accuracy": acc,
         "f1_micro": float(f1_score(y, preds, average="micro", zero_division=0)),
@@ -105,29 +129,40 @@ def _multilabel(logits: np.ndarray, labels: np.ndarray) -> dict:
         "precision_micro": float(precision_score(y, preds, average="micro", zero_division=0)),
         "recall_micro": float(recall_score(y, preds, average="micro", zero_division=0)),
         "hamming_loss": float(hamming_loss(y, preds)),
-        "auc_roc": _macro_auc(y.astype(bool), _sigmoid(logits.astype(np.float64))),
+        "auc_roc": _macro_auc(y.astype(bool), scores),
     }
+    return _note_nonfinite(out, bad)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def _regression(preds: np.ndarray, labels: np.ndarray) -> dict:
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
     preds = preds.reshape(-1).astype(np.float64)
     labels = labels.reshape(-1).astype(np.float64)
     if preds.shape != labels.shape:
         raise ValueError(f"regression predictions and labels differ in size: {preds.shape} vs {labels.shape}")
-    mse = float(mean_squared_error(labels, preds))
-    pearson = None
-    if len(preds) > 1 and preds.std() > 0 and labels.std() > 0:
-        pearson = float(np.corrcoef(preds, labels)[0, 1])
-    r2 = float(r2_score(labels, preds)) if len(preds) > 1 and labels.std() > 0 else None
-    return {
-        "mae": float(mean_absolute_error(labels, preds)),
-        "mse": mse,
-        "rmse": math.sqrt(mse),
-        "pearson": pearson,
-        "r2": r2,
-    }
+    # numpy, not sklearn (which raises on NaN/inf): a NaN/inf prediction or label, or an error too large
+    # for float64 (1e308 - -1e308), is infinitely wrong, so mae/mse/rmse are inf and r2 -inf, not a crash
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = preds - labels
+        err[~np.isfinite(err)] = np.inf
+        mse = float(np.mean(err**2))
+        mae = float(np.mean(np.abs(err)))
+        finite = bool(np.isfinite(preds).all() and np.isfinite(labels).all())
+        p_std, l_std = float(preds.std()), float(labels.std())
+        pearson = None
+        if finite and len(preds) > 1 and p_std > 0 and l_std > 0:
+            pearson = _finite(np.corrcoef(preds, labels)[0, 1])
+        r2 = None
+        if len(preds) > 1 and l_std > 0:  # sklearn's r2_score: 1 - SS_res / SS_tot
+            ss_tot = float(np.sum((labels - labels.mean()) ** 2))
+            r2 = float(1.0 - np.sum(err**2) / ss_tot) if 0 < ss_tot < math.inf else None
+    return _note_nonfinite(
+        {"mae": mae, "mse": mse, "rmse": math.sqrt(mse), "pearson": pearson, "r2": r2},
+        ~np.isfinite(preds),
+    )
 
 
 def compute_metrics(problem_type: str, logits: np.ndarray, labels: np.ndarray) -> dict:

@@ -1,8 +1,13 @@
 """Model loading and family facts: config checks, the tokenizer, ``from_pretrained`` by the task's
-auto-class (one place for the error), the task model, the teacher and the strategy's freezing."""
+auto-class (one place for the error), the task model, the teacher and the strategy's freezing.
+
+fastft runs no code from a model folder: every load passes ``trust_remote_code=False`` (else
+transformers asks ``[y/N]`` on stdin, and ``yes | fastft ...`` would run it) and a folder whose
+``config.json`` has ``auto_map`` (custom code) is refused up front by :func:`check_model`."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -63,12 +68,43 @@ def check_modality(task: Task | None, model_config, path: str, folder: str | Non
         )
 
 
+def _other_head(task: Task, model_config) -> str | None:
+    """Another task's classification head the checkpoint was saved with (``ForSequenceClassification``
+    given to token classification, or the reverse), else None."""
+    head = task.auto_class.replace("AutoModel", "")
+    archs = [str(a) for a in getattr(model_config, "architectures", None) or []]
+    if not head.endswith("Classification") or any(a.endswith(head) for a in archs):
+        return None
+    return next((a[a.index("For") :] for a in archs if "For" in a and a.endswith("Classification")), None)
+
+
+def _reset_other_head(model) -> None:
+    """Re-initialise the head weights that loaded from another task's head of the same shape (a
+    7-class sequence classifier's for 7 tags), with the model's own init: the head is new."""
+    prefix = getattr(model, "base_model_prefix", "")
+    for name, child in model.named_children():
+        if name == prefix:
+            continue
+        for module in child.modules():
+            params = list(module.parameters(recurse=False))
+            if any(getattr(p, "_is_hf_initialized", False) for p in params):  # loaded, not re-initialised
+                for p in params:
+                    p._is_hf_initialized = False  # transformers' init skips flagged tensors
+                model._init_weights(module)
+
+
 def head_note(task: Task, model_config, space: LabelSpace) -> str | None:
-    """The start-up line when the task head is (re-)initialised: a checkpoint with another label
-    count (image tasks re-initialise it automatically) or none at all."""
+    """The start-up line when the task head is (re-)initialised: a checkpoint with another task's
+    head, another label count (image tasks re-initialise it automatically) or none at all."""
     head = task.auto_class.replace("AutoModel", "")
     archs = getattr(model_config, "architectures", None) or []
     saved_n = getattr(model_config, "num_labels", None)
+    other = _other_head(task, model_config)
+    if other is not None and space.num_labels:
+        return (
+            f"  head       new {head.removeprefix('For')} head ({space.num_labels} labels): the checkpoint's "
+            f"{other.removeprefix('For')} head is not used"
+        )
     if task.modality == "text" or not space.num_labels or task.auto_class == "AutoModel":
         return None  # AutoModel: no HF task head (a contrastive model's class head is its own)
     if not any(a.endswith(head) for a in archs):
@@ -80,21 +116,44 @@ def head_note(task: Task, model_config, space: LabelSpace) -> str | None:
     return None
 
 
+def _custom_code_error(path: str, flag: str) -> ConfigError:
+    return ConfigError(
+        f"{flag} {path}: its config.json has auto_map (custom code); fastft runs no model-folder code: "
+        "pass a model of an architecture transformers ships"
+    )
+
+
 def check_model(path: str, flag: str = "--model"):
-    """The model's ``AutoConfig``; :class:`ConfigError` when it is neither a folder nor reachable."""
+    """The model's ``AutoConfig``; :class:`ConfigError` when it is neither a folder nor reachable, or
+    when it needs custom code (``auto_map``)."""
     from transformers import AutoConfig
 
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+    config_file = os.path.join(path, "config.json")
+    if os.path.isdir(path) and not os.path.isfile(config_file):
         raise ConfigError(f"{flag} {path}: the folder has no config.json; pass a Hugging Face model folder")
     if not os.path.isdir(path) and _path_like(path):  # not a hub id: fail now, not after hub retries
         what = "is a file" if os.path.exists(path) else "does not exist"
         raise ConfigError(f"{flag} {path}: {what}; pass a model folder (one with config.json)")
+    if os.path.isdir(path) and _has_auto_map(config_file):  # before transformers reads it
+        raise _custom_code_error(path, flag)
     try:
-        return AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - OSError / ValueError / hub errors
         raise ConfigError(
             f"unknown model {path!r} ({first_line(e, 160)}); pass {flag} <local model folder> (the hub is offline here)"
         ) from None
+    if getattr(config, "auto_map", None):  # a hub id's config
+        raise _custom_code_error(path, flag)
+    return config
+
+
+def _has_auto_map(config_file: str) -> bool:
+    try:
+        with open(config_file, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return False  # unreadable: AutoConfig names the problem
+    return isinstance(data, dict) and bool(data.get("auto_map"))
 
 
 def _path_like(value: str) -> bool:
@@ -121,7 +180,7 @@ def load_tokenizer(path: str, model_config=None):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
             f"cannot load a tokenizer from {path!r} ({first_line(e, 160)}); pass --tokenizer <folder>"
@@ -151,7 +210,7 @@ def from_pretrained(task: Task, path: str, what: str = "--model", *, quiet: bool
     if quiet:
         hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     try:
-        return auto.from_pretrained(path, dtype=torch.float32, **kw)
+        return auto.from_pretrained(path, dtype=torch.float32, trust_remote_code=False, **kw)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
             f"cannot load {what} {path!r} as {auto.__name__} ({first_line(e)}); pass a compatible model folder"
@@ -180,7 +239,13 @@ def load_task_model(
                 f"check --label-column, or pass --num-labels {space.num_labels} to re-initialise the classifier"
             )
         kw["ignore_mismatched_sizes"] = True
-    model = task.adapt_model(from_pretrained(task, path, quiet=True, **kw), space)
+    other = _other_head(task, model_config)
+    if other is not None:  # e.g. a sequence classifier's folder for token classification
+        kw["ignore_mismatched_sizes"] = True
+    model = from_pretrained(task, path, quiet=True, **kw)
+    if other is not None:
+        _reset_other_head(model)
+    model = task.adapt_model(model, space)
     if task.modality != "text":
         return model
     pad = tokenizer.pad_token_id

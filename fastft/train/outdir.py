@@ -16,7 +16,8 @@ flock works on local file systems and on NFSv4 (Linux maps it to byte-range lock
 and :func:`track` add to it (atomically). :func:`clear_run` (``--overwrite``) deletes only those and
 refuses when the folder holds anything else. Folders written by fastft versions without a manifest
 are recognised by their ``train_config.json`` (:func:`is_fastft_run`) and their known file names.
-Only top-level names are tracked: a user file put inside ``checkpoint-100/`` goes with that folder.
+Only top-level names are tracked, but a ``checkpoint-<step>/`` folder must hold only
+:data:`CHECKPOINT_FILES`: a user file put inside one makes ``clear_run`` refuse too.
 
 **Re-running a finished or interrupted config without --resume.** The recipe::
 
@@ -53,6 +54,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -70,6 +72,7 @@ __all__ = [
     "is_stray_tmp",
     "record",
     "track",
+    "fix_mode",
     "manifest",
     "is_fastft_run",
     "clear_run",
@@ -122,6 +125,11 @@ _LEGACY_NAMES = frozenset(
     }
 )
 _LEGACY_SHARD = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+#: What :func:`fastft.train.checkpoint.save_checkpoint` writes into a ``checkpoint-<step>/`` folder (keep in
+#: sync): anything else in one is the user's, and ``--overwrite`` refuses rather than delete it.
+CHECKPOINT_FILES = frozenset(
+    {"model.safetensors", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng.pt", "trainer_state.json"}
+)
 _TMP_RE = re.compile(r"\.tmp-(\d+)$")
 
 
@@ -198,9 +206,7 @@ class RunLock:
             os.unlink(self.path)  # safe: acquire re-checks the inode after locking
         os.close(self._fd)
         self._fd = None
-        for d in self.created:
-            with contextlib.suppress(OSError):
-                os.rmdir(d)  # only succeeds when empty
+        _remove_created(self.created)  # only succeeds when empty
 
     def abort(self) -> None:
         """For a setup that failed: release, and remove a folder this lock created if it only holds fastft's
@@ -236,8 +242,19 @@ def _makedirs(path: str) -> list[str]:
         if parent == p:
             break
         p = parent
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        _remove_created(missing)  # e.g. the disk filled up half-way down the path
+        raise
     return missing
+
+
+def _remove_created(created: list[str]) -> None:
+    """Remove the folders ``_makedirs`` created (deepest first), as far as they are still empty."""
+    for d in created:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 def acquire(output_dir: str | os.PathLike, argv: list[str] | None = None) -> RunLock:
@@ -258,9 +275,7 @@ def acquire(output_dir: str | os.PathLike, argv: list[str] | None = None) -> Run
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            for d in created:
-                with contextlib.suppress(OSError):
-                    os.rmdir(d)
+            _remove_created(created)
             raise (storage_error(e, out) or ConfigError(f"--output-dir {out}: {e.strerror}")) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -281,9 +296,15 @@ def acquire(output_dir: str | os.PathLike, argv: list[str] | None = None) -> Run
             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "argv": list(sys.argv if argv is None else argv),
         }
-        data = json.dumps(info).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError as e:  # e.g. a full disk: leave no 0-byte lock file and no folder we created
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+            _remove_created(created)
+            raise (storage_error(e, out) or ConfigError(f"--output-dir {out}: {e.strerror}")) from None
         return RunLock(out, fd, created)
     raise ConfigError(
         f"{out}: could not take the run lock {path}; pass another --output-dir"
@@ -349,14 +370,40 @@ def record(output_dir: str | os.PathLike, *names: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def track(output_dir: str | os.PathLike) -> Iterator[None]:
     """Record every top-level entry that appears in ``output_dir`` inside the block (e.g. around
-    ``save_pretrained``, whose file names vary by model), also when the block raises."""
+    ``save_pretrained``, whose file names vary by model), also when the block raises. Files written in
+    the block (at any depth) that came out 0600 get the normal mode (:func:`fix_mode`)."""
     before = set(os.listdir(output_dir))
+    files = _file_ids(os.fspath(output_dir))
     try:
         yield
     finally:
+        for path, ident in _file_ids(os.fspath(output_dir)).items():
+            if files.get(path) != ident:  # new, or replaced (safetensors renames a temp file over it)
+                fix_mode(path)
         new = set(os.listdir(output_dir)) - before - {LOCK_FILE, MANIFEST_FILE}
         if new:
             record(output_dir, *new)
+
+
+def _file_ids(root: str) -> dict[str, tuple[int, int]]:
+    """``{path: (inode, mtime_ns)}`` of the regular files under ``root``."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                out[path] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def fix_mode(path: str | os.PathLike) -> None:
+    """Give a file written through a private temp file (mode 0600, e.g. by safetensors' ``save_file``)
+    the mode of the run's other files: 0666 minus the umask. Other files and links are left alone."""
+    with contextlib.suppress(OSError):  # a mode is never worth failing a run over
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600:
+            os.chmod(path, 0o666 & ~_umask())
 
 
 def _legacy_run(output_dir: str) -> bool:
@@ -395,6 +442,28 @@ def _owned(output_dir: str) -> tuple[list[str], list[str]]:
     return mine, other
 
 
+def _foreign_inside(output_dir: str, names: Iterable[str]) -> list[str]:
+    """Entries (``checkpoint-4/notes.txt``) that fastft did not write inside its checkpoint folders, also
+    those deferred under ``.fastft-previous/``: top-level names only vouch for the folder, not its content."""
+    ckpt = _OWN_PATTERNS[:2]  # checkpoint-<step>, checkpoint-<step>.old-<pid> (tmp folders are in flux)
+    found = []
+    for name in names:
+        path = os.path.join(output_dir, name)
+        if not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if name == PREVIOUS_DIR:
+            for sub in sorted(os.listdir(path)):
+                is_ckpt = any(p.match(sub) for p in ckpt) and os.path.isdir(os.path.join(path, sub))
+                found += [f"{name}/{f}" for f in (_foreign_inside(path, [sub]) if is_ckpt else [sub])]
+        elif any(p.match(name) for p in ckpt):
+            found += [
+                f"{name}/{f}"
+                for f in sorted(os.listdir(path))
+                if f not in CHECKPOINT_FILES or not os.path.isfile(os.path.join(path, f))
+            ]
+    return found
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -417,6 +486,8 @@ def clear_run(output_dir: str | os.PathLike, keep: Iterable[str] = (), *, dry_ru
     if not os.path.isdir(out):
         return []
     mine, other = _owned(out)
+    skip = set(keep)
+    other += _foreign_inside(out, (n for n in mine if n not in skip))
     if other:
         shown = [n + "/" if os.path.isdir(os.path.join(out, n)) else n for n in other[:5]]
         more = f" and {len(other) - 5} more" if len(other) > 5 else ""
@@ -424,7 +495,6 @@ def clear_run(output_dir: str | os.PathLike, keep: Iterable[str] = (), *, dry_ru
             f"--overwrite would delete files fastft did not write ({', '.join(shown)}{more}); "
             "empty the folder or pick another --output-dir"
         )
-    skip = set(keep)
     doomed = [n for n in mine if n not in skip and not (_TMP_RE.search(n) and not is_stray_tmp(n))]
     doomed.sort(key=lambda n: (n == MANIFEST_FILE, n == "train_config.json"))  # what marks a run goes last
     if dry_run:
@@ -549,11 +619,16 @@ def _free_bytes(path: str) -> int | None:
 
 
 def storage_error(
-    exc: BaseException, output_dir: str | os.PathLike, needed_bytes: int | None = None
+    exc: BaseException,
+    output_dir: str | os.PathLike,
+    needed_bytes: int | None = None,
+    *,
+    flag: str = "--output-dir",
 ) -> ConfigError | None:
     """One-line :class:`ConfigError` for a full disk or an unwritable folder, ``None`` for anything else.
 
-    ``needed_bytes`` (e.g. :func:`payload_bytes` of what was being saved) makes the line say how much.
+    ``needed_bytes`` (e.g. :func:`payload_bytes` of what was being saved) makes the line say how much;
+    ``flag`` is the option the line tells the user to change (``--output`` for eval/predict files).
     """
     out = os.fspath(output_dir)
     code = _errno_of(exc)
@@ -563,11 +638,11 @@ def storage_error(
         need = (
             f": {_mb(needed_bytes)} MB needed{have}" if needed_bytes else (f" ({have[2:]})" if have else "")
         )
-        return ConfigError(f"no space left on {out}{need}; free some space or pass another --output-dir")
+        return ConfigError(f"no space left on {out}{need}; free some space or pass another {flag}")
     if code in _READONLY:
-        return ConfigError(f"{out} is read-only; pass a writable --output-dir")
+        return ConfigError(f"{out} is read-only; pass a writable {flag}")
     if code in _DENIED:
-        return ConfigError(f"{out} is not writable (permission denied); pass a writable --output-dir")
+        return ConfigError(f"{out} is not writable (permission denied); pass a writable {flag}")
     return None
 
 
@@ -644,7 +719,9 @@ def atomic_write(
     ``data`` is text, bytes, or a callback that writes into the open file (text mode, UTF-8, ``newline=""``
     so ``csv.writer`` works; binary with ``binary=True``). Refuses with one line when ``path`` is a folder,
     or exists and ``overwrite`` is false (``flag`` names the option in those lines). A full disk or
-    read-only folder becomes the :func:`storage_error` line. No temp file is left behind on any error.
+    read-only folder becomes the :func:`storage_error` line, naming ``flag`` when it is an option
+    (``--output``, ``--output-dir``), else ``--output-dir`` (fastft's own files such as the manifest).
+    No temp file is left behind on any error.
     """
     p = os.fspath(path)
     if os.path.isdir(p):
@@ -670,7 +747,7 @@ def atomic_write(
         os.replace(tmp, p)
         tmp = None
     except OSError as e:
-        err = storage_error(e, parent)
+        err = storage_error(e, parent, flag=flag if flag.startswith("--") else "--output-dir")
         if err is not None:
             raise err from None
         raise

@@ -96,10 +96,15 @@ def retrieval_metrics(
 
 
 def zero_shot_prompts(classes: Sequence[str], template: str = "a photo of {}") -> list[str]:
-    """One prompt per class name (``template`` holds one ``{}``)."""
-    if template.count("{}") != 1:
+    """One prompt per class name (``template`` holds one ``{}``; other braces doubled)."""
+    try:  # a probe: str.format's own errors ("Single '{' ...", KeyError 'x') name no fix
+        ok = template.format("\0").count("\0") == 1
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError):
+        ok = False
+    if not ok:
         raise ValueError(
-            f"--prompt-template must contain '{{}}' once (where the class name goes); got {template!r}"
+            f"--prompt-template must contain '{{}}' once (where the class name goes) and write any other "
+            f"brace doubled ('{{{{' or '}}}}' for a literal one); got {template!r}"
         )
     return [template.format(c) for c in classes]
 

@@ -13,13 +13,16 @@ Pure python + numpy (seqeval for the metrics); the token-classification task bui
   split two adjacent ``X`` entities. IOBES: ``S-X`` for one word, otherwise ``B-X I-X* E-X``.
   ``detect_scheme`` picks the one scheme the data is valid under. Data with only ``I-``/``O`` tags (IO
   tagging) is valid IOB1 and is read as IOB1: adjacent words of the same type form ONE entity. All-``O``
-  data has no entities and is called IOB2. Bare tags without a prefix (``PER``) are rejected.
+  data has no entities and is called IOB2. Tags without a prefix throughout (POS: ``NN``, ``VBZ``;
+  ``O`` may occur) are the scheme ``plain``: no entities, scored per token (accuracy, per-tag F1).
+  A prefix-less tag among prefixed ones (``PER`` beside ``B-LOC``) is rejected.
 * **Alignment.** ``align_labels`` puts each word's tag on its first sub-token and -100 on the rest and on
   special tokens; ``label_all_tokens`` copies the word's tag to every sub-token.
   ``word_predictions`` reads a word's prediction from its first sub-token.
 * **Decoding and metrics.** ``spans`` extracts entities exactly as seqeval's strict mode does (also on
   ill-formed predicted sequences: it drops the pieces strict mode drops); ``tagging_metrics`` reports
-  entity precision/recall/F1 (micro and per type, seqeval ``mode="strict"``) and token accuracy.
+  entity precision/recall/F1 (micro and per type, seqeval ``mode="strict"``) and token accuracy; for
+  ``plain`` tags token accuracy, per-tag precision/recall/F1 and their macro average.
 
 Bad data raises ``fastft.train.data.DataError`` (one line naming the sentence and the fix; CLI exit 2).
 Programming errors (mismatched internal lengths) raise ``ValueError``.
@@ -36,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "SCHEMES",
+    "PLAIN",
     "IGNORE_INDEX",
     "read_conll",
     "to_iob2",
@@ -53,9 +57,12 @@ __all__ = [
     "entity_rows",
     "tagging_metrics",
     "per_type_table",
+    "is_plain",
 ]
 
 SCHEMES = ("IOB1", "IOB2", "IOBES")
+#: tags without a BIO scheme (POS: NN, VBZ): no entities, token-level metrics.
+PLAIN = "plain"
 IGNORE_INDEX = -100
 _PREFIXES = {"IOB1": "BI", "IOB2": "BI", "IOBES": "BIES"}
 _PREFIX_ORDER = {"B": 0, "I": 1, "E": 2, "S": 3}
@@ -188,8 +195,8 @@ def _parse_seq(tags: Sequence[str], at: str) -> list[tuple[str, str]]:
         p = _parse(t) if isinstance(t, str) else None
         if p is None:
             raise _data_error(
-                f"{at}: tag {t!r} (word {k + 1}) is not O or PREFIX-TYPE with prefix B, I, E or S; "
-                "write e.g. B-PER (for IO tagging, I-PER)"
+                f"{at}: tag {t!r} (word {k + 1}) is not O or PREFIX-TYPE (prefix B, I, E or S) like the other "
+                "tags; write e.g. B-PER (for IO tagging, I-PER), or prefix-less tags throughout (POS: NN, VBZ)"
             )
         out.append(p)
     return out
@@ -227,9 +234,15 @@ def _fmt(pt: tuple[str, str]) -> str:
 
 
 def _check_scheme(scheme: str) -> str:
-    if scheme not in SCHEMES:
-        raise ValueError(f"tag scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if scheme not in (*SCHEMES, PLAIN):
+        raise ValueError(f"tag scheme must be one of {', '.join(SCHEMES)} or {PLAIN}, got {scheme!r}")
     return scheme
+
+
+def is_plain(tag_seqs: Iterable[Sequence[str]]) -> bool:
+    """Every tag but ``O`` lacks a B-/I-/E-/S- prefix, and there is one (POS tags: ``NN``, ``VBZ``)."""
+    other = [t for seq in tag_seqs for t in seq if t != "O"]
+    return bool(other) and all(not isinstance(t, str) or _parse(t) is None for t in other)
 
 
 def _first_violation(parsed: list[list[tuple[str, str]]], scheme: str, where) -> str | None:
@@ -241,9 +254,12 @@ def _first_violation(parsed: list[list[tuple[str, str]]], scheme: str, where) ->
 
 
 def detect_scheme(tag_seqs: Sequence[Sequence[str]], where: Sequence[str] | None = None) -> str:
-    """The tag scheme the data is valid under: IOBES when any E-/S- tag occurs, else IOB2 or IOB1
-    (whichever holds; all-O data -> IOB2, IO-only data -> IOB1). Raises one line naming the offending
-    sentence and tag when none holds (e.g. IOB1- and IOB2-style entities mixed)."""
+    """The tag scheme the data is valid under: ``plain`` when no tag has a prefix (POS), IOBES when any
+    E-/S- tag occurs, else IOB2 or IOB1 (whichever holds; all-O data -> IOB2, IO-only data -> IOB1).
+    Raises one line naming the offending sentence and tag when none holds (e.g. IOB1- and IOB2-style
+    entities mixed, or a prefix-less tag among prefixed ones)."""
+    if is_plain(tag_seqs):
+        return PLAIN
     parsed = [_parse_seq(s, _where(where, i)) for i, s in enumerate(tag_seqs)]
     prefixes = {p for seq in parsed for p, _ in seq}
     if prefixes & {"E", "S"}:
@@ -283,6 +299,8 @@ def validate_tags(
     for i, tags in enumerate(tag_seqs):
         at = _where(where, i)
         _check_shape(tags, None if token_seqs is None else token_seqs[i], at)
+        if scheme == PLAIN:
+            continue  # any tag string goes
         v = _violation(_parse_seq(tags, at), scheme)
         if v is not None:
             raise _data_error(f"{at}: {v} (tag scheme {scheme}); fix the tags or the scheme")
@@ -303,7 +321,7 @@ def validate_sentences(sentences: Sequence[dict], scheme: str | None = None) -> 
 
 def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     """The same entities in IOB2 (``B-X`` opens every entity): IOB1's entity-opening ``I-X`` becomes
-    ``B-X``; IOB2 and IOBES tags are returned unchanged (IOBES is kept: it has its own labels)."""
+    ``B-X``; IOB2, IOBES and plain tags are returned unchanged (IOBES is kept: it has its own labels)."""
     if _check_scheme(scheme) != "IOB1":
         return list(tags)
     out = list(tags)
@@ -313,15 +331,21 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
 
 
 def scheme_of_labels(names: Iterable[str]) -> str:
-    """The scheme a trained label set decodes with: IOBES when it has E-/S- labels, else IOB2 (fastft
-    stores IOB1 data as IOB2, see ``to_iob2``)."""
+    """The scheme a trained label set decodes with: ``plain`` when no label has a prefix (POS), IOBES
+    when it has E-/S- labels, else IOB2 (fastft stores IOB1 data as IOB2, see ``to_iob2``)."""
+    names = [str(n) for n in names]
+    if is_plain([names]):
+        return PLAIN
     return "IOBES" if any(str(n)[:2] in ("E-", "S-") for n in names) else "IOB2"
 
 
 def label_list(tag_seqs: Iterable[Sequence[str]]) -> list[str]:
     """Every tag that occurs, in a data-order-independent order: ``O`` first (always present: it is the
-    fallback prediction, id 0), then by entity type, then by prefix in scheme order B, I, E, S."""
+    fallback prediction, id 0), then by entity type, then by prefix in scheme order B, I, E, S. Plain
+    tags (POS) are sorted, ``O`` first only when it occurs (no fallback tag: id 0 is the first)."""
     seen = {t for seq in tag_seqs for t in seq}
+    if is_plain([list(seen)]):
+        return (["O"] if "O" in seen else []) + sorted(seen - {"O"})
     seen.discard("O")
     bad = [t for t in seen if _parse(t) is None]
     if bad:
@@ -442,8 +466,10 @@ def _spans_parsed(seq: list[tuple[str, str]], scheme: str) -> list[tuple[str, in
 
 def spans(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
     """Entities as ``(type, start_word, end_word_inclusive)``, exactly seqeval's strict-mode extraction
-    for ``scheme``. A tag whose prefix the scheme does not use raises ValueError (as seqeval does)."""
-    _check_scheme(scheme)
+    for ``scheme``. A tag whose prefix the scheme does not use raises ValueError (as seqeval does).
+    Plain tags have no entities."""
+    if _check_scheme(scheme) == PLAIN:
+        return []
     seq = []
     for t in tags:
         p = _parse(t)
@@ -471,8 +497,18 @@ def tagging_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[s
 
     Returns python floats: ``entity_precision``, ``entity_recall``, ``entity_f1``, ``token_accuracy``,
     ``n_entities`` (true entities) and ``per_type`` = {type: {precision, recall, f1, support}}. Undefined
-    ratios (no true or no predicted entities) are 0, so an always-O predictor scores F1 0.
+    ratios (no true or no predicted entities) are 0, so an always-O predictor scores F1 0. ``plain``
+    tags: see :func:`_token_metrics`.
     """
+    _check_scheme(scheme)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true sentences but {len(y_pred)} predicted")
+    for i, (a, b) in enumerate(zip(y_true, y_pred)):
+        if len(a) != len(b):
+            raise ValueError(f"sentence {i + 1}: {len(a)} true tags but {len(b)} predicted")
+    yt, yp = [list(s) for s in y_true], [list(s) for s in y_pred]
+    if scheme == PLAIN:
+        return _token_metrics(yt, yp)
     try:
         import seqeval.scheme
         from seqeval.metrics import classification_report
@@ -482,13 +518,6 @@ def tagging_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[s
             "pip install --no-build-isolation seqeval (or rerun scripts/setup.sh)"
         ) from None
 
-    _check_scheme(scheme)
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} true sentences but {len(y_pred)} predicted")
-    for i, (a, b) in enumerate(zip(y_true, y_pred)):
-        if len(a) != len(b):
-            raise ValueError(f"sentence {i + 1}: {len(a)} true tags but {len(b)} predicted")
-    yt, yp = [list(s) for s in y_true], [list(s) for s in y_pred]
     with warnings.catch_warnings():  # no entities at all: numpy warns on the (unused) macro average
         warnings.simplefilter("ignore", RuntimeWarning)
         report = classification_report(
@@ -517,21 +546,42 @@ def tagging_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[s
     }
 
 
+def _token_metrics(yt: list[list[str]], yp: list[list[str]]) -> dict:
+    """Plain tags (POS): ``token_accuracy``, ``tag_macro_f1`` (over the tags in ``yt``), ``n_words`` and
+    ``per_tag`` = {tag: {precision, recall, f1, support}}, per token; undefined ratios are 0."""
+    true = [t for s in yt for t in s]
+    pred = [t for s in yp for t in s]
+    per_tag = {}
+    for tag in sorted(set(true)):
+        tp = sum(a == b == tag for a, b in zip(true, pred))
+        n_true, n_pred = true.count(tag), pred.count(tag)
+        p, r = (tp / n_pred if n_pred else 0.0), tp / n_true
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        per_tag[tag] = {"precision": p, "recall": r, "f1": f1, "support": n_true}
+    correct = sum(a == b for a, b in zip(true, pred))
+    return {
+        "token_accuracy": correct / len(true) if true else 0.0,
+        "tag_macro_f1": float(np.mean([v["f1"] for v in per_tag.values()])) if per_tag else 0.0,
+        "n_words": len(true),
+        "per_tag": per_tag,
+    }
+
+
 def per_type_table(metrics: dict) -> str:
     """``tagging_metrics`` as the text table ``fastft eval`` prints: one row per type, then the micro
-    average and the token accuracy."""
-    rows = [(k, v["precision"], v["recall"], v["f1"], v["support"]) for k, v in metrics["per_type"].items()]
-    rows.append(
-        (
-            "micro avg",
-            metrics["entity_precision"],
-            metrics["entity_recall"],
-            metrics["entity_f1"],
-            metrics["n_entities"],
-        )
-    )
+    average and the token accuracy (plain tags: one row per tag, then the macro average)."""
+    plain = "per_tag" in metrics
+    table = metrics["per_tag" if plain else "per_type"]
+    rows = [(k, v["precision"], v["recall"], v["f1"], v["support"]) for k, v in table.items()]
+    if plain:
+        avg = [float(np.mean([r[i] for r in rows])) if rows else 0.0 for i in (1, 2, 3)]
+        rows.append(("macro avg", *avg, metrics["n_words"]))
+    else:
+        rows.append(("micro avg", metrics["entity_precision"], metrics["entity_recall"],
+                     metrics["entity_f1"], metrics["n_entities"]))  # fmt: skip
     w = max(len("token accuracy"), *(len(r[0]) for r in rows))
-    lines = [f"{'type':<{w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}"]
+    head = "tag" if plain else "type"
+    lines = [f"{head:<{w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}"]
     for i, (name, p, r, f, s) in enumerate(rows):
         if i == len(rows) - 1:
             lines.append("-" * len(lines[0]))

@@ -26,7 +26,10 @@ import difflib
 import importlib.util
 import json
 import os
+import tempfile
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from typing import Any
 
@@ -256,6 +259,42 @@ def mlflow_tracking_uri() -> tuple[str, str | None]:
     return "sqlite:///" + os.path.join(root, "mlflow.db"), os.path.join(root, "artifacts")
 
 
+def _mlflow_store_path(uri: str) -> str | None:
+    """The local database file (``sqlite:///``) or folder (``file:`` / a plain path) behind a tracking
+    URI; ``None`` for a server or an in-memory database."""
+    if uri.startswith("sqlite:"):
+        path = uri[len("sqlite:///") :].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+        return os.path.abspath(path) if path not in ("", ":memory:") else None
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return os.path.abspath(urllib.request.url2pathname(parsed.path))
+    return os.path.abspath(uri) if not parsed.scheme and uri != "databricks" else None
+
+
+def check_mlflow_store(uri: str) -> None:
+    """Raise one line when a local store cannot be written. MLflow would otherwise retry opening an
+    unwritable SQLite file for ~100 s (10 tries, 36 warning lines) before failing the same way."""
+    path = _mlflow_store_path(uri)
+    if path is None:
+        return
+    is_db = uri.startswith("sqlite:")
+    folder = os.path.dirname(path) if is_db else path
+    hint = "set MLFLOW_TRACKING_URI to a writable store"
+    if is_db and not os.path.isdir(folder):
+        raise OSError(f"the tracking store's folder {folder} does not exist; create it or {hint}")
+    probe = folder
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:  # a file store's folder is made
+        probe = os.path.dirname(probe)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".fastft-probe.")
+        os.close(fd)
+        os.unlink(tmp)
+        if is_db and os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise OSError(f"cannot write the tracking store {path} ({e.strerror or e}); {hint}") from None
+
+
 def mlflow_experiment(client, artifacts: str | None) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "fastft")
     exp = client.get_experiment_by_name(name)
@@ -276,10 +315,11 @@ class MlflowTracker(_Tracker):
         self.run_id: str | None = None
 
     def _start(self, config, output_dir, resumed):
+        uri, artifacts = mlflow_tracking_uri()
+        check_mlflow_store(uri)  # before importing mlflow (seconds): a bad store fails at once
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
-        uri, artifacts = mlflow_tracking_uri()
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id = _state(output_dir).get("mlflow") if resumed else None
         if self.run_id is not None:
@@ -366,9 +406,14 @@ class GroupRun:
         self.run_id: str | None = None
         if "mlflow" not in parse_report_to(report_to):
             return
+        try:
+            uri, artifacts = mlflow_tracking_uri()
+            check_mlflow_store(uri)
+        except OSError as e:  # the runs degrade the same way, each with its own line
+            print(f"mlflow: {e}; not logging the group to mlflow", flush=True)
+            return
         from mlflow import MlflowClient
 
-        uri, artifacts = mlflow_tracking_uri()
         self.client = MlflowClient(tracking_uri=uri)
         tags = {"mlflow.runName": name, "fastft.group": name}
         self.run_id = self.client.create_run(mlflow_experiment(self.client, artifacts), tags=tags).info.run_id

@@ -190,10 +190,6 @@ class Trainer:
         models.check_modality(asked, self.model_config, cfg.model, folder)
         if asked is not None and asked.modality != "text":  # the image processor (saved with the model)
             self.tokenizer = asked.load_preprocessor(cfg.tokenizer or cfg.model, self.model_config)
-            from fastft import _compat
-
-            if _compat.torchvision_note:
-                self._notes.append(f"  note       {_compat.torchvision_note}")
         else:
             self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, self.model_config)
             self._cap_max_length()
@@ -423,7 +419,8 @@ class Trainer:
         if self._length_changed:
             saved["resume_length_changed"] = self._length_changed
         od.record(out, "train_config.json", "metrics.jsonl", "tensorboard")
-        od.atomic_write(os.path.join(out, "train_config.json"), json.dumps(saved, indent=2), overwrite=True)
+        text = json.dumps(saved, indent=2)
+        od.atomic_write(os.path.join(out, "train_config.json"), text, overwrite=True, flag="--output-dir")
 
     def _cap_max_length(self) -> None:
         """``--max-length`` above what the tokenizer/model takes: use (and record) the model's limit."""
@@ -446,7 +443,9 @@ class Trainer:
         loaded tensors are dropped when this returns."""
         st = ckpt.load_checkpoint(path)
         meta = st["trainer_state"]
-        self._check_resume_config(path, meta.get("config") or {}, int(meta.get("world_size") or 1))
+        self._check_resume_config(
+            path, meta.get("config") or {}, int(meta.get("world_size") or 1), meta.get("data_files")
+        )
         # a valid checkpoint of another model / label count / strategy: say what differs, never "corrupt"
         differs = ckpt.state_dict_mismatch(st["model"], self.raw_model.state_dict())
         if differs is not None:
@@ -492,22 +491,24 @@ class Trainer:
             f"with the lr schedule re-planned for {total} steps (next lr {sched._last_lr[0]:.3g})"
         )
 
-    def _check_resume_config(self, path: str, saved: dict, saved_world: int) -> None:
+    def _check_resume_config(self, path: str, saved: dict, saved_world: int, saved_files=None) -> None:
         """Every field that changes the math must match the checkpoint's (``--resume-force``: recorded),
-        except the run's length (``--epochs``/``--max-steps``), which :meth:`_resume_length` handles."""
+        except the run's length (``--epochs``/``--max-steps``), which :meth:`_resume_length` handles;
+        so must the data files' content (size + sha256, recorded in the checkpoint)."""
         now = self.cfg.to_dict()
         self._length_changed = ckpt.config_diffs(
             {k: saved[k] for k in LENGTH_FIELDS if k in saved}, {k: now[k] for k in LENGTH_FIELDS}
         )
         rest = {k: v for k, v in saved.items() if k not in LENGTH_FIELDS}
         diffs = ckpt.config_diffs(rest, now, saved_world, self.world)
+        diffs += ckpt.data_diffs(saved_files, self.data.report.get("data_files"))
         if not diffs:
             return
         shown = ", ".join(diffs)
         if not self.cfg.resume_force:
             raise ConfigError(
                 f"--resume {path}: the config differs from the checkpoint's ({shown}); pass the same "
-                "values, or --resume-force to continue anyway"
+                "values and data, or --resume-force to continue anyway"
             )
         self._resume_forced = diffs
         self._notes.append(f"warning: --resume-force: continuing with {shown}; recorded in train_config.json")
@@ -630,6 +631,8 @@ class Trainer:
             yield micro
 
     _interrupted = False  # a stop signal ended the loop (a checkpoint was saved)
+    #: how the interrupted-run line says to continue (``fastft sweep`` resumes its trials itself)
+    resume_hint = "continue with --resume latest"
 
     def _after_step(self) -> bool:
         """Evaluation, checkpoint, early stop and signals after one step; True when the run ends."""
@@ -657,7 +660,7 @@ class Trainer:
         self.log.close()
         msg = (
             f"interrupted by {name} at step {self.global_step}: checkpoint saved in "
-            f"{self.cfg.output_dir}; continue with --resume latest"
+            f"{self.cfg.output_dir}; {self.resume_hint}"
         )
         self.log.print(msg)
         if self.is_main and not self.log.enabled:
@@ -809,14 +812,24 @@ class Trainer:
             collect=collect,
         )
 
-    _COLLAPSE_CHECKED = ("single_label_classification", "multi_label_classification", "regression")
+    _COLLAPSE_CHECKED = (
+        "single_label_classification",
+        "multi_label_classification",
+        "regression",
+        "token_classification",
+    )
 
     def _collapse_check(self, rows: dict, metrics: dict) -> dict[str, Any] | None:
         """:func:`diagnose.collapse_report` of one evaluation; None when it looks fine (or n/a)."""
-        if self.problem_type not in self._COLLAPSE_CHECKED or "logits" not in rows or "labels" not in rows:
+        scores = rows.get("logits", rows.get("preds"))  # token classification: predicted tag ids
+        if self.problem_type not in self._COLLAPSE_CHECKED or scores is None or "labels" not in rows:
             return None
         return diagnose.collapse_report(
-            self.problem_type, rows["logits"].float().cpu().numpy(), rows["labels"].cpu().numpy(), metrics
+            self.problem_type,
+            scores.float().cpu().numpy(),
+            rows["labels"].cpu().numpy(),
+            metrics,
+            names=self.labels.id2label,
         )
 
     def _evaluate_and_track(self) -> None:
@@ -901,6 +914,7 @@ class Trainer:
                 metric=self.metric_name,
                 problem_type=self.problem_type,
                 config=self.cfg.to_dict(),
+                data_files=self.data.report.get("data_files"),
             )
             try:
                 ckpt.save_checkpoint(
@@ -962,7 +976,9 @@ class Trainer:
                 with od.track(out):  # the manifest lists what save_pretrained wrote
                     self._save_final(raw, full)
                     text = json.dumps(results, indent=2, default=str)
-                    od.atomic_write(os.path.join(out, "results.json"), text, overwrite=True)
+                    od.atomic_write(
+                        os.path.join(out, "results.json"), text, overwrite=True, flag="--output-dir"
+                    )
             except Exception as e:
                 err = od.storage_error(e, out, od.payload_bytes(full))
                 if err is not None:

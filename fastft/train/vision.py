@@ -1,24 +1,28 @@
-"""Images for the trainer: torchvision import, augmentation presets, lazy decoding, image processors.
+"""Images for the trainer: augmentation presets, lazy decoding, image processors.
 
 Reusable pieces (image classification and the image-text tasks both call them):
 
-* :func:`import_torchvision` -- ``torchvision.transforms.v2``, importable even when torchvision's
-  compiled ops do not match this torch build (see :mod:`fastft._compat`).
 * :func:`parse_augment` / :func:`build_augment` -- ``--augment flip,crop,rotate,color,randaugment``
-  (comma combinations, ``rotate=30`` sets the degrees) -> one ``v2.Compose`` on PIL images.
+  (comma combinations, ``rotate=30`` sets the degrees) -> one :class:`~fastft.train.image_augment.Augment`
+  on PIL images (Pillow only; the presets are described in :mod:`fastft.train.image_augment`).
 * :func:`augment_image` -- one sample's transform, seeded by (run seed, epoch, dataset row): the same
   row in the same epoch gets the same pixels whatever the batch, worker or resume point.
 * :func:`open_image` -- decode one image reference (a path or encoded bytes) to RGB with Pillow.
 * :func:`load_image_processor` / :func:`pixel_values` -- the model's ``AutoImageProcessor`` (resize +
-  normalise) and its call on a list of PIL images -> (B, C, H, W) float tensor.
+  normalise; its PIL backend when torchvision is not importable) and its call on a list of PIL images
+  -> (B, C, H, W) float tensor.
 
 Images are decoded only in the loader's collate, one batch at a time; the datasets hold references.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import logging
+import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,13 +34,13 @@ from fastft.train.errors import ConfigError, DataError, first_line
 __all__ = [
     "IMAGE_PRESETS",
     "TEXT_PRESETS",
-    "import_torchvision",
     "parse_augment",
     "check_augment",
     "build_augment",
     "augment_image",
     "open_image",
     "image_size",
+    "processor_backend_kwargs",
     "load_image_processor",
     "pixel_values",
 ]
@@ -47,21 +51,6 @@ log = logging.getLogger("fastft")
 IMAGE_PRESETS = ("flip", "crop", "rotate", "color", "randaugment")
 TEXT_PRESETS = ("eda",)
 _DEFAULT_DEGREES = 15.0
-
-
-def import_torchvision():
-    """``torchvision.transforms.v2``; one line naming the fix when torchvision is missing."""
-    from fastft._compat import repair_torchvision
-
-    repair_torchvision()
-    try:
-        from torchvision.transforms import v2
-    except Exception as e:  # noqa: BLE001 - ImportError or a broken build
-        raise ConfigError(
-            f"--augment needs torchvision ({first_line(e, 120)}); run scripts/setup.sh, which installs "
-            "the torchvision that matches the installed torch"
-        ) from None
-    return v2
 
 
 def parse_augment(spec: str | None) -> list[tuple[str, float | None]]:
@@ -104,53 +93,53 @@ def check_augment(spec: str | None, modality: str) -> list[tuple[str, float | No
 
 
 def build_augment(spec: str | None, size: tuple[int, int]) -> Callable | None:
-    """The train-split transform of ``spec`` on PIL images (``None`` without presets). ``size``:
-    the processor's input size, the output size of ``crop`` (RandomResizedCrop)."""
+    """The train-split transform of ``spec``: an :class:`~fastft.train.image_augment.Augment` called
+    as ``aug(image, rng)`` (``None`` without presets). ``size``: the processor's input size (height,
+    width), the output size of ``crop``."""
+    from fastft.train.image_augment import Augment, make_step
+
     presets = check_augment(spec, "image")
     if not presets:
         return None
-    v2 = import_torchvision()
-    steps = []
-    for name, value in presets:
-        if name == "flip":
-            steps.append(v2.RandomHorizontalFlip())
-        elif name == "crop":
-            steps.append(v2.RandomResizedCrop(size, antialias=True))
-        elif name == "rotate":
-            steps.append(v2.RandomRotation(value if value is not None else _DEFAULT_DEGREES))
-        elif name == "color":
-            steps.append(v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1))
-        else:
-            steps.append(v2.RandAugment())
-    return v2.Compose(steps)
+    steps = [make_step(name, value, size, _DEFAULT_DEGREES) for name, value in presets]
+    return Augment(steps, [name if value is None else f"{name}={value:g}" for name, value in presets])
 
 
 def sample_seed(seed: int, epoch: int, row: int) -> int:
-    """The torch seed of one sample's transform: a pure function of (run seed, epoch, dataset row)."""
+    """The seed of one sample's transform: a pure function of (run seed, epoch, dataset row)."""
     keys = [int(k) & 0xFFFFFFFF for k in (seed, epoch, row, 0x1A6E)]
     return int(np.random.SeedSequence(keys).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def augment_image(transform: Callable | None, image, seed: int, epoch: int, row: int):
-    """``transform(image)`` under the torch RNG seeded by :func:`sample_seed` (the global RNG state is
-    restored afterwards, so augmentation never shifts dropout or shuffling)."""
+    """``transform(image, rng)`` with a private ``random.Random`` seeded by :func:`sample_seed`: the
+    same pixels for the same (seed, epoch, row), and the global torch / numpy / ``random`` states are
+    never read or moved (augmentation cannot shift dropout or shuffling)."""
     if transform is None:
         return image
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sample_seed(seed, epoch, row))
-        return transform(image)
+    return transform(image, random.Random(sample_seed(seed, epoch, row)))
 
 
 def open_image(ref: Any):
     """An image reference (a file path, encoded bytes, or an HF ``{"bytes", "path"}`` dict) as an RGB
-    PIL image. Grayscale / RGBA / palette images are converted (the data check noted them once)."""
+    PIL image. Grayscale / RGBA / palette images are converted (the data check noted them once). A file
+    that no longer decodes (changed since the check) -> DataError naming it, not a traceback."""
     from PIL import Image
+
+    from fastft.train.data.images import ref_name
 
     if isinstance(ref, dict):
         ref = ref.get("bytes") or ref.get("path")
     src = io.BytesIO(ref) if isinstance(ref, (bytes, bytearray)) else ref
-    with Image.open(src) as im:
-        return im.convert("RGB")
+    try:
+        with warnings.catch_warnings():  # large images were counted in one note by the data check
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(src) as im:
+                return im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - unreadable / truncated / corrupt data
+        raise DataError(
+            f"image {ref_name(ref)} cannot be decoded ({first_line(e, 120)}); replace or remove it"
+        ) from None
 
 
 def image_size(processor) -> tuple[int, int]:
@@ -170,15 +159,36 @@ def image_size(processor) -> tuple[int, int]:
     return (224, 224)
 
 
+@functools.cache
+def _torchvision_works() -> bool:
+    """Whether torchvision imports (installed and its compiled ops load with this torch)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - e.g. a CUDA build beside a CPU torch
+        return False
+    return True
+
+
+def processor_backend_kwargs() -> dict:
+    """``from_pretrained`` keywords that ask for the PIL image processor when torchvision cannot be
+    used (else ``{}``: transformers' default). transformers with backend classes (the
+    ``image_processing_backends`` module) takes ``backend="pil"``; older ones take ``use_fast=False``
+    (the slow, PIL/numpy classes). Asking explicitly avoids transformers' "falling back" warning."""
+    if _torchvision_works():
+        return {}
+    if importlib.util.find_spec("transformers.image_processing_backends") is not None:
+        return {"backend": "pil"}
+    return {"use_fast": False}
+
+
 def load_image_processor(path: str):
     """The model's ``AutoImageProcessor`` (one line naming the fix when the folder has none)."""
-    from fastft._compat import repair_torchvision
-
-    repair_torchvision()  # fast image processors import torchvision
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(path)
+        return AutoImageProcessor.from_pretrained(path, trust_remote_code=False, **processor_backend_kwargs())
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
             f"cannot load an image processor from {path!r} ({first_line(e, 160)}); the model folder needs "

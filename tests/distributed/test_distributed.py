@@ -142,18 +142,20 @@ def test_only_rank0_gets_the_fsdp_state_dict(two_ranks):
 
 
 def test_cleanup_stops_the_backend_threads(two_ranks):
-    """Once a rank is done (cleanup() called, its models dropped) no gloo / TCPStore thread is left
-    for interpreter exit to tear down: that teardown raced the peer rank's exit and now and then
-    aborted a rank ("terminate called without an active exception"). Before the fix these stayed:
-    pt_gloo_runloop x2, gloo_tcp_loop, and pt_tcpstore_uv on rank 0."""
+    """cleanup() itself stops every gloo / TCPStore thread, though the rank (workers._run) still holds
+    its last DDP model: a group left alive is torn down later, after the peer rank has
+    exited or while the interpreter exits, and now and then a rank died there (SIGABRT
+    "terminate called without an active exception", SIGSEGV). threads-cleanup-<r>: right after
+    cleanup(); threads-<r>: after the rank's objects are gone, just before exit."""
     out, _ = two_ranks
     for rank in range(W.WORLD):
-        with open(os.path.join(out, f"threads-{rank}.json")) as f:
-            threads = json.load(f)
-        if not threads:
-            pytest.skip("no /proc/self/task on this platform")
-        left = W.backend_threads(threads)
-        assert not left, f"rank {rank}: backend threads still running at exit: {left}"
+        for when in ("threads-cleanup", "threads"):
+            with open(os.path.join(out, f"{when}-{rank}.json")) as f:
+                threads = json.load(f)
+            if not threads:
+                pytest.skip("no /proc/self/task on this platform")
+            left = W.backend_threads(threads)
+            assert not left, f"rank {rank}: backend threads still running ({when}): {left}"
 
 
 def test_no_sync_skips_the_all_reduce(two_ranks):
@@ -236,3 +238,14 @@ def test_cleanup_survives_dead_weak_proxies_on_the_heap():
     with pytest.raises(ReferenceError):
         isinstance(holder[0], torch.distributed.device_mesh.DeviceMesh)
     D.cleanup()
+
+
+def test_cleanup_frees_a_group_a_live_ddp_model_still_holds(tmp_path):
+    """A DDP wrapper's Reducer keeps its group (and the gloo threads) alive; cleanup() must free the
+    group anyway, while the caller still holds the model (gloo_group asserts no thread is left)."""
+    from fastft import distributed as D
+
+    with W.gloo_group(str(tmp_path / "store"), rank=0, world=1):
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+        model(torch.ones(1, 3)).sum().backward()
+    assert isinstance(D.unwrap_model(model), torch.nn.Linear)  # still referenced here, inner module intact

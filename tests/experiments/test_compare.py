@@ -138,3 +138,26 @@ def test_bad_compare_input_is_one_line_exit_2(flags, msg, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1
     assert not os.path.exists(tmp_path / "o" / "runs")
+
+
+def test_a_second_compare_into_one_output_dir_is_refused(work, tmp_path, capsys):
+    from fastft.train.outdir import acquire
+
+    out = str(tmp_path / "cmp")
+    with acquire(out):  # the first compare holds the folder (flock: a second open file conflicts too)
+        rc = main(["compare", *_flags(work), "--vary", "lr=1e-3,3e-2", "--seeds", "1", "--output-dir", out])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"is in use by fastft pid {os.getpid()}" in err, err
+    assert not os.path.exists(os.path.join(out, "runs"))
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_help_text_shows_percent_signs_once(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "%%" not in text
+    if command == "compare":
+        assert "95% CI" in text

@@ -176,7 +176,7 @@ def _tiny_clip_inputs(model_cls, cfg, B=6, S=7, seed=0):
 
 
 def test_hf_clip_model_loss_equals_ours():
-    cfg = tiny_config("clip")  # imports torchvision safely first
+    cfg = tiny_config("clip")
     from transformers import CLIPModel
 
     model, inputs = _tiny_clip_inputs(CLIPModel, cfg)
@@ -192,7 +192,7 @@ def test_hf_clip_model_loss_equals_ours():
 
 
 def test_hf_siglip_model_loss_equals_ours():
-    cfg = tiny_config("siglip")  # imports torchvision safely first
+    cfg = tiny_config("siglip")
     from transformers import SiglipModel
 
     model, inputs = _tiny_clip_inputs(SiglipModel, cfg, seed=1)

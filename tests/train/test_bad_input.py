@@ -234,6 +234,28 @@ def test_eval_predict_bad_input(env, finished_run, tmp_path, capsys):
     run_bad(capsys, ["eval", "--model", str(finished_run), "--file", unknown], None, "meh")
 
 
+def test_data_input_errors_name_the_fix(env, finished_run, tmp_path, capsys):
+    """Issue #21: each a one-line exit 2 that says what is wrong and what to do, no output dir."""
+    out = tmp_path / "out"
+    evaluate = ["eval", "--model", str(finished_run), "--file", "/dev/zero"]
+    for argv in (base(env, out, "--train-file", "/dev/zero"), evaluate):
+        err = run_bad(capsys, argv, out, "/dev/zero", "not a regular file")
+        assert "does not exist" not in err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    err = run_bad(capsys, base(env, out, "--cache-dir", str(afile / "c")), out, "--cache-dir", "writable")
+    assert "train.csv" not in err  # the data file is fine: the cache dir is not
+    reg = write_csv(
+        str(tmp_path / "r.csv"), ["text", "label"], [[f"good film {i}", i / 3] for i in range(20)]
+    )
+    with open(reg, "a") as fh:
+        fh.write("bad film,inf\n")
+    flags = ["--train-file", reg, "--validation-file", reg, "--test-file", reg]
+    run_bad(capsys, base(env, out, *flags), out, "r.csv row 21", "'label'", "fix or remove the row")
+    for template in ("a {} photo {", "a {x} photo of {}"):
+        run_bad(capsys, base(env, out, "--task", "contrastive", "--prompt-template", template), out, "'{{'")
+
+
 def test_real_cli_process_prints_one_line(env, tmp_path):
     """The installed entry point (python -m fastft): exit code 2, one stderr line, nothing else."""
     out = tmp_path / "out"
@@ -268,3 +290,20 @@ def test_eval_predict_refuse_torchrun(env, tmp_path, capsys, monkeypatch):
         capsys, ["predict", "--model", env["model"], "--file", env["files"]["test"], "--output", out], out
     )
     assert "without torchrun" in err
+
+
+@pytest.mark.parametrize(
+    "device,expect",
+    [("cuda", "no CUDA GPU is visible here; use --device cpu"), ("tpu", "not a device name; use cpu")],
+)
+def test_unavailable_device_is_one_line(env, tmp_path, capsys, monkeypatch, device, expect):
+    """#21 §7: --device cuda without a GPU and --device tpu were tracebacks (train, eval, predict)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
+    out = tmp_path / "out"
+    run_bad(capsys, base(env, out, "--device", device), out, f"--device {device}: {expect}")
+    pred = tmp_path / "p.csv"
+    for cmd in (["eval"], ["predict", "--output", str(pred)]):
+        args = [*cmd, "--model", env["model"], "--file", env["files"]["test"], "--device", device]
+        run_bad(capsys, args, pred, f"--device {device}: {expect}")

@@ -342,3 +342,15 @@ def test_experiment_subcommands_are_registered(capsys):
     assert "--vary" in capsys.readouterr().out
     assert main(["compare", "--vary", "nosuchfield=1,2", "--output-dir", "x"]) == 2
     assert "nosuchfield" in capsys.readouterr().err
+
+
+def test_diverging_lr_ends_with_the_collapse_warning(work, tmp_path, capsys):
+    """#21 §7: --lr 1e10 (default --on-nonfinite skip) made NaN logits that crashed evaluation in sklearn."""
+    out = tmp_path / "diverged"
+    flags = ["--model", work["bert"], *file_flags(work["files"]), "--max-steps", "3", "--lr", "1e10"]
+    assert _train(work, out, *flags, "--batch-size", "16") == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "looks collapsed" in captured.out.strip().splitlines()[-1]
+    res = json.load(open(out / "results.json"))
+    assert res["collapsed"] and 0.0 <= res["test"]["accuracy"] <= 1.0

@@ -179,6 +179,41 @@ def test_causal_lm_never_and_unknown_type_raises():
         collapse_report("ranking", np.zeros((3, 2)), np.zeros(3))
 
 
+def _tags(rng, n=40, t=12, o_share=0.8):
+    """(N, T) gold tag ids, 0 = O for ``o_share`` of words, -100 after each sentence's end."""
+    y = np.where(rng.random((n, t)) < o_share, 0, rng.integers(1, 5, (n, t)))
+    y[:, t - 3 :] = -100  # padding / continuation sub-tokens
+    return y
+
+
+def test_token_classification_all_o_is_collapsed():
+    """A NaN (or any) tagger that predicts O for every word is flagged, like the classification case."""
+    y = _tags(np.random.default_rng(0))
+    names = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+    rep = collapse_report("token_classification", np.zeros_like(y), y, {}, names=names)
+    assert rep is not None and rep["collapsed"] is True
+    assert any("predicts tag 'O' for 100.0% of words" in s for s in rep["symptoms"])
+    assert any("tag macro-F1" in s for s in rep["symptoms"])
+    assert (
+        "\n" not in rep["message"]
+        and "--epochs" in rep["message"]
+        and "--class-weights" not in rep["message"]
+    )
+    # any single tag, not only O
+    rep = collapse_report("token_classification", np.full_like(y, 3), y, names=names)
+    assert rep is not None and "tag 'B-LOC' for 100.0%" in rep["message"]
+
+
+def test_token_classification_good_and_all_o_gold_are_not_collapsed():
+    rng = np.random.default_rng(1)
+    y = _tags(rng)
+    good = np.where(rng.random(y.shape) < 0.9, y, 0).clip(0)  # 90% of the words right
+    good[y < 0] = 0  # what the model says at ignored positions does not count
+    assert collapse_report("token_classification", good, y) is None
+    all_o = np.where(y < 0, -100, 0)  # gold itself all O: predicting O is right
+    assert collapse_report("token_classification", np.zeros_like(y), all_o) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # small data, label distribution, class weights
 # ---------------------------------------------------------------------------------------------

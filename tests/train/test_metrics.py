@@ -1,5 +1,6 @@
 """fastft.train.metrics against scikit-learn computed directly on the same data, plus hand-checked cases."""
 
+import json
 import math
 import warnings
 
@@ -127,4 +128,43 @@ def test_results_are_json_serialisable():
 
     rng = np.random.default_rng(4)
     m = compute_metrics("single_label_classification", rng.normal(size=(10, 3)), rng.integers(0, 3, 10))
+    json.dumps(m)
+
+
+def test_nonfinite_classification_rows_count_as_wrong():
+    """#21 §7: a diverged run (--lr 1e10) crashed in scikit-learn on NaN logits at evaluation."""
+    nan, inf = float("nan"), float("inf")
+    labels = np.array([0, 1, 1, 0, 1])
+    logits = np.array([[2.0, -1.0], [nan, nan], [-1.0, 3.0], [inf, 0.0], [0.0, -inf]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = compute_metrics("single_label_classification", logits, labels)
+    assert m["accuracy"] == pytest.approx(0.4) and m["nonfinite_rows"] == 3
+    assert m["f1_micro"] == pytest.approx(0.4) and m["precision_macro"] < 1.0
+    assert m["confusion_matrix"] == [[1, 0], [0, 1]]  # only the rows with a real prediction
+    p = _softmax(logits[[0, 2]])[:, 1]
+    want = skm.roc_auc_score(labels, [p[0], 0.0, p[1], 1.0, 0.0])  # bad rows: the worst score
+    assert m["auc_roc"] == pytest.approx(want)
+    everything_nan = np.full((6, 3), nan)  # what --lr 1e10 gives
+    m = compute_metrics("single_label_classification", everything_nan, np.array([0, 1, 2, 0, 1, 2]))
+    assert m["accuracy"] == 0.0 and m["f1_macro"] == 0.0 and m["auc_roc"] == 0.0 and m["nonfinite_rows"] == 6
+    y = np.array([[1, 0], [0, 1], [1, 1]])
+    m = compute_metrics("multi_label_classification", np.array([[3.0, -3.0], [nan, 2.0], [inf, 1.0]]), y)
+    assert m["hamming_loss"] == pytest.approx(2 / 6) and m["accuracy"] == pytest.approx(1 / 3)
+    assert m["nonfinite_rows"] == 2
+    json.dumps(m)
+
+
+def test_nonfinite_or_huge_regression_values_never_raise():
+    """#21 §7: an inf or 1e308 label/prediction crashed scikit-learn's regression metrics."""
+    nan, inf = float("nan"), float("inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = compute_metrics("regression", np.array([1.0, nan, 3.0]), np.array([1.0, 2.0, 3.0]))
+        assert m["mae"] == m["mse"] == m["rmse"] == inf and m["r2"] == -inf
+        assert m["pearson"] is None and m["nonfinite_rows"] == 1
+        m = compute_metrics("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, inf, 3.0]))
+        assert m["mse"] == inf and m["r2"] is None and m["pearson"] is None and "nonfinite_rows" not in m
+        m = compute_metrics("regression", np.array([1e308, -1e308, 0.0]), np.array([0.0, 1e308, 1.0]))
+        assert m["mae"] == m["mse"] == inf and m["pearson"] is None
     json.dumps(m)

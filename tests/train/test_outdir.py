@@ -126,6 +126,34 @@ def test_release_removes_a_created_empty_dir(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_acquire_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """#21 §7: ENOSPC writing the lock info was a traceback, and left the folder with a 0-byte lock."""
+
+    def enospc(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(od.os, "pwrite", enospc)
+    with pytest.raises(ConfigError, match=rf"^no space left on {tmp_path / 'a' / 'b'} \(.*MB free\); free"):
+        od.acquire(tmp_path / "a" / "b")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "old").mkdir()  # a folder that existed stays, without a lock file
+    with pytest.raises(ConfigError, match="no space left"):
+        od.acquire(tmp_path / "old")
+    assert os.listdir(tmp_path / "old") == []
+    monkeypatch.undo()
+    real = os.mkdir
+
+    def mkdir_then_full(p, *a, **k):  # the disk fills up half-way down the path
+        if os.path.basename(p) == "d":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(p, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_full)
+    with pytest.raises(ConfigError, match="no space left"):
+        od.acquire(tmp_path / "c" / "d")
+    assert sorted(os.listdir(tmp_path)) == ["old"]
+
+
 def test_acquire_on_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
@@ -213,6 +241,33 @@ def test_overwrite_refuses_foreign_files(tmp_path):
     with pytest.raises(ConfigError, match=r"\(notes.txt, sub/\)"):
         od.clear_run(tmp_path)
     assert (tmp_path / "sub" / "thesis.tex").exists() and (tmp_path / "results.json").exists()
+
+
+def test_overwrite_refuses_user_files_inside_checkpoints(tmp_path):
+    """#21 §7: a user file inside checkpoint-N/ went with the folder; now clear_run refuses, deleting nothing."""
+    _fake_run(tmp_path)
+    od.record(tmp_path, "results.json")
+    (tmp_path / "checkpoint-10" / "notes.txt").write_text("mine")
+    (tmp_path / "checkpoint-10" / "plots").mkdir()
+    for dry in (True, False):
+        with pytest.raises(ConfigError, match=r"\(checkpoint-10/notes.txt, checkpoint-10/plots/\); empty"):
+            od.clear_run(tmp_path, dry_run=dry)
+    assert (tmp_path / "checkpoint-10" / "notes.txt").exists() and (tmp_path / "results.json").exists()
+    (tmp_path / "checkpoint-10" / "plots").rmdir()
+    od.defer_old_checkpoints(tmp_path, warn=lambda s: None)  # a deferred checkpoint is guarded too
+    with pytest.raises(ConfigError, match=r"\(\.fastft-previous/checkpoint-10/notes.txt\)"):
+        od.clear_run(tmp_path)
+    os.remove(tmp_path / od.PREVIOUS_DIR / "checkpoint-10" / "notes.txt")
+    od.recover_deferred(tmp_path)
+    # every file save_checkpoint writes (scaler included) is fastft's
+    st = TrainState(global_step=3)
+    sd = {"w": torch.zeros(2)}
+    ckpt.save_checkpoint(
+        str(tmp_path), 3, model_state=sd, optimizer_state={}, scheduler_state={}, scaler_state={}, state=st
+    )
+    assert set(os.listdir(tmp_path / "checkpoint-3")) <= od.CHECKPOINT_FILES
+    od.clear_run(tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 def test_many_foreign_files_are_summarised(tmp_path):
@@ -424,6 +479,42 @@ def test_atomic_write_error_in_callback_keeps_old_file_and_no_tmp(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         od.atomic_write(p, boom, overwrite=True)
     assert p.read_text() == "old" and os.listdir(tmp_path) == ["m.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_safetensors_files_get_the_umask_mode_like_the_rest(tmp_path, umask):
+    """#21 §7: model.safetensors came out 0600 (safetensors' temp file) beside 0644 files."""
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        want = 0o666 & ~umask
+        ckpt.save_checkpoint(
+            str(tmp_path),
+            1,
+            model_state={"w": torch.zeros(2)},
+            optimizer_state={},
+            scheduler_state={},
+            scaler_state=None,
+            state=TrainState(global_step=1),
+        )
+        modes = {
+            f: os.stat(tmp_path / "checkpoint-1" / f).st_mode & 0o777
+            for f in os.listdir(tmp_path / "checkpoint-1")
+        }
+        assert set(modes.values()) == {want}, modes
+        (tmp_path / "secret.txt").write_text("mine")
+        os.chmod(tmp_path / "secret.txt", 0o600)
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))  # replaced in the block
+        with od.track(tmp_path):  # like save_pretrained: a new file, a replaced one, one in a subfolder
+            save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+            os.makedirs(tmp_path / "adapter")
+            save_file({"w": torch.ones(2)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
+        for f in ("model.safetensors", "adapter/adapter_model.safetensors"):
+            assert os.stat(tmp_path / f).st_mode & 0o777 == want, f
+        assert os.stat(tmp_path / "secret.txt").st_mode & 0o777 == 0o600  # not written in the block: kept
+    finally:
+        os.umask(old)
 
 
 def test_atomic_write_temp_is_recognised_by_clear_run(tmp_path):

@@ -189,6 +189,30 @@ def test_checkpoint_of_another_config_says_what_differs(env, finished, tmp_path,
     assert [s for s, _ in list_checkpoints(str(out))] == [2, 4]  # nothing was touched
 
 
+def test_overwrite_refuses_user_files_inside_a_checkpoint(env, finished, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / "checkpoint-2" / "notes.txt").write_text("mine")  # #21 §7: --overwrite deleted it
+    before = sorted(os.listdir(out))
+    one_line_error(capsys, argv(env, out, "--overwrite"), "checkpoint-2/notes.txt", "--output-dir")
+    assert sorted(os.listdir(out)) == before and (out / "checkpoint-2" / "notes.txt").read_text() == "mine"
+
+
+def test_every_file_of_a_run_has_the_umask_mode(finished):
+    """#21 §7: model.safetensors (final and in checkpoints) was 0600 while the rest was 0644."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {
+        os.path.relpath(os.path.join(d, f), finished): os.stat(os.path.join(d, f)).st_mode & 0o777
+        for d, _, fs in os.walk(finished)
+        for f in fs
+    }
+    assert "model.safetensors" in modes and "checkpoint-4/model.safetensors" in modes
+    assert {p: m for p, m in modes.items() if m != 0o666 & ~mask} == {}
+
+
 # ------------------------------------------------------------------------------------------ storage
 
 
@@ -220,6 +244,13 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(env, finished, 
             steps and load_checkpoint(str(out / f"checkpoint-{steps[-1]}"))["state"].global_step == steps[-1]
         )
         assert not [n for n in os.listdir(out) if ".tmp-" in n], err
+
+
+def test_full_disk_at_start_is_one_line_and_leaves_nothing(env, tmp_path, capsys):
+    with _tmpfs(tmp_path / "full", "size=4k") as mnt:
+        (mnt / "fill").write_bytes(b"\0" * 4096)  # #21 §7: a traceback and an empty dir with a 0-byte lock
+        one_line_error(capsys, argv(env, mnt / "run"), f"no space left on {mnt / 'run'}", "--output-dir")
+        assert os.listdir(mnt) == ["fill"]
 
 
 def test_read_only_output_dir_is_one_line(env, tmp_path, capsys):
@@ -294,3 +325,24 @@ def test_double_sigterm_exits_143(env, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == "fastft train: interrupted"
     monkeypatch.setattr(Trainer, "train", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert main(argv(env, tmp_path / "run")) == 130  # Ctrl-C without the trainer's handler
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_read_only_output_names_the_output_flag(env, finished, tmp_path, capsys, monkeypatch, command):
+    """#21 §7: predict/eval --output on a read-only folder told the user to change --output-dir."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):  # EROFS for the target folder only (root ignores chmod)
+        if str(dir) == str(tmp_path / "ro"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    target = tmp_path / "ro" / "out.json"
+    args = [command, "--model", str(finished), "--file", env["files"]["test"], "--output", str(target)]
+    err = one_line_error(capsys, args, f"{tmp_path / 'ro'} is read-only; pass a writable --output")
+    assert "--output-dir" not in err and os.listdir(tmp_path / "ro") == []

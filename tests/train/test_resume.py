@@ -222,3 +222,41 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(setup, tmp_path):
     state = json.loads((out / f"checkpoint-{ckpts[0][0]}" / "trainer_state.json").read_text())
     assert state["global_step"] == ckpts[0][0] >= 2
     assert not (out / "results.json").exists()
+
+
+def test_resume_refuses_a_data_file_changed_under_its_name(setup, tmp_path, capsys):
+    """Same path, other content (a label flipped, a row added): refused like a changed math flag,
+    naming the file; --resume-force continues and records it."""
+    d, model, _ = setup
+    files = classification_files(str(tmp_path), n_train=26, n_val=8, n_test=8)  # own copies: edited
+    out = tmp_path / "run"
+    argv = ["train", "--model", model, *file_flags(files), "--output-dir", str(out), "--batch-size", "4"]
+    argv += ["--max-steps", "2", "--save-steps", "1", "--save-total-limit", "1", "--eval-strategy", "no"]
+    argv += ["--cache-dir", str(d / "cache")]
+    assert main(argv) == 0
+    recorded = load_checkpoint(list_checkpoints(str(out))[-1][1])["trainer_state"]["data_files"]
+    assert set(recorded) == {"train_file", "validation_file"}  # the test file does not change training
+    resume = [a if a != "2" else "3" for a in argv] + ["--resume", "latest"]
+    train = files["train"]
+    with open(train, newline="") as fh:
+        original = fh.read()
+    flipped = original.replace(",pos\r\n", ",neg\r\n", 1)
+    assert flipped != original and len(flipped) == len(original)
+    n = len(original)
+    for content, size in (
+        (flipped, f"size {n} -> {n} "),
+        (flipped + "an added row,pos\r\n", f"size {n} -> "),
+    ):
+        with open(train, "w", newline="") as fh:
+            fh.write(content)
+        capsys.readouterr()
+        assert main(resume) == 2
+        err = capsys.readouterr().err
+        assert f"--train-file {train}: content changed ({size}" in err and "sha256" in err, err
+        assert "--resume-force" in err and err.count("\n") == 1 and "validation" not in err
+    assert main([*resume, "--resume-force"]) == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert [f.split(":")[0] for f in saved["resume_forced"]] == [f"--train-file {train}"]
+    capsys.readouterr()  # the forced run's checkpoint records the new content: no refusal now
+    assert main([a if a != "3" else "4" for a in resume]) == 0
+    assert "content changed" not in capsys.readouterr().out

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 
+from fastft.train import tagging as T
 from fastft.train.data import DataError
 from fastft.train.tagging import (
     IGNORE_INDEX,
@@ -156,10 +157,12 @@ def test_detect_scheme_e_tags_mixed_with_iob2():
 
 @pytest.mark.parametrize("bad", ["PER", "B_PER", "B-", "X-PER", "o", "B--PER", "I-PER-"])
 def test_unknown_tag_form(bad):
+    """A prefix-less tag among prefixed ones is refused; prefix-less tags throughout are plain tags."""
     with pytest.raises(DataError, match=rf"row 2: tag {bad!r} \(word 2\) is not O or PREFIX-TYPE"):
-        detect_scheme([["O"], ["O", bad]])
+        detect_scheme([["B-LOC"], ["O", bad]])
     with pytest.raises(DataError, match="is not O or PREFIX-TYPE"):
-        label_list([["O", bad]])
+        label_list([["O", "B-LOC", bad]])
+    assert detect_scheme([["O"], ["O", bad]]) == T.PLAIN
 
 
 @pytest.mark.parametrize(
@@ -513,3 +516,23 @@ def test_per_type_table():
     assert set(lines[3]) == {"-"}
     assert lines[4].split() == ["micro", "avg", "1.0000", "0.5000", "0.6667", "2"]
     assert lines[5].split() == ["token", "accuracy", "0.6667"]
+
+
+def test_plain_pos_tags_are_a_scheme_with_token_metrics():
+    """POS tags (no B-/I- prefix) are accepted: no entities, token accuracy and per-tag F1."""
+    seqs = [["DT", "NN", "VBZ"], ["NNP", "VBZ", "."]]
+    assert (
+        detect_scheme(seqs) == T.PLAIN
+        and validate_sentences([{"tokens": ["a", "b", "c"], "tags": s} for s in seqs]) == T.PLAIN
+    )
+    assert label_list(seqs) == [".", "DT", "NN", "NNP", "VBZ"]  # no O: none occurs
+    assert label_list([["O", "NN"]]) == ["O", "NN"]
+    assert T.scheme_of_labels(["DT", "NN"]) == T.PLAIN and T.scheme_of_labels(["O", "B-PER"]) == "IOB2"
+    assert spans(["NN", "VBZ"], T.PLAIN) == [] and entity_rows(["a"], ["NN"], T.PLAIN) == []
+    m = tagging_metrics([["DT", "NN", "VBZ", "NN"]], [["DT", "NN", "NN", "VBZ"]], T.PLAIN)
+    assert m["token_accuracy"] == 0.5 and m["n_words"] == 4 and "entity_f1" not in m
+    assert m["per_tag"]["DT"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert m["per_tag"]["NN"]["f1"] == pytest.approx(0.5) and m["per_tag"]["VBZ"]["f1"] == 0.0
+    assert m["tag_macro_f1"] == pytest.approx(0.5)
+    lines = per_type_table(m).splitlines()
+    assert lines[0].split()[0] == "tag" and lines[-2].split()[:2] == ["macro", "avg"]

@@ -161,3 +161,42 @@ def test_wandb_offline_run_holds_metrics(tmp_path, monkeypatch, capsys):
     assert history[2]["train/loss"] == 0.7 and history[2]["eval/accuracy"] == 0.75
     assert summary["test/accuracy"] == 0.8 and summary["best_validation/accuracy"] == 0.75
     assert {k: v for k, v in config.items() if not k.startswith("_")} == CONFIG
+
+
+def test_mlflow_unwritable_store_degrades_at_once_in_one_line(tmp_path, monkeypatch, capsys):
+    """#21 §7: an unwritable store cost ~100 s of MLflow's retries and 36 warning lines before one line."""
+    import errno
+    import tempfile
+
+    from fastft.train.trackers import GroupRun
+
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):
+        if str(dir).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    (tmp_path / "ro").mkdir()
+    out = _run_dir(tmp_path)
+    cases = [
+        (f"sqlite:///{tmp_path}/missing/mlflow.db", f"folder {tmp_path}/missing does not exist"),
+        (f"sqlite:///{tmp_path}/ro/mlflow.db", f"{tmp_path}/ro/mlflow.db (Read-only file system)"),
+        (f"file:{tmp_path}/ro/mlruns", f"{tmp_path}/ro/mlruns (Read-only file system)"),
+    ]
+    for uri, expect in cases:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        capsys.readouterr()
+        start = time.monotonic()
+        t = MlflowTracker()
+        t.on_start(CONFIG, out, False)
+        for r in RECORDS:
+            t.on_log(r)
+        t.on_end(RESULTS, out)
+        assert time.monotonic() - start < 5 and t.disabled
+        lines = [ln for ln in "".join(capsys.readouterr()).splitlines() if ln.strip()]
+        assert len(lines) == 1 and expect in lines[0] and "MLFLOW_TRACKING_URI" in lines[0], lines
+        group = GroupRun("mlflow", "compare-x")  # a compare/sweep parent degrades the same way
+        assert group.client is None and "FASTFT_MLFLOW_PARENT_RUN_ID" not in group.env
+        assert "not logging the group to mlflow" in capsys.readouterr().out

@@ -9,18 +9,30 @@ decoded here except the cheap up-front check. Sources:
   label column; ``--image-column`` or detected from the task's ``image_columns``;
 * an **HF dataset** with an ``Image`` feature (read with ``decode=False``: bytes or paths).
 
-:func:`check_images` opens every image header and runs Pillow's ``verify()`` (no pixel decode), so a
-missing, unreadable or corrupt file fails the run before anything is written, naming the row and file;
-grayscale / RGBA / palette images are counted for one note (they are converted to RGB at decode).
+:func:`check_images` opens every image, runs Pillow's ``verify()`` and decodes it in full (JPEGs at
+1/8 scale, which still reads every byte), so a missing, unreadable, truncated or corrupt file fails the
+run before anything is written, naming the row and file (``verify()`` alone passes a truncated JPEG
+or a PNG whose damaged data has valid CRCs). Grayscale / RGBA / palette images are counted for one
+note (they are converted to RGB at decode). Large images: above Pillow's ``Image.MAX_IMAGE_PIXELS``
+(~89M pixels, where Pillow warns) they are counted for one note instead of a warning per decode;
+above twice that (where Pillow refuses to decode, a possible decompression bomb) the run stops with a
+DataError naming the file.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 from fastft.train.data.sources import Raw, columns_error
 from fastft.train.errors import DataError, first_line
+
+log = logging.getLogger("fastft")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -140,45 +152,103 @@ def _missing(v) -> bool:
 
 
 def clean_images(raw: Raw, need_labels: bool) -> tuple[Raw, dict]:
-    """Drop rows without an image reference (empty), without a label, and repeated references (the
-    same file or bytes, keeping the first); the counts go to the data report like the text cleaning's."""
+    """Drop rows without an image reference or caption (empty), without a label, and repeated references
+    (the same file or bytes, keeping the first); the counts go to the data report like the text cleaning's."""
     from fastft.train.data.clean import drop_rows
 
     refs, pairs = raw.texts, raw.pairs
 
-    def key(i: int):
-        return None if _missing(refs[i]) else (refs[i], pairs[i] if pairs is not None else None)
+    def key(i: int):  # an empty caption would be trained on as the text "None"
+        if _missing(refs[i]) or (pairs is not None and _missing(pairs[i])):
+            return None
+        return refs[i], pairs[i] if pairs is not None else None
 
     return drop_rows(raw, need_labels, key)
 
 
-def check_images(raw: Raw, where: str) -> Counter:
-    """Every reference exists and is a readable image (header + ``verify()``, no decode); DataError
-    naming the first bad row and file. Returns the count of non-RGB modes (for :func:`mode_note`)."""
+def _probe(ref) -> tuple[str | None, tuple[int, int] | None, str | None, str]:
+    """(mode, size, problem, detail) of one image reference; ``problem`` is None when it exists,
+    passes ``verify()`` and decodes in full, else "missing" / "unreadable" / "huge" / "corrupt"."""
     from PIL import Image, UnidentifiedImageError
 
-    modes: Counter = Counter()
-    for i, ref in enumerate(raw.texts):
-        at = raw.where[i] if raw.where is not None else f"{where} row {raw.rows[i] + 1}"
-        if isinstance(ref, str) and not os.path.isfile(ref):
-            raise DataError(f"{at}: image file {ref} does not exist; fix the path or remove the row")
-        try:
-            import io
+    if isinstance(ref, str) and not os.path.isfile(ref):
+        return None, None, "missing", ""
 
-            src = io.BytesIO(ref) if isinstance(ref, (bytes, bytearray)) else ref
-            with Image.open(src) as im:
-                mode = im.mode
-                im.verify()
-        except UnidentifiedImageError:
-            raise DataError(
-                f"{at}: {ref_name(ref)} is not an image Pillow can read; replace or remove it"
-            ) from None
-        except Exception as e:  # noqa: BLE001 - truncated / corrupt data
-            raise DataError(
-                f"{at}: {ref_name(ref)} is corrupt ({first_line(e, 120)}); replace or remove it"
-            ) from None
-        if mode != "RGB":
-            modes[mode] += 1
+    def src():
+        return io.BytesIO(ref) if isinstance(ref, (bytes, bytearray)) else ref
+
+    mode = size = None
+    try:
+        with Image.open(src()) as im:
+            mode, size = im.mode, im.size
+            im.verify()  # checksums (PNG CRCs) that a decode does not look at
+        with Image.open(src()) as im:  # verify() leaves the image unusable: open it again to decode
+            if im.format == "JPEG":
+                im.draft(im.mode, (1, 1))  # 1/8 scale: still entropy-decodes the whole file
+            im.load()
+    except UnidentifiedImageError:
+        return mode, size, "unreadable", ""
+    except Image.DecompressionBombError as e:  # raised by open(): its message has the pixel counts
+        return mode, size, "huge", first_line(e, 120)
+    except Exception as e:  # noqa: BLE001 - truncated / corrupt data
+        return mode, size, "corrupt", first_line(e, 120)
+    return mode, size, None, ""
+
+
+def _subject(at: str, ref) -> str:
+    """``at`` plus the image's name, unless ``at`` already names it (an image folder's rows do)."""
+    name = ref_name(ref)
+    return at if name in at else f"{at}: {name}"
+
+
+def _problem_error(at: str, ref, problem: str, detail: str) -> DataError:
+    if problem == "missing":
+        return DataError(f"{at}: image file {ref} does not exist; fix the path or remove the row")
+    subject = _subject(at, ref)
+    if problem == "unreadable":
+        return DataError(f"{subject} is not an image Pillow can read; replace or remove it")
+    if problem == "huge":
+        return DataError(
+            f"{subject} is too large to decode safely ({detail}); downscale it or remove the row"
+        )
+    return DataError(f"{subject} is corrupt ({detail}); replace or remove it")
+
+
+def _probe_all(refs: list, chunk: int = 256):
+    """:func:`_probe` of every reference, in order, on a few threads (decoding releases the GIL);
+    submitted a chunk at a time, so a million images never make a million pending futures."""
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        for start in range(0, len(refs), chunk):
+            yield from pool.map(_probe, refs[start : start + chunk])
+
+
+def check_images(raw: Raw, where: str) -> Counter:
+    """Every reference exists and decodes (``verify()`` + a full decode, a few threads); DataError
+    naming the first bad row and file. Returns the count of non-RGB modes (for :func:`mode_note`);
+    images over Pillow's pixel limit get one note here (``where``: the source's name)."""
+    from PIL import Image
+
+    modes: Counter = Counter()
+    large: list[tuple[int, int]] = []
+    limit = Image.MAX_IMAGE_PIXELS
+    # Pillow's warning per large image -> the one note below; closing() ends the threads inside it
+    with warnings.catch_warnings(), closing(_probe_all(raw.texts)) as probes:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for i, (mode, size, problem, detail) in enumerate(probes):
+            if problem is not None:
+                at = raw.where[i] if raw.where is not None else f"{where} row {raw.rows[i] + 1}"
+                raise _problem_error(at, raw.texts[i], problem, detail)
+            if mode != "RGB":
+                modes[mode] += 1
+            if limit and size[0] * size[1] > limit:
+                large.append(size)
+    if large:
+        w, h = max(large, key=lambda s: s[0] * s[1])
+        log.warning(
+            "note: %s: %d images are over Pillow's limit of %s pixels (the largest %dx%d); each is decoded "
+            "in full whenever it is used, which is slow: downscale them ahead of training",
+            where, len(large), f"{limit:,}", w, h,
+        )  # fmt: skip
     return modes
 
 
@@ -232,9 +302,8 @@ def table_raw(ds, path_or_name: str, where: str, task, c, need_label: bool, grou
     label = None
     if need_label:
         exclude = (image, caption)
-        label = _pick_column(
-            "label", "--label-column", cols, c.label_column, task.label_columns, exclude, where
-        )
+        flag, given = getattr(task, "label_flag", "--label-column"), getattr(task, "class_column", None)
+        label = _pick_column("label", flag, cols, c.label_column or given, task.label_columns, exclude, where)
     group_col = c.split_group_column if group else None
     if group_col is not None and group_col not in cols:
         raise columns_error("group", group_col, "--split-group-column", where, cols)

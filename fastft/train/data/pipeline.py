@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,8 +48,10 @@ from fastft.train.data.sources import (
     ROTTEN_COLUMNS,
     ROTTEN_LABELS,
     Raw,
+    check_cache_dir,
     columns_error,
     extract,
+    fingerprint,
     load_file,
     load_hub,
     load_rotten_tomatoes,
@@ -124,12 +127,18 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: str | None = None)
     """Load, clean, label, split, (augment) and tokenize the data described by ``cfg`` (a
     :class:`~fastft.train.config.DataConfig`, e.g. a ``TrainConfig``)."""
     task = _requested_task(cfg)
+    check_cache_dir(cfg.cache_dir)
     report: dict[str, Any] = {}
     raws, cols, fixed, task = _load_sources(cfg, task, report)
+    report["data_files"] = data_fingerprints(cfg)  # --resume sees a file changed under its name
     _clean_splits(raws, task is None or task.needs_labels, report, _modality(task))
     if _modality(task) != "text":
         _check_images(raws, report)
     task, space = _encode_labels(raws, task, cfg, fixed)
+    for s, raw in raws.items():
+        _check_numbers(
+            task, raw.labels, [f"{_source_name(cfg, s)} row {r + 1}" for r in raw.rows], cols.label
+        )
     task = task.configure(cfg)
     _split(raws, task, cfg, cols, output_dir, report)
     _limit_and_augment(raws, cfg, report, task.modality)
@@ -173,7 +182,8 @@ def _load_sources(c: DataConfig, task: Task | None, report: dict):
             "validation": (c.validation_file, "--validation-file"),
             "test": (c.test_file, "--test-file"),
         }
-        loaded = {s: load_file(p, c.cache_dir, flag, task) for s, (p, flag) in files.items() if p}
+        named = (c.text_column, c.tokens_column, c.text_pair_column, c.label_column, c.image_column)
+        loaded = {s: load_file(p, c.cache_dir, flag, task, named) for s, (p, flag) in files.items() if p}
         cols.text, cols.pair, cols.label = resolve_columns(
             loaded["train"].column_names,
             cols.text,
@@ -208,6 +218,53 @@ def _load_sources(c: DataConfig, task: Task | None, report: dict):
         report["source"] = f"hub:{c.dataset}"
     report["columns"] = {"text": cols.text, "text_pair": cols.pair, "label": cols.label, "group": cols.group}
     return raws, cols, None, task
+
+
+#: The data files whose content ``--resume`` compares (the test file does not change what training
+#: computes, like the RESUME_EXEMPT ``test_file`` flag).
+FINGERPRINTED = ("train_file", "validation_file")
+
+
+def data_fingerprints(c: DataConfig) -> dict:
+    """``{"train_file": {"path", "size", "sha256"}, ...}`` of the regular data files the run reads."""
+    out = {}
+    for key in FINGERPRINTED:
+        path = getattr(c, key, None)
+        if path and os.path.isfile(path):
+            out[key] = {"path": path, **fingerprint(path)}
+    return out
+
+
+def _source_name(c: DataConfig, split: str) -> str:
+    """How error messages name a split's source: ``--train-file x.csv``, ``dataset 'name' (train)``."""
+    path = getattr(c, f"{split}_file", None) if c.train_file else None
+    if path:
+        return f"--{split}-file {path}"
+    return f"dataset {c.dataset or 'rotten_tomatoes'!r} ({split})"
+
+
+#: Regression labels beyond this are data errors (an id or a sentinel): their squared error
+#: overflows float32 once summed over a batch, so every loss and metric would be inf/NaN.
+LABEL_LIMIT = 1e15
+
+
+def _check_numbers(task: Task, labels, where: list[str], column: str | None) -> None:
+    """Regression labels must be finite and at most LABEL_LIMIT in size: an ``inf`` or ``1e308``
+    row is a data error like an unparseable label, named with its row (rows are never dropped
+    for it: the value is wrong, not missing)."""
+    if task.problem_type != "regression" or labels is None:
+        return
+    for at, v in zip(where, labels):
+        if not math.isfinite(v):
+            why = "is not a finite number"
+        elif abs(v) > LABEL_LIMIT:
+            why = f"is beyond +-{LABEL_LIMIT:.0e} (a placeholder or an id?)"
+        else:
+            continue
+        raise DataError(
+            f"{at}: regression label {v!r} in column {column!r} {why}; fix or remove the row "
+            "(or scale the labels)"
+        )
 
 
 def _rotten_tomatoes(c: DataConfig, task: Task | None, cols: _Columns, report: dict):
@@ -445,6 +502,7 @@ def prepare_file(
     task = get_task(task) if isinstance(task, str) else task
     if task.modality != "text":
         return _prepare_image_file(path, cfg, task, label2id, require_labels)
+    check_cache_dir(cfg.cache_dir)
     ds = load_file(path, cfg.cache_dir, "file", task)
     where = f"file {path}"
     need_label = require_labels and task.needs_labels
@@ -478,6 +536,7 @@ def prepare_file(
         if task.named_labels and not label2id:
             raise DataError("the model has no label2id mapping; pass the model that was trained with fastft")
         cols["labels"] = task.encode_labels(values, None, label2id)[0]
+        _check_numbers(task, cols["labels"], [f"{where} row {i + 1}" for i in range(len(values))], label_col)
     if len(cols[text_col]) == 0:
         raise DataError(f"{path} has no rows")
     max_length = effective_max_length(tokenizer, cfg.max_length)
@@ -505,6 +564,9 @@ def _prepare_image_file(path: str, cfg: DataConfig, task: Task, label2id, requir
     note = mode_note(check_images(raw, path))
     if note:
         log.warning("note: %s", note)
+    if raw.pairs is not None and any(is_missing(v) for v in raw.pairs):  # never scored as "None"
+        missing = sum(is_missing(v) for v in raw.pairs)
+        raise DataError(f"{missing} rows of {path} have no caption; fill or remove them")
     if need_label:
         missing = sum(is_missing(v) for v in raw.labels)
         if missing:

@@ -12,8 +12,13 @@ label, labels, category, ...).
 
 from __future__ import annotations
 
+import csv
+import errno
+import hashlib
 import json
 import os
+import re
+import tempfile
 
 import numpy as np
 
@@ -27,6 +32,9 @@ __all__ = [
     "load_rotten_tomatoes",
     "resolve_columns",
     "extract",
+    "fingerprint",
+    "check_cache_dir",
+    "check_data_path",
     "ROTTEN_LABELS",
 ]
 
@@ -38,6 +46,7 @@ _FORMATS = {
     ".parquet": ("parquet", {}),
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
+_CONLL_COLUMNS = ("tokens", "tags")  # what _load_conll makes: naming them still allows the sniff
 ROTTEN_LABELS = ("rotten", "fresh")
 ROTTEN_COLUMNS = ["category", "text", "movie_name", "has_plot_and_reviews"]
 
@@ -81,12 +90,15 @@ def columns_error(what: str, col: str, flag: str, where: str, columns: list[str]
 
 def _looks_like_conll(path: str) -> bool:
     """A ``.tsv`` holding sentences, not a table: it starts with ``-DOCSTART-`` or has a blank line
-    between non-blank lines (a table has none), within its first 200 lines."""
+    between non-blank lines (a table has none), within its first 200 lines -- unless a quote-aware
+    parse reads those lines as a table whose blank lines sit inside quoted fields (a review's
+    paragraphs)."""
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as f:
-            lines = [line.strip() for _, line in zip(range(200), f)]
+            head = [line for _, line in zip(range(_SNIFF_LINES), f)]
     except OSError:
         return False
+    lines = [line.strip() for line in head]
     if lines and lines[0].split()[:1] == ["-DOCSTART-"]:
         return True
     seen_text = False
@@ -94,8 +106,28 @@ def _looks_like_conll(path: str) -> bool:
         if line:
             seen_text = True
         elif seen_text and any(rest for rest in lines[k + 1 :]):
-            return True
+            return not _quoted_table(head, cut=len(head) == _SNIFF_LINES)
     return False
+
+
+_SNIFF_LINES = 200
+_TAG = re.compile(r"^(O|[BIESLU]-\S+)$")
+
+
+def _quoted_table(head: list[str], cut: bool) -> bool:
+    """``head`` (lines with their newlines) parses as tab-separated records of one width >= 2, with no
+    blank record (a sentence break) and a header whose last field is no tag (a CoNLL line's is).
+    ``cut``: the file goes on, so the last record may be a quoted field cut short."""
+    try:
+        records = list(csv.reader(head, dialect="excel-tab"))
+    except csv.Error:  # e.g. a NUL byte
+        return False
+    if cut and len(records) > 1:
+        records = records[:-1]
+    if not records or len(records[0]) < 2 or _TAG.match(records[0][-1].strip()):
+        return False
+    width = len(records[0])
+    return all(len(r) == width for r in records)
 
 
 def _load_conll(path: str, flag: str):
@@ -117,19 +149,22 @@ def _load_conll(path: str, flag: str):
     )
 
 
-def load_file(path: str, cache_dir: str | None, flag: str, task=None):
+def load_file(path: str, cache_dir: str | None, flag: str, task=None, named=()):
     """One data file as a ``datasets.Dataset``. CoNLL (one ``word tag`` per line, blank lines between
     sentences): ``.conll`` and ``.txt`` always; ``.tsv`` when ``task`` reads CoNLL (token
-    classification), or, with ``task`` None (``--task auto``), when its content looks like sentences."""
+    classification), or, with ``task`` None (``--task auto``), when its content looks like sentences
+    and ``named`` (the column names the user gave) names no column but CoNLL's own: a column flag is
+    the user saying "this is a table", which a content sniff never overrides."""
     import datasets
 
-    if not path or not os.path.isfile(path):
-        raise DataError(f"{flag} {path!r} does not exist: check the path")
+    check_data_path(path, flag)
     name = os.path.basename(path).lower()
     base, ext = os.path.splitext(name)
     if ext in (".conll", ".txt"):
         return _load_conll(path, flag)
-    if ext == ".tsv" and (getattr(task, "reads_conll", False) or (task is None and _looks_like_conll(path))):
+    table_named = any(c is not None and c not in _CONLL_COLUMNS for c in named)
+    sniff = task is None and not table_named
+    if ext == ".tsv" and (getattr(task, "reads_conll", False) or (sniff and _looks_like_conll(path))):
         return _load_conll(path, flag)
     if ext in _COMPRESSION:
         ext = os.path.splitext(base)[1]
@@ -137,6 +172,7 @@ def load_file(path: str, cache_dir: str | None, flag: str, task=None):
         raise DataError(
             f"{flag} {path!r}: unsupported file type; use .csv, .tsv, .json, .jsonl, .parquet or .conll"
         )
+    check_cache_dir(cache_dir)
     builder, kw = _FORMATS[ext]
     try:
         return datasets.load_dataset(
@@ -147,10 +183,72 @@ def load_file(path: str, cache_dir: str | None, flag: str, task=None):
             **kw,
         )
     except Exception as e:  # any parse failure becomes one line, naming the real cause
+        cache = _cache_write_error(e, path)
+        if cache is not None:
+            raise cache from e
         raise DataError(
             f"{flag} {path!r} could not be read as {ext[1:]} ({parse_cause(path, ext, e)}); "
             "check the file format"
         ) from e
+
+
+def check_data_path(path: str, flag: str) -> None:
+    """A data file must be a regular file: say what the path is when it is not one."""
+    if path and os.path.isfile(path):
+        return
+    if not path or not os.path.exists(path):
+        raise DataError(f"{flag} {path!r} does not exist: check the path")
+    what = "a folder" if os.path.isdir(path) else "not a regular file (a device, pipe or socket)"
+    raise DataError(f"{flag} {path!r} is {what}: pass a data file (csv, tsv, json, jsonl, parquet, conll)")
+
+
+def check_cache_dir(cache_dir: str | None) -> None:
+    """``--cache-dir`` must be a folder this process can write (datasets and tokenization caches go
+    there): checked up front, so the failure names it instead of the data file being read."""
+    if not cache_dir:
+        return
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fastft-probe-", dir=cache_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise DataError(
+            f"--cache-dir {cache_dir} cannot be written ({e.strerror or first_line(e)}); pass a writable "
+            "folder as --cache-dir, or leave it unset"
+        ) from None
+
+
+_WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EDQUOT)
+
+
+def _cache_write_error(exc: BaseException, path: str) -> DataError | None:
+    """A failure to write the datasets cache (not to read ``path``), found in the exception chain:
+    one line naming the cache folder and the fix, else None."""
+    c: BaseException | None = exc
+    for _ in range(10):
+        if c is None:
+            return None
+        where = getattr(c, "filename", None)
+        if isinstance(c, OSError) and c.errno in _WRITE_ERRNOS and where:
+            if os.path.abspath(str(where)) != os.path.abspath(path):
+                return DataError(
+                    f"cannot write the datasets cache at {where} ({c.strerror}); pass a writable folder "
+                    "as --cache-dir"
+                )
+        c = c.__cause__ or c.__context__
+    return None
+
+
+def fingerprint(path: str) -> dict:
+    """Size and sha256 of a file's bytes, streamed (flat memory, one read pass for a big file):
+    ``--resume`` compares them to see a data file changed under the same name."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
 
 
 def parse_cause(path: str, ext: str, exc: BaseException) -> str:

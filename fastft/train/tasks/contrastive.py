@@ -91,6 +91,8 @@ class Contrastive(Task):
     zero_shot_classes: tuple[str, ...] | None = None
     prompt_template: str = "a photo of {}"
     max_length: int = 64
+    #: the flag that names the class column in data errors (train: --contrastive-class-column)
+    label_flag: str = "--label-column"
 
     # ---- options / data ----------------------------------------------------------------------------
     def configure(self, cfg) -> Task:
@@ -109,6 +111,7 @@ class Contrastive(Task):
             )
         other = copy.copy(self)
         other.class_column = col or None
+        other.label_flag = "--contrastive-class-column" if col else "--label-column"
         other.needs_labels = other.named_labels = bool(col)
         other.label_columns = (col,) if col else ()
         other.class_loss_weight = float(getattr(cfg, "class_loss_weight", 1.0))
@@ -141,6 +144,7 @@ class Contrastive(Task):
         )
         if images_only:
             other.modality, other.batch_columns = "image", ("image_ref",)
+        other.label_flag = "--label-column"  # eval/predict name the class column with --label-column
         return other
 
     def load_preprocessor(self, path: str, model_config):
@@ -156,7 +160,7 @@ class Contrastive(Task):
         from transformers import AutoProcessor
 
         try:
-            proc = AutoProcessor.from_pretrained(path)
+            proc = AutoProcessor.from_pretrained(path, trust_remote_code=False)
         except Exception as e:  # noqa: BLE001
             from fastft.train.errors import first_line
 
@@ -410,7 +414,7 @@ def _processor(path: str):
     if path not in _PROCESSORS:
         from transformers import AutoProcessor
 
-        _PROCESSORS[path] = AutoProcessor.from_pretrained(path)
+        _PROCESSORS[path] = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     return _PROCESSORS[path]
 
 

@@ -8,8 +8,9 @@ columns by :mod:`fastft.train.data.sources`. Auto-detected when every row's text
 Labels: tag strings (HF ``Sequence(ClassLabel)`` ids are mapped to their names when read). The scheme
 (IOB1, IOB2 or IOBES) is detected over all splits and validated; IOB1 data is stored as IOB2 (the same
 entities, ``B-`` opening each), so a trained label set decodes with IOB2 or IOBES
-(:func:`~fastft.train.tagging.scheme_of_labels`). Label ids follow :func:`~fastft.train.tagging.label_list`
-(``O`` = 0).
+(:func:`~fastft.train.tagging.scheme_of_labels`). Tags without a prefix throughout (POS: ``NN``, ``VBZ``)
+are ``plain``: no entities, scored per token. Label ids follow :func:`~fastft.train.tagging.label_list`
+(``O`` = 0; plain tags sorted).
 
 Tokenization: the words go through the (fast) tokenizer with ``is_split_into_words``; each word's tag
 sits on its first sub-token, the rest get -100 (``--label-all-tokens``: every sub-token gets the word's
@@ -19,12 +20,15 @@ report); they get no label, are not scored, and are predicted ``O``.
 Loss: per-token cross-entropy over the non-ignored positions through ``fastft.functional.cross_entropy``
 (the fused kernel) unless ``--no-fused``; with a teacher, the fused KD loss per non-ignored token.
 Metrics: entity precision/recall/F1 (micro and per type, seqeval strict) and token (word) accuracy,
-scored on each word's first sub-token; best by ``entity_f1``. Predict (JSONL): the words, their tags
-and the entity spans ``{type, start, end, text}`` (word indices, end inclusive).
+scored on each word's first sub-token; best by ``entity_f1``. Plain tags: token accuracy and per-tag
+precision/recall/F1 (macro ``tag_macro_f1``); best by ``token_accuracy``. Predict (JSONL): the words,
+their tags and (not for plain tags) the entity spans ``{type, start, end, text}`` (word indices, end
+inclusive).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -67,8 +71,16 @@ class TokenClassification(Task):
     def configure(self, cfg) -> Task:
         if bool(getattr(cfg, "label_all_tokens", False)) == self.label_all_tokens:
             return self
-        other = type(self)()
+        other = copy.copy(self)  # keeps refine's best metric
         other.label_all_tokens = True
+        return other
+
+    def refine(self, labels):
+        """Plain tags (POS: no entities to score): the best checkpoint by token accuracy."""
+        if not T.is_plain([[str(t) for t in v] for v in labels if _is_seq(v)]):
+            return self
+        other = copy.copy(self)
+        other.best_metric = "token_accuracy"
         return other
 
     # ---- data ------------------------------------------------------------------------------------
@@ -222,6 +234,10 @@ class TokenClassification(Task):
         return {"loss": mean_loss, **m, "tokens": int(count)}
 
     def headline(self, test):
+        if "tag_macro_f1" in test:
+            return (
+                f"TEST TOKEN ACCURACY: {test['token_accuracy']:.4f}  tag macro F1: {test['tag_macro_f1']:.4f}"
+            )
         if "entity_f1" not in test:
             return None
         return (
@@ -230,16 +246,18 @@ class TokenClassification(Task):
         )
 
     def metrics_table(self, metrics):
-        return T.per_type_table(metrics) if "per_type" in metrics else None
+        return T.per_type_table(metrics) if "per_type" in metrics or "per_tag" in metrics else None
 
     def describe(self, space):
         names = [space.id2label[i] for i in range(space.num_labels)] if space.id2label else []
         kind = "label-all-tokens" if self.label_all_tokens else "first sub-token"
-        return f"{self.problem_type}, {space.num_labels} tags ({T.scheme_of_labels(names)}, {kind})"
+        scheme = T.scheme_of_labels(names)
+        scheme = "no BIO scheme, scored per token" if scheme == T.PLAIN else scheme
+        return f"{self.problem_type}, {space.num_labels} tags ({scheme}, {kind})"
 
     # ---- prediction ------------------------------------------------------------------------------
     def predict(self, model, tokenizer, ds, batches, *, device, text_columns, options):
-        """Per row: the words, one tag per word and the entity spans (JSONL)."""
+        """Per row: the words, one tag per word and the entity spans (JSONL; none for plain tags)."""
         names = _names(model)
         scheme = T.scheme_of_labels(names)
         col = next(
@@ -260,7 +278,9 @@ class TokenClassification(Task):
                     p = p[len(p) - len(wid) :] if left else p[: len(wid)]
                     ids = T.word_predictions([None if w < 0 else w for w in wid], p, len(words))
                     tags = [names[i] for i in ids]
-                    ents = T.entity_rows(words, tags, scheme)
-                    records.append({"tokens": words, "tags": tags, "entities": ents})
+                    rec = {"tokens": words, "tags": tags}
+                    if scheme != T.PLAIN:
+                        rec["entities"] = T.entity_rows(words, tags, scheme)
+                    records.append(rec)
                     row += 1
         return records

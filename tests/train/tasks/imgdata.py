@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-import fastft  # noqa: F401 - the torchvision shim before transformers' vision imports
+from tests.clip_util import image_processor_class
 
 SIZE = 16
 #: one colour per class, plus noise: linearly separable from the mean pixel.
@@ -23,21 +23,21 @@ def _config(kind: str, num_labels: int):
 
     vit = dict(image_size=SIZE, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                intermediate_size=64, num_labels=num_labels)  # fmt: skip
-    if kind == "vit":
-        return T.ViTConfig(**vit), T.ViTImageProcessor(size={"height": SIZE, "width": SIZE})
-    if kind == "deit":
-        return T.DeiTConfig(**vit), T.ViTImageProcessor(size={"height": SIZE, "width": SIZE})
+    square = image_processor_class("ViTImageProcessor")(size={"height": SIZE, "width": SIZE})
+    if kind in ("vit", "deit"):
+        return (T.ViTConfig if kind == "vit" else T.DeiTConfig)(**vit), square
     if kind == "swin":
         cfg = T.SwinConfig(image_size=SIZE, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
                            window_size=4, num_labels=num_labels)  # fmt: skip
-        return cfg, T.ViTImageProcessor(size={"height": SIZE, "width": SIZE})
+        return cfg, square
+    short = image_processor_class("ConvNextImageProcessor")(size={"shortest_edge": SIZE}, crop_pct=1.0)
     if kind == "convnext":
         cfg = T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels)
-        return cfg, T.ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=1.0)
+        return cfg, short
     if kind == "resnet":
         cfg = T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
                              num_labels=num_labels)  # fmt: skip
-        return cfg, T.ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=1.0)
+        return cfg, short
     raise ValueError(kind)
 
 
@@ -90,3 +90,31 @@ def image_csv(folder: str, n: int = 30, seed: int = 1, name: str = "data.csv", c
             colour_image(c, rng).save(os.path.join(folder, rel))
             w.writerow([rel, labels(i, c) if labels else c])
     return path
+
+
+def undecodable_images(folder: str) -> tuple[str, str]:
+    """``folder/truncated.jpg`` (the first half of a JPEG) and ``folder/garbled.png`` (random bytes as
+    its image data, under a valid CRC): Pillow's ``verify()`` passes both, neither decodes."""
+    import io
+    import struct
+    import zlib
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    image = colour_image("red", rng, size=32)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90)
+    jpg = os.path.join(folder, "truncated.jpg")
+    with open(jpg, "wb") as fh:
+        fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"IDAT")  # chunk: length (4) | type (4) | payload | crc32(type + payload) (4)
+    n = struct.unpack(">I", data[at - 4 : at])[0]
+    payload = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    data[at + 4 : at + 8 + n] = payload + struct.pack(">I", zlib.crc32(b"IDAT" + payload))
+    png = os.path.join(folder, "garbled.png")
+    with open(png, "wb") as fh:
+        fh.write(bytes(data))
+    return jpg, png

@@ -250,3 +250,52 @@ def test_text_model_for_contrastive_is_refused(env, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "not an image-text model" in err and "clip" in err.lower()
+
+
+def _with_captions(env, tmp_path, name: str, empty) -> str:
+    """``env["val"]`` with the captions of the rows ``empty(i)`` picks blanked."""
+    import csv
+
+    rows = list(csv.reader(open(env["val"])))
+    img_dir = os.path.dirname(env["val"])
+    path = tmp_path / name
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(rows[0])
+        for i, r in enumerate(rows[1:]):
+            w.writerow([os.path.join(img_dir, r[0]), "" if empty(i) else r[1], *r[2:]])
+    return str(path)
+
+
+def test_empty_captions_are_dropped_and_counted_never_trained_as_none(env, tmp_path, capsys):
+    half = _with_captions(env, tmp_path, "half.csv", lambda i: i % 2 == 1)
+    out = tmp_path / "half"
+    argv = ["train", "--task", "contrastive", "--model", env["clip"], "--train-file", half,
+            "--output-dir", str(out), "--max-steps", "1", "--batch-size", "4"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.load(open(out / "results.json"))["data"]
+    assert data["rows_dropped"]["train"]["empty"] == 8 and sum(data["split_sizes"].values()) == 8
+    # no caption left: one line, not a run that scores recall@1 = 1.0 on "None" captions
+    empty = _with_captions(env, tmp_path, "empty.csv", lambda i: True)
+    capsys.readouterr()
+    argv[argv.index(half)], argv[argv.index(str(out))] = empty, str(tmp_path / "empty")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "empty after cleaning" in err and "'empty': 16" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "empty").exists()
+
+
+def test_eval_refuses_empty_captions(trained, env, tmp_path, capsys):
+    half = _with_captions(env, tmp_path, "half.csv", lambda i: i == 3)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(trained), "--file", half]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1 rows of" in err and "have no caption" in err and len(err.splitlines()) == 1, err
+
+
+def test_unknown_class_column_names_its_flag(env, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(_argv(env, tmp_path / "o", "--max-steps", "1", "--contrastive-class-column", "nope")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'nope' not found" in err and "(set --contrastive-class-column)" in err, err
+    assert "--label-column" not in err and len(err.splitlines()) == 1

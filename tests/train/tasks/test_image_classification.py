@@ -129,6 +129,7 @@ def _bad(capsys, argv, out, *expect):
     for e in expect:
         assert e in err, err
     assert not os.path.exists(out), f"{out} was left behind"
+    return err
 
 
 def _train(model, data, out, *extra):
@@ -149,6 +150,10 @@ def test_bad_image_inputs(ws, tmp_path, capsys):
     corrupt = d / "corrupt.csv"
     corrupt.write_text("\n".join([*lines, "imgs/bad.png,red"]) + "\n")
     _bad(capsys, _train(ws["vit"], corrupt, out), out, "row 7", "bad.png")
+    folder = imgdata.image_folder(str(d / "folder"), per_class=2)
+    (d / "folder" / "red" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    err = _bad(capsys, _train(ws["vit"], folder, out), out, "bad.png is corrupt")
+    assert err.count("bad.png") == 1, err  # a folder row is named by its file: not twice
     _bad(
         capsys,
         _train(ws["vit"], good, out, "--image-column", "picture"),
@@ -159,6 +164,31 @@ def test_bad_image_inputs(ws, tmp_path, capsys):
     )
     _bad(capsys, _train(ws["vit"], good, out, "--augment", "eda"), out, "eda edits texts", "flip")
     _bad(capsys, _train(ws["vit"], good, out, "--augment", "blur"), out, "unknown augment 'blur'")
+
+
+def test_undecodable_images_stop_train_eval_predict_with_one_line(ws, tmp_path, capsys):
+    """A truncated JPEG and a PNG with garbled data (valid CRCs) pass Pillow's verify(): the up-front
+    check decodes them, so train / eval / predict stop with one line naming the row and file (once),
+    before anything is written."""
+    d = tmp_path / "t"
+    good = imgdata.image_csv(str(d), n=6)
+    imgdata.undecodable_images(str(d / "imgs"))
+    lines = open(good).read().splitlines()
+    out = tmp_path / "never"
+    for name, why in (("truncated.jpg", "truncated"), ("garbled.png", "corrupt")):
+        bad = d / f"bad-{name}.csv"
+        bad.write_text("\n".join([*lines, f"imgs/{name},red"]) + "\n")
+        _bad(capsys, _train(ws["vit"], bad, out), out, "row 7", name, why)
+        metrics = tmp_path / "m.json"
+        _bad(capsys, ["eval", "--model", ws["vit"], "--file", str(bad), "--output", str(metrics)], metrics,
+             "row 7", name, why)  # fmt: skip
+    folder = imgdata.image_folder(str(tmp_path / "imgs"), per_class=3)
+    imgdata.undecodable_images(os.path.join(folder, "red"))
+    _bad(capsys, _train(ws["vit"], folder, out), out, "garbled.png is corrupt")
+    preds = tmp_path / "p.csv"
+    err = _bad(capsys, ["predict", "--model", ws["vit"], "--file", folder, "--output", str(preds)], preds,
+               "garbled.png", "corrupt")  # fmt: skip
+    assert err.count("garbled.png") == 1, err
 
 
 def test_model_modality_mismatch(ws, tmp_path, capsys):

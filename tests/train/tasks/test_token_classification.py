@@ -431,3 +431,107 @@ def test_unseen_test_tag_is_a_warning(ner, tmp_path, caplog):
     assert "test split has tags never seen in train (B-MISC)" in caplog.text
     res = json.load(open(tmp_path / "o" / "results.json"))
     assert any("B-MISC" in w for w in res["data"]["warnings"])
+
+
+def _pos(sents) -> list[list[tuple[str, str]]]:
+    """The synthetic sentences tagged with POS-like tags (no B-/I- prefix)."""
+    verbs = {"visited", "works", "met", "is"}
+    return [
+        [(w, "NNP" if w[0].isupper() else "VBZ" if w in verbs else "." if w == "." else "DT") for w, _ in s]
+        for s in sents
+    ]
+
+
+def test_pos_tags_train_with_token_metrics(ner, tmp_path, capsys):
+    """Tags without a BIO scheme (POS) are accepted: token accuracy picks the best checkpoint, eval
+    prints a per-tag table and predict writes tags without entity spans."""
+    sents = _pos(ner["sents"][:120])
+    train = N.write_jsonl(str(tmp_path / "train.jsonl"), sents[:90])
+    test = N.write_jsonl(str(tmp_path / "test.jsonl"), sents[90:])
+    out = tmp_path / "pos"
+    argv = ["train", "--model", ner["model"], "--train-file", train, "--validation-file", test, "--test-file",
+            test, "--output-dir", str(out), "--cache-dir", ner["cache"], "--num-labels", "4", "--max-steps",
+            "2", "--batch-size", "32", "--task", "token_classification"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.load(open(out / "results.json"))
+    assert res["metric_for_best"] == "token_accuracy" and "entity_f1" not in res["test"]
+    assert set(res["test"]["per_tag"]) == {".", "DT", "NNP", "VBZ"} and "tag_macro_f1" in res["test"]
+    assert "TEST TOKEN ACCURACY" in capsys.readouterr().out
+    assert main(["eval", "--model", str(out), "--file", test]) == 0
+    assert "macro avg" in capsys.readouterr().out
+    pred = tmp_path / "p.jsonl"
+    assert main(["predict", "--model", str(out), "--file", test, "--output", str(pred)]) == 0
+    rows = read_jsonl(str(pred))
+    assert len(rows) == 30 and "entities" not in rows[0] and set(rows[0]["tags"]) <= {".", "DT", "NNP", "VBZ"}
+
+
+def _seq_classifier(ner, path: str, num_labels: int) -> str:
+    """A sequence classifier's folder (as ``fastft train`` classification saves it), same tokenizer."""
+    import shutil
+
+    cfg = tiny_bert_config(num_labels=num_labels, hidden_size=64, intermediate_size=96)
+    build("AutoModelForSequenceClassification", cfg, seed=3).save_pretrained(path)
+    for f in os.listdir(ner["model"]):
+        if f.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(os.path.join(ner["model"], f), path)
+    return path
+
+
+def test_token_task_from_a_sequence_classifier_gets_a_new_head(ner, tmp_path, capsys):
+    out = tmp_path / "o"
+    seq = _seq_classifier(ner, str(tmp_path / "seq"), 2)
+    argv = _train_argv(ner, out, "--max-steps", "1", "--eval-strategy", "no")
+    argv[argv.index(ner["model"])] = seq
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "new TokenClassification head (7 labels): the checkpoint's SequenceClassification head" in printed
+    assert json.load(open(out / "config.json"))["architectures"] == ["BertForTokenClassification"]
+
+
+def test_same_shape_head_of_another_task_is_reinitialised(ner, tmp_path):
+    """A 7-class sequence classifier for 7 tags: its classifier would fit, but is not a tagger's."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    from fastft.train.models import load_task_model
+    from fastft.train.tasks import LabelSpace
+
+    seq = _seq_classifier(ner, str(tmp_path / "seq7"), 7)
+    names = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    space = LabelSpace(7, {n: i for i, n in enumerate(names)}, dict(enumerate(names)))
+    task, tok = get_task("token_classification"), AutoTokenizer.from_pretrained(seq)
+    model = load_task_model(task, seq, space, AutoConfig.from_pretrained(seq), tok, None)
+    saved = load_file(os.path.join(seq, "model.safetensors"))
+    assert not torch.equal(model.classifier.weight, saved["classifier.weight"])
+    assert not model.classifier.bias.detach().any()  # the model's own init: zero bias
+    assert torch.equal(
+        model.bert.embeddings.word_embeddings.weight, saved["bert.embeddings.word_embeddings.weight"]
+    )
+
+
+def test_all_o_tagger_is_flagged_collapsed(ner, tmp_path, capsys):
+    """A tagger that predicts O for every word (a NaN model does) gets the collapse warning."""
+    import shutil
+
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(ner["model"])
+    with torch.no_grad():
+        model.classifier.bias[0] = 1e4  # O wins everywhere
+    path = str(tmp_path / "all_o")
+    model.save_pretrained(path)
+    for f in os.listdir(ner["model"]):
+        if f.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(os.path.join(ner["model"], f), path)
+    out = tmp_path / "o"
+    argv = _train_argv(ner, out, "--max-steps", "1", "--lr", "1e-9")
+    argv[argv.index(ner["model"])] = path
+    assert main(argv) == 0
+    res = json.load(open(out / "results.json"))
+    assert res["collapsed"] is True, res.get("collapse")
+    assert any("predicts tag 'O' for 100.0% of words" in s for s in res["collapse"]["symptoms"])
+    assert "warning: the model looks collapsed (predicts tag 'O'" in capsys.readouterr().out
+
+
+def test_trained_tagger_is_not_collapsed(trained):
+    assert trained["results"]["collapsed"] is False
