@@ -47,12 +47,18 @@ def test_shellcheck_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_out_of_time_skips_every_step(tmp_path):
-    """With no budget left, each step is recorded as SKIP (none half-run) and the summary is written."""
+def _fake_repo(tmp_path) -> Path:
+    """A minimal checkout: pyproject.toml and scripts/gpu_check.sh."""
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "pyproject.toml", repo)
     shutil.copy(SCRIPT, repo / "scripts")
+    return repo
+
+
+def test_out_of_time_skips_every_step(tmp_path):
+    """With no budget left, each step is recorded as SKIP (none half-run) and the summary is written."""
+    repo = _fake_repo(tmp_path)
     out = tmp_path / "out"
     r = subprocess.run(
         ["bash", "scripts/gpu_check.sh"],
@@ -72,10 +78,7 @@ def test_out_of_time_skips_every_step(tmp_path):
 
 def test_runs_from_any_folder(tmp_path):
     """Called by path from another folder, it works in its own checkout; a relative OUT is the caller's."""
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy(ROOT / "pyproject.toml", repo)
-    shutil.copy(SCRIPT, repo / "scripts")
+    repo = _fake_repo(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     r = subprocess.run(
