@@ -10,8 +10,8 @@ so ``TRITON_INTERPRET=1`` can still be set late.
 if __name__ != "fastft.kernels":  # pragma: no cover - exercised in a subprocess by tests/test_env.py
     # Imported as a top-level ``kernels``: the repo root is on sys.path (``python -m pytest`` or a script
     # run from the checkout), so this folder shadows Hugging Face's ``kernels`` package, which
-    # transformers >= 5.25 imports. Hand the import over to the next ``kernels`` on sys.path (or fail
-    # as if this folder were not here); the import system returns what sys.modules holds afterwards.
+    # transformers >= 5.25 imports. Hand the import over to the next ``kernels`` on sys.path; the import
+    # system returns what sys.modules holds afterwards.
     import os as _os
     import sys as _sys
     from importlib.machinery import PathFinder as _PathFinder
