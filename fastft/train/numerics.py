@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["softmax", "sigmoid", "binary_auc", "macro_auc"]
+__all__ = ["IGNORE_INDEX", "softmax", "sigmoid", "binary_auc", "macro_auc"]
+
+#: the label value that no loss or metric counts (the Hugging Face / PyTorch convention).
+IGNORE_INDEX = -100
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

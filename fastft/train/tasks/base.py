@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastft.train.numerics import IGNORE_INDEX
+
 __all__ = ["Task", "LabelSpace", "EvalBatch", "MODEL_INPUTS", "IGNORE_INDEX"]
 
 #: the batch keys that are model inputs (everything else in a batch is bookkeeping or labels).
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
-#: label value that no loss or metric counts (HF convention).
-IGNORE_INDEX = -100
 
 
 @dataclass
