@@ -10,8 +10,7 @@ import importlib
 from typing import Any
 
 from fastft._backend import backend, current_backend, report
-
-__version__ = "0.1.0"
+from fastft._version import __version__
 
 # public name -> module that defines it
 _LAZY = {

@@ -153,7 +153,7 @@ def save_adapter(model: nn.Module, save_directory: str | os.PathLike) -> str:
 
 def _fastft_version() -> str | None:
     try:
-        from fastft import __version__
+        from fastft._version import __version__
 
         return __version__
     except ImportError:  # pragma: no cover
