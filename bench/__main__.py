@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench import common
+from bench.records import not_available, write_results
 
 #: Known parts in run order; any other bench_<name>.py found is run after these.
 PARTS = ("adamw", "losses", "attention", "lora", "e2e")
@@ -42,15 +43,15 @@ def run_part(part: str, device: torch.device, quick: bool) -> list[dict]:
     try:
         mod = importlib.import_module(part if "." in part else f"bench.bench_{part}")
     except Exception as e:
-        return [common.not_available(part, part, "-", f"import failed: {type(e).__name__}: {e}"[:300])]
+        return [not_available(part, part, "-", f"import failed: {type(e).__name__}: {e}"[:300])]
     if not hasattr(mod, "run"):
-        return [common.not_available(part, part, "-", f"bench/bench_{part}.py has no run(device, quick)")]
+        return [not_available(part, part, "-", f"bench/bench_{part}.py has no run(device, quick)")]
     try:
         records = mod.run(device, quick=quick)
     except Exception as e:
         logging.getLogger("fastft.bench").debug("%s", traceback.format_exc())
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return [common.not_available(part, part, "-", f"run failed: {type(e).__name__}: {msg}"[:300])]
+        return [not_available(part, part, "-", f"run failed: {type(e).__name__}: {msg}"[:300])]
     finally:
         gc.collect()
         if device.type == "cuda":
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         name = part
         if "." in part:  # an outside module: file its rows under the part they name
             name = records[0].get("part", part.rsplit(".", 1)[-1]) if records else part.rsplit(".", 1)[-1]
-        path = common.write_results(name, records, device=device, out_dir=args.out, peaks=peaks)
+        path = write_results(name, records, device=device, out_dir=args.out, peaks=peaks)
         bad = sum(r.get("status") != "ok" for r in records)
         print(f"   {len(records)} rows ({bad} not available) in {time.perf_counter() - t0:.0f}s", flush=True)
     if path is not None:

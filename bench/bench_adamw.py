@@ -23,7 +23,9 @@ import gc
 
 import torch
 
-from bench.common import add_ratios, main_for, make_record, measure_peaks, summarize, sync, time_calls
+from bench.cli import main_for
+from bench.common import measure_peaks, summarize, sync, time_calls
+from bench.records import add_ratios, make_record
 
 PART = "adamw"
 BASELINES = ("torch_fused", "torch_foreach")

@@ -32,16 +32,9 @@ from typing import Any
 import torch
 
 import fastft
-from bench.common import (
-    add_ratios,
-    bench_fn,
-    fwd_bwd_modes,
-    main_for,
-    make_record,
-    measure_peaks,
-    not_available,
-    peak_memory,
-)
+from bench.cli import main_for
+from bench.common import bench_fn, fwd_bwd_modes, measure_peaks, peak_memory
+from bench.records import add_ratios, make_record, not_available
 from fastft.functional import scaled_dot_product_attention, unpad_input, varlen_attention
 from fastft.ops.attention import pad_input
 
@@ -69,7 +62,7 @@ def imdb_like_lengths(n: int, max_len: int, seed: int = 0) -> list[int]:
 def rotten_tomatoes_lengths(n: int, seed: int = 0) -> list[int] | None:
     """Real Rotten Tomatoes token lengths (sampled), via the e2e bench's loader; None if data is missing."""
     try:
-        from bench.bench_e2e import rotten_tomatoes_lengths as rt
+        from bench.e2e_data import rotten_tomatoes_lengths as rt
     except Exception:
         return None
     real = rt()

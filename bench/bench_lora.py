@@ -28,16 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastft
-from bench.common import (
-    add_ratios,
-    bench_fn,
-    fwd_bwd_modes,
-    main_for,
-    make_record,
-    measure_peaks,
-    not_available,
-    peak_memory,
-)
+from bench.cli import main_for
+from bench.common import bench_fn, fwd_bwd_modes, measure_peaks, peak_memory
+from bench.records import add_ratios, make_record, not_available
 from fastft.functional import lora_linear
 
 PART = "lora"

@@ -30,15 +30,9 @@ import torch
 import torch.nn.functional as F
 
 import fastft
-from bench.common import (
-    add_ratios,
-    bench_fn,
-    main_for,
-    make_record,
-    measure_peaks,
-    not_available,
-    peak_memory,
-)
+from bench.cli import main_for
+from bench.common import bench_fn, measure_peaks, peak_memory
+from bench.records import add_ratios, make_record, not_available
 from fastft.functional import cross_entropy, kd_loss, linear_cross_entropy
 
 PART = "losses"

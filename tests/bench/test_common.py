@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import common
+from bench import common, records
 
 
 def test_quantile_matches_numpy():
@@ -88,7 +88,7 @@ def test_rotating_cycles_input_sets():
 
 def test_make_record_throughput_and_ratios():
     peaks = {"matmul_tflops": 2.0, "copy_gbps": 100.0}
-    fast = common.make_record(
+    fast = records.make_record(
         "p",
         "op",
         "fastft",
@@ -101,7 +101,7 @@ def test_make_record_throughput_and_ratios():
         peaks=peaks,
         seq_len=4,
     )
-    base = common.make_record(
+    base = records.make_record(
         "p",
         "op",
         "torch",
@@ -115,14 +115,14 @@ def test_make_record_throughput_and_ratios():
     assert fast["tflops"] == pytest.approx(1.0) and fast["pct_peak_flops"] == pytest.approx(50.0)
     assert fast["gbps"] == pytest.approx(50.0) and fast["pct_peak_bw"] == pytest.approx(50.0)
     assert fast["dtype"] == "float32" and fast["shape_str"] == "N=4" and fast["seq_len"] == 4
-    common.add_ratios([fast, base], ["torch"])
+    records.add_ratios([fast, base], ["torch"])
     assert fast["speedup_vs_torch"] == pytest.approx(3.0)
     assert fast["mem_ratio_vs_torch"] == pytest.approx(0.25)
     assert "speedup_vs_torch" not in base
 
 
 def test_write_results_merges_parts_and_writes_markdown(tmp_path):
-    rec = common.make_record(
+    rec = records.make_record(
         "a",
         "op",
         "fastft",
@@ -131,9 +131,9 @@ def test_write_results_merges_parts_and_writes_markdown(tmp_path):
         {"median_ms": 2.0, "p20_ms": 1.0, "p80_ms": 3.0, "n": 5},
         2**20,
     )
-    na = common.not_available("b", "op", "fastft", "fastft.optim missing")
-    p1 = common.write_results("a", [rec], device="cpu", out_dir=tmp_path)
-    p2 = common.write_results("b", [na], device="cpu", out_dir=tmp_path)
+    na = records.not_available("b", "op", "fastft", "fastft.optim missing")
+    p1 = records.write_results("a", [rec], device="cpu", out_dir=tmp_path)
+    p2 = records.write_results("b", [na], device="cpu", out_dir=tmp_path)
     assert p1 == p2 and p1.name.startswith("cpu-") and p1.suffix == ".json"
     data = json.loads(p1.read_text())
     assert set(data["parts"]) == {"a", "b"}
@@ -142,7 +142,7 @@ def test_write_results_merges_parts_and_writes_markdown(tmp_path):
         assert key in env
     assert data["parts"]["a"]["records"][0]["shape"] == [2, 3]
     # rewriting a part replaces only that part
-    common.write_results("a", [], device="cpu", out_dir=tmp_path)
+    records.write_results("a", [], device="cpu", out_dir=tmp_path)
     data = json.loads(p1.read_text())
     assert data["parts"]["a"]["records"] == [] and len(data["parts"]["b"]["records"]) == 1
     md = p1.with_suffix(".md").read_text()
@@ -150,7 +150,7 @@ def test_write_results_merges_parts_and_writes_markdown(tmp_path):
 
 
 def test_markdown_table_columns():
-    a = common.make_record(
+    a = records.make_record(
         "p",
         "op",
         "fastft",
@@ -160,7 +160,7 @@ def test_markdown_table_columns():
         3 * 2**20,
         target="≥2×",
     )
-    b = common.make_record(
+    b = records.make_record(
         "p",
         "op",
         "torch",
@@ -169,9 +169,9 @@ def test_markdown_table_columns():
         {"median_ms": 2.0, "p20_ms": 1.5, "p80_ms": 2.5, "n": 3},
         6 * 2**20,
     )
-    common.add_ratios([a, b], ["torch"])
+    records.add_ratios([a, b], ["torch"])
     a["target_met"] = True
-    table = common.markdown_table([a, b])
+    table = records.markdown_table([a, b])
     lines = table.strip().splitlines()
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == lines[3].count("|")
     assert "2.00× vs torch" in lines[2] and "0.50× vs torch" in lines[2] and "yes" in lines[2]

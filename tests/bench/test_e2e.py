@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from bench import bench_e2e as e2e
+from bench import e2e_cpu_train as cpu_train
+from bench import e2e_data
 from tests.models import build, tiny_bert_config, tiny_gpt2_config
 
 PEAKS = {"matmul_tflops": 1.0, "copy_gbps": 10.0}
@@ -18,10 +20,10 @@ def test_flops_per_token_bert_counts_every_dense_weight_once():
     model = build("AutoModelForSequenceClassification", cfg)
     h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     dense = L * (4 * h * h + 2 * h * i) + h * h + 3 * h  # blocks + pooler + classifier; embeddings excluded
-    assert e2e.matmul_param_flops_per_token(model) == 6 * dense
+    assert e2e_data.matmul_param_flops_per_token(model) == 6 * dense
     for p in model.parameters():
         p.requires_grad_(False)
-    assert e2e.matmul_param_flops_per_token(model) == 4 * dense  # frozen: no weight gradient
+    assert e2e_data.matmul_param_flops_per_token(model) == 4 * dense  # frozen: no weight gradient
 
 
 def test_flops_per_token_gpt2_conv1d_and_tied_head():
@@ -30,21 +32,21 @@ def test_flops_per_token_gpt2_conv1d_and_tied_head():
     h, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
     assert model.lm_head.weight is model.transformer.wte.weight
     dense = L * (h * 3 * h + h * h + h * 4 * h + 4 * h * h) + V * h  # Conv1D blocks + tied LM head
-    assert e2e.matmul_param_flops_per_token(model) == 6 * dense
+    assert e2e_data.matmul_param_flops_per_token(model) == 6 * dense
 
 
 def test_attention_flops():
-    assert e2e.attention_flops([4, 2], n_layers=2, d_model=8, causal=False) == 12 * 2 * 8 * (16 + 4)
-    assert e2e.attention_flops([4, 2], n_layers=2, d_model=8, causal=True) == 6 * 2 * 8 * (16 + 4)
+    assert e2e_data.attention_flops([4, 2], n_layers=2, d_model=8, causal=False) == 12 * 2 * 8 * (16 + 4)
+    assert e2e_data.attention_flops([4, 2], n_layers=2, d_model=8, causal=True) == 6 * 2 * 8 * (16 + 4)
 
 
 def test_review_lengths():
     rng = random.Random(0)
-    lens, src = e2e.review_lengths("imdb_like", 500, 512, rng)
+    lens, src = e2e_data.review_lengths("imdb_like", 500, 512, rng)
     assert all(16 <= n <= 512 for n in lens) and "synthetic" in src
     assert 150 < sorted(lens)[250] < 320  # median near 230
-    if e2e.rotten_tomatoes_lengths() is not None:
-        lens, src = e2e.review_lengths("rotten_tomatoes", 500, 40, rng)
+    if e2e_data.rotten_tomatoes_lengths() is not None:
+        lens, src = e2e_data.review_lengths("rotten_tomatoes", 500, 40, rng)
         assert src.startswith("real") and max(lens) <= 40 and 15 < sum(lens) / len(lens) < 40
 
 
@@ -117,7 +119,7 @@ def test_missing_fastft_part_is_recorded_not_raised(monkeypatch):
     def broken(*a, **k):
         raise ImportError("fastft.optim is not built yet")
 
-    monkeypatch.setattr(e2e, "_fastft_side", broken)
+    monkeypatch.setattr(e2e, "fastft_side", broken)
     rows = e2e.bench_bert(torch.device("cpu"), True, PEAKS)
     assert rows[0]["status"] == "ok"
     assert rows[1]["status"] == "not available" and "fastft.optim is not built yet" in rows[1]["reason"]
@@ -131,7 +133,7 @@ def test_hf_trainer_baseline_has_length_grouping_and_fused_adamw(tmp_path):
     from fastft.train import TrainConfig
 
     cfg = TrainConfig(device="cpu", eval_strategy="no")
-    args = e2e.hf_training_args(cfg, n_train=8910, output_dir=str(tmp_path))
+    args = cpu_train.hf_training_args(cfg, n_train=8910, output_dir=str(tmp_path))
     fields = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
     if "train_sampling_strategy" in fields:  # transformers >= 5.24
         assert args.train_sampling_strategy == "group_by_length"
@@ -140,11 +142,11 @@ def test_hf_trainer_baseline_has_length_grouping_and_fused_adamw(tmp_path):
     assert getattr(args.optim, "value", args.optim) == "adamw_torch_fused"
     # the same schedule as `fastft train`'s default: one epoch of ceil(8910/32) = 279 steps, 6% warmup
     assert args.num_train_epochs == cfg.epochs and args.max_steps == -1
-    assert e2e.fastft_total_steps(cfg, 8910) == 279 and args.warmup_steps == int(0.06 * 279)
+    assert cpu_train.fastft_total_steps(cfg, 8910) == 279 and args.warmup_steps == int(0.06 * 279)
     assert (args.learning_rate, args.per_device_train_batch_size) == (cfg.lr, cfg.batch_size)
     assert (args.weight_decay, args.max_grad_norm) == (cfg.weight_decay, cfg.max_grad_norm)
     assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == cfg.scheduler
-    conf = e2e.hf_baseline_config(args)
+    conf = cpu_train.hf_baseline_config(args)
     assert conf["optim"] == "adamw_torch_fused" and "group_by_length" in str(conf)
     # what Trainer actually builds from those arguments: a LengthGroupedSampler and fused torch AdamW
     model = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=2))
@@ -157,17 +159,17 @@ def test_hf_trainer_baseline_has_length_grouping_and_fused_adamw(tmp_path):
 
 
 def test_hf_version_switches():
-    assert e2e.hf_length_grouping({"train_sampling_strategy": 1, "group_by_length": 1}) == {
+    assert cpu_train.hf_length_grouping({"train_sampling_strategy": 1, "group_by_length": 1}) == {
         "train_sampling_strategy": "group_by_length"
     }
-    assert e2e.hf_length_grouping({"group_by_length": 1}) == {"group_by_length": True}
+    assert cpu_train.hf_length_grouping({"group_by_length": 1}) == {"group_by_length": True}
     with pytest.raises(RuntimeError):
-        e2e.hf_length_grouping({})
+        cpu_train.hf_length_grouping({})
     F = type("F", (), {})
     old, new = F(), F()
     old.type, new.type = int, "float"
-    assert e2e.hf_warmup({"warmup_steps": old}, 16) == {"warmup_steps": 16}
-    got = e2e.hf_warmup({"warmup_steps": new}, 16)["warmup_steps"]
+    assert cpu_train.hf_warmup({"warmup_steps": old}, 16) == {"warmup_steps": 16}
+    got = cpu_train.hf_warmup({"warmup_steps": new}, 16)["warmup_steps"]
     assert isinstance(got, float) and got == 16.0
 
 
@@ -175,7 +177,7 @@ def test_length_grouped_batches_match_hf_sampler_grouping():
     rng = random.Random(0)
     lens = [rng.randint(5, 80) for _ in range(1000)]
     B = 5
-    batches = e2e.length_grouped_batches(lens, B, random.Random(1))
+    batches = e2e_data.length_grouped_batches(lens, B, random.Random(1))
     assert sorted(n for b in batches for n in b) == sorted(lens)  # a permutation, nothing dropped
     mega = min(len(lens) // (4 * B), 50) * B
     flat = [n for b in batches for n in b]
@@ -198,21 +200,21 @@ def test_bert_cls_baseline_is_sdpa_fused_on_grouped_batches(monkeypatch):
 
 def test_cpu_train_steps_env(monkeypatch):
     monkeypatch.delenv("FASTFT_BENCH_TRAIN_STEPS", raising=False)
-    assert e2e.cpu_train_steps(False)["max_steps"] == -1  # one epoch, as `fastft train` by default
-    assert e2e.cpu_train_steps(True)["max_steps"] == 12
+    assert cpu_train.cpu_train_steps(False)["max_steps"] == -1  # one epoch, as `fastft train` by default
+    assert cpu_train.cpu_train_steps(True)["max_steps"] == 12
     monkeypatch.setenv("FASTFT_BENCH_TRAIN_STEPS", "7")
-    assert e2e.cpu_train_steps(False)["max_steps"] == 7
+    assert cpu_train.cpu_train_steps(False)["max_steps"] == 7
     monkeypatch.setenv("FASTFT_BENCH_TRAIN_STEPS", "epoch")
-    assert e2e.cpu_train_steps(True)["max_steps"] == -1
+    assert cpu_train.cpu_train_steps(True)["max_steps"] == -1
     monkeypatch.setenv("FASTFT_BENCH_TRAIN_STEPS", "-3")
     with pytest.raises(ValueError, match="FASTFT_BENCH_TRAIN_STEPS"):
-        e2e.cpu_train_steps(False)
+        cpu_train.cpu_train_steps(False)
 
 
 def test_step_clock_times_every_optimizer_step():
     p = torch.nn.Parameter(torch.zeros(4))
     opt = torch.optim.AdamW([p], lr=0.1)
-    with e2e.StepClock() as clock:
+    with cpu_train.StepClock() as clock:
         for _ in range(5):
             p.grad = torch.ones(4)
             opt.step()
@@ -229,12 +231,12 @@ def test_cpu_train_target_judged_only_on_a_full_epoch():
         return [dict(base, impl="hf_trainer", mean_ms=120.0), dict(base, impl="fastft", mean_ms=100.0)]
 
     full = rows()
-    e2e._judge_cpu_train(full, n_val=1000)
+    cpu_train._judge_cpu_train(full, n_val=1000)
     assert full[1]["speedup_vs_hf_trainer"] == pytest.approx(1.2) and full[1]["target_met"] is True
     short = rows()
-    e2e._judge_cpu_train(short, n_val=1000, full_epoch=False)
+    cpu_train._judge_cpu_train(short, n_val=1000, full_epoch=False)
     assert short[1]["target_met"] is None
     worse = rows()
     worse[1]["accuracy"] = 0.70  # faster but less accurate than the tolerance allows
-    e2e._judge_cpu_train(worse, n_val=1000)
+    cpu_train._judge_cpu_train(worse, n_val=1000)
     assert worse[1]["target_met"] is False

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common
+from bench import cli, records
 from tests.bench import tiny_part
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def test_unknown_part_is_a_usage_error(tmp_path, capsys):
 
 
 def test_main_for_gives_a_part_its_cli(tmp_path, capsys):
-    path = common.main_for(
+    path = cli.main_for(
         tiny_part.run, "tiny", ["--quick", "--device", "cpu", "--out", str(tmp_path), "--no-plots"]
     )
     assert path.parent == tmp_path and path.exists() and path.with_suffix(".md").exists()
@@ -74,7 +74,7 @@ def test_update_readme_fills_the_results_block(tmp_path):
     from bench import report
 
     rows = [
-        common.make_record(
+        records.make_record(
             "e2e",
             "bert_cls",
             impl,
@@ -87,8 +87,8 @@ def test_update_readme_fills_the_results_block(tmp_path):
         )
         for impl, t, m, s in (("hf", 2.0, 200, 1.0), ("fastft", 1.0, 100, 2.0))
     ]
-    common.add_ratios(rows, ["hf"], time_field="mean_ms")
-    path = common.write_results("e2e", rows, device="cpu", out_dir=tmp_path)
+    records.add_ratios(rows, ["hf"], time_field="mean_ms")
+    path = records.write_results("e2e", rows, device="cpu", out_dir=tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{report._START}\nold\n{report._END}\ntail\n")
     report.update_readme(path, readme=readme)

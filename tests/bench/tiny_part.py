@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import add_ratios, bench_fn, main_for, make_record, peak_memory
+from bench.cli import main_for
+from bench.common import bench_fn, peak_memory
+from bench.records import add_ratios, make_record
 
 PART = "tiny"
 

@@ -230,7 +230,7 @@ def _run(rank: int, out: str) -> None:
 
     import datasets
 
-    from fastft.train.data import make_dataloader
+    from fastft.train.data.loader import make_dataloader
 
     ds = datasets.Dataset.from_dict(
         {"input_ids": [[100 + i] * (1 + i % 3) for i in range(total)], "labels": [0] * total}
@@ -283,8 +283,9 @@ def gloo_group(store_path: str, rank: int, world: int):
     import torch.distributed as dist
 
     from fastft import distributed as D
+    from fastft.distributed.launch import _import_group_defaults
 
-    D._import_group_defaults()  # torch.distributed.nn before the group exists, as init_distributed does
+    _import_group_defaults()  # torch.distributed.nn before the group exists, as init_distributed does
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
     try:
         yield
