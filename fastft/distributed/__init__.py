@@ -29,8 +29,6 @@ Modules: :mod:`~fastft.distributed.launch` (joining the job), :mod:`~fastft.dist
 from __future__ import annotations
 
 from fastft.distributed.collectives import (
-    all_gather_with_grad,
-    all_gather_with_grad_offset,
     all_reduce_mean,
     all_reduce_sum,
     barrier,
@@ -47,6 +45,9 @@ from fastft.distributed.state_dicts import (
 )
 from fastft.distributed.teardown import cleanup
 from fastft.distributed.wrap import STRATEGIES, is_fsdp, no_sync, unwrap_model, wrap_model
+
+# the differentiable gather is an autograd op: it lives in fastft.ops (the contrastive loss needs it)
+from fastft.ops.all_gather import all_gather_with_grad, all_gather_with_grad_offset
 
 __all__ = [
     "DistState",

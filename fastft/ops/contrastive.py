@@ -2,7 +2,7 @@
 
 Both take the towers' (unnormalised) embeddings and the model's learnable log-temperature, and work
 on one process or on the global batch under ``torchrun`` (``gather=True``): embeddings are
-all-gathered with gradients (:func:`fastft.distributed.all_gather_with_grad_offset`), each rank
+all-gathered with gradients (:func:`fastft.ops.all_gather.all_gather_with_grad_offset`), each rank
 scores its local rows against every rank's rows, and its positives sit at columns
 ``offset + arange(B_local)`` (``offset`` = rows held by earlier ranks). DDP's gradient averaging
 then gives exactly the gradient of the global-batch loss (see the gather's docstring).
@@ -45,7 +45,7 @@ def _normalise(emb: torch.Tensor) -> torch.Tensor:
 def _gather(x: torch.Tensor, gather: bool) -> tuple[torch.Tensor, int]:
     if not gather:
         return x, 0
-    from fastft.distributed import all_gather_with_grad_offset
+    from fastft.ops.all_gather import all_gather_with_grad_offset
 
     return all_gather_with_grad_offset(x)
 
