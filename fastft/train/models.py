@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from fastft.train import strategies as strat
 from fastft.train.errors import ConfigError, first_line
-from fastft.train.tasks import LabelSpace, Task
 
 __all__ = [
     "check_model",
@@ -28,6 +27,28 @@ __all__ = [
     "check_modality",
     "head_note",
 ]
+
+
+class LabelSpace(Protocol):
+    """What this module reads of a :class:`~fastft.train.tasks.base.LabelSpace` (tasks are a layer up)."""
+
+    num_labels: int
+
+
+class Task(Protocol):
+    """What this module reads of a :class:`~fastft.train.tasks.base.Task`: the tasks import this
+    module (a layer down), so it names the part it uses instead of importing them."""
+
+    name: str
+    modality: str
+    auto_class: str
+
+    def model_kwargs(self, space: LabelSpace) -> dict[str, Any]: ...
+
+    def adapt_model(self, model, space: LabelSpace): ...
+
+    def check_teacher(self, teacher, model, space: LabelSpace) -> str | None: ...
+
 
 #: the auto-class of each modality's models (for "a text model given to an image task" and the reverse).
 _TEXT_MAPPINGS = (
@@ -281,7 +302,7 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
     tower = getattr(cfg, "freeze_tower", None)
     try:
         if cfg.strategy == "lora":
-            import fastft
+            from fastft.lora import add_lora
 
             kw: dict[str, Any] = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
             if cfg.lora_target_modules:
@@ -293,7 +314,7 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
             fam = family_of(model)
             if fam is not None and fam.towers:  # the trained projections go into the PEFT adapter too
                 kw["modules_to_save"] = [p for t, _, p in fam.towers if p and t != tower]
-            fastft.add_lora(model, **kw)
+            add_lora(model, **kw)
             if fresh_head:  # a new task head must train (add_lora keeps heads as they are)
                 strat.train_heads(model)
         elif cfg.strategy == "head_only":

@@ -22,8 +22,6 @@ at its step, the final results (``test/*``, ``best_validation/*``) and the artif
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import json
 import os
 import tempfile
@@ -34,7 +32,8 @@ import uuid
 from typing import Any
 
 from fastft.train.callbacks import Callback
-from fastft.train.config import ConfigError
+from fastft.train.config.names import parse_report_to
+from fastft.train.errors import first_line
 
 __all__ = [
     "make_trackers",
@@ -46,39 +45,7 @@ __all__ = [
     "GroupRun",
 ]
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")
-_PACKAGES = {
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "wandb": ("wandb", "wandb"),
-    "mlflow": ("mlflow", "mlflow"),
-}
 STATE_FILE = ".fastft-trackers.json"
-
-
-def parse_report_to(report_to: str | None) -> list[str]:
-    """``"wandb, mlflow"`` -> ``["wandb", "mlflow"]``; ``none`` / empty -> ``[]``; checks installs."""
-    names: list[str] = []
-    for raw in (report_to or "none").split(","):
-        name = raw.strip().lower()
-        if not name:
-            raise ConfigError(
-                f"--report-to {report_to!r}: empty name; use a comma list of {', '.join(TRACKERS)}"
-            )
-        if name == "none":
-            continue
-        if name not in TRACKERS:
-            close = difflib.get_close_matches(name, TRACKERS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"--report-to {name!r} is not one of none, {', '.join(TRACKERS)}{hint}")
-        if name not in names:
-            names.append(name)
-    if names and "none" in [r.strip().lower() for r in (report_to or "").split(",")]:
-        raise ConfigError(f"--report-to {report_to!r}: 'none' cannot be combined with a tracker")
-    for name in names:
-        module, extra = _PACKAGES[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"--report-to {name} needs the {module} package: pip install fastft[{extra}]")
-    return names
 
 
 def make_trackers(
@@ -168,7 +135,7 @@ class _Tracker(Callback):
             fn(*args)
         except Exception as e:  # noqa: BLE001
             self.disabled = True
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             print(f"{self.name}: {msg}; not logging to {self.name} for the rest of this run", flush=True)
 
     def on_start(self, config, output_dir, resumed):

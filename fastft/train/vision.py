@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastft.train.config.names import IMAGE_PRESETS, TEXT_PRESETS, parse_augment
 from fastft.train.errors import ConfigError, DataError, first_line
 
 __all__ = [
@@ -47,31 +48,7 @@ __all__ = [
 
 log = logging.getLogger("fastft")
 
-#: ``--augment`` presets for image tasks (train split only) and for text tasks.
-IMAGE_PRESETS = ("flip", "crop", "rotate", "color", "randaugment")
-TEXT_PRESETS = ("eda",)
 _DEFAULT_DEGREES = 15.0
-
-
-def parse_augment(spec: str | None) -> list[tuple[str, float | None]]:
-    """``"flip,rotate=30"`` -> ``[("flip", None), ("rotate", 30.0)]``; unknown names -> ConfigError."""
-    if spec is None or not str(spec).strip() or str(spec).strip().lower() == "none":
-        return []
-    out = []
-    for part in str(spec).lower().split(","):
-        name, _, value = part.strip().partition("=")
-        if name not in IMAGE_PRESETS + TEXT_PRESETS:
-            raise ConfigError(
-                f"unknown augment {name!r}: images take {', '.join(IMAGE_PRESETS)} (combined with "
-                "commas), texts take eda"
-            )
-        if value and name != "rotate":
-            raise ConfigError(f"--augment: only rotate takes a value (rotate=DEGREES), not {part.strip()!r}")
-        try:
-            out.append((name, float(value) if value else None))
-        except ValueError:
-            raise ConfigError(f"--augment {part.strip()!r}: the degrees must be a number") from None
-    return out
 
 
 def check_augment(spec: str | None, modality: str) -> list[tuple[str, float | None]]:

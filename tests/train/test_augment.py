@@ -8,7 +8,8 @@ import pytest
 
 from fastft.train.augment import augment_rows, eda, random_deletion, random_insertion, random_swap
 from fastft.train.config import TrainConfig
-from fastft.train.data import DataError, prepare_data
+from fastft.train.data.pipeline import prepare_data
+from fastft.train.errors import DataError
 from tests.models import minilm_dir
 
 WORDS = "the quick brown fox jumps over the lazy dog again and again today".split()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastft.train.config import ConfigError, DataConfig, TrainConfig
+from fastft.train.config import DataConfig, TrainConfig
+from fastft.train.errors import ConfigError
 
 
 def test_zero_validation_ratio_is_rejected_by_the_config(tmp_path):

@@ -9,9 +9,9 @@ import warnings
 import pytest
 
 from fastft.train import tagging as T
-from fastft.train.data import DataError
+from fastft.train.errors import DataError
+from fastft.train.numerics import IGNORE_INDEX
 from fastft.train.tagging import (
-    IGNORE_INDEX,
     align_labels,
     detect_scheme,
     entity_rows,

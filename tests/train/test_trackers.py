@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from fastft.train.config import ConfigError
-from fastft.train.trackers import MlflowTracker, WandbTracker, make_trackers, parse_report_to
+from fastft.train.config.names import parse_report_to
+from fastft.train.errors import ConfigError
+from fastft.train.trackers import MlflowTracker, WandbTracker, make_trackers
 
 CONFIG = {"lr": 0.001, "strategy": "lora", "lora_r": 8, "model": "tiny", "max_length": None}
 RECORDS = [

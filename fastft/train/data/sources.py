@@ -134,7 +134,7 @@ def _load_conll(path: str, flag: str):
     """A CoNLL file as a dataset with ``tokens``, ``tags`` and ``conll_line`` (first line of each sentence)."""
     import datasets
 
-    from fastft.train.tagging import read_conll
+    from fastft.train.tagging.read import read_conll
 
     try:
         sents = read_conll(path)
@@ -175,7 +175,7 @@ def load_file(path: str, cache_dir: str | None, flag: str, task=None, named=()):
     check_cache_dir(cache_dir)
     builder, kw = _FORMATS[ext]
     try:
-        return datasets.load_dataset(
+        ds = datasets.load_dataset(
             builder,
             data_files=os.path.abspath(path),
             split="train",
@@ -190,6 +190,7 @@ def load_file(path: str, cache_dir: str | None, flag: str, task=None, named=()):
             f"{flag} {path!r} could not be read as {ext[1:]} ({parse_cause(path, ext, e)}); "
             "check the file format"
         ) from e
+    return ds if task is None else task.read_table(ds, f"{flag} {path}")  # e.g. SQuAD's nesting
 
 
 def check_data_path(path: str, flag: str) -> None:
@@ -339,15 +340,15 @@ def resolve_columns(
     label_col: str | None,
     need_label: bool,
     where: str,
-    task,
+    hints,
 ) -> tuple[str, str | None, str | None]:
-    """Fill in unset column names from ``task``'s candidates (``None``: every registered task's).
+    """Fill in unset column names from the column hints of ``hints``: a task, or a sequence of
+    tasks tried in order (the caller passes every registered task when the task is not known yet);
+    each has ``text_columns``, ``label_columns`` and ``pair_for``.
 
     An auto-detected ``sentence1``/``premise`` text brings its pair ``sentence2``/``hypothesis``.
     """
-    from fastft.train.tasks import TASKS
-
-    tasks = [task] if task is not None else list(TASKS.values())
+    tasks = [hints] if hasattr(hints, "text_columns") else list(hints)
     cols = list(columns)
     if text_col is None:
         text_col = next((c for t in tasks for c in t.text_columns if c in cols), None)

@@ -11,8 +11,9 @@ Adding a task:
    ``auto_class``, ``best_metric``; implement ``encode_labels``, ``item_losses`` and ``metrics``;
    override ``detects``/``claims_model``/``tokenize``/``collate_labels``/``count_items``/``loss``/
    ``eval_batch``/``predict`` where the defaults -- sequence-level, one label per row -- do not fit);
-2. add one line to ``_REGISTRY`` below. Its position is its priority for ``--task auto`` detection
-   and for recognising a saved model: keep ``Classification`` (the catch-all) last.
+2. add one line to ``_REGISTRY`` below and its names to ``fastft.train.config.names.TASK_NAMES`` (the
+   config checks ``--task`` against that table; importing this package fails when they differ). Its position is its priority for
+   ``--task auto`` detection and for recognising a saved model: keep ``Classification`` last.
 
 ``--task`` accepts every task's ``name`` and ``aliases``; ``problem_type`` is what model configs
 and results.json store (Hugging Face's values, so old checkpoints still load).
@@ -20,12 +21,15 @@ and results.json store (Hugging Face's values, so old checkpoints still load).
 
 from __future__ import annotations
 
+from fastft.train.config.names import TASK_NAMES
+from fastft.train.config.names import task_names as task_names
 from fastft.train.tasks.base import IGNORE_INDEX, MODEL_INPUTS, EvalBatch, LabelSpace, Task
 from fastft.train.tasks.causal_lm import CausalLM
 from fastft.train.tasks.classification import Classification
 from fastft.train.tasks.contrastive import Contrastive
-from fastft.train.tasks.image_classification import ImageClassification, ImageMultiLabel
+from fastft.train.tasks.image_classification import IMAGE_MULTILABEL, ImageClassification
 from fastft.train.tasks.multilabel import MultiLabel
+from fastft.train.tasks.question_answering import QuestionAnswering
 from fastft.train.tasks.regression import Regression
 from fastft.train.tasks.token_classification import TokenClassification
 
@@ -45,9 +49,10 @@ __all__ = [
 # Order = detection priority (``--task auto`` and saved models); the catch-all Classification last.
 _REGISTRY: tuple[Task, ...] = (
     Contrastive(),  # claims CLIP/SigLIP base models (no task head) only; never detected from labels
-    ImageMultiLabel(),  # image tasks never detect from labels; first, so they claim image models
+    IMAGE_MULTILABEL,  # image tasks never detect from labels; first, so they claim image models
     ImageClassification(),
     TokenClassification(),
+    QuestionAnswering(),  # detected from answers dicts ({"text": [...], "answer_start": [...]})
     CausalLM(),
     MultiLabel(),
     Regression(),
@@ -58,9 +63,17 @@ TASKS: dict[str, Task] = {t.name: t for t in _REGISTRY}
 _BY_NAME: dict[str, Task] = {n: t for t in _REGISTRY for n in (t.name, t.problem_type, *t.aliases)}
 
 
-def task_names() -> tuple[str, ...]:
-    """The ``--task`` choices: ``auto`` and every registered task's name."""
-    return ("auto", *TASKS)
+def _check_names() -> None:
+    """The registry and the config's name table (what ``--task`` accepts) list the same spellings."""
+    ours = {t.name: {t.problem_type, *t.aliases} - {t.name} for t in _REGISTRY}
+    if list(ours) != list(TASK_NAMES) or any(ours[n] != set(TASK_NAMES[n]) for n in ours):
+        raise RuntimeError(
+            "fastft.train.tasks: the registry's names differ from fastft.train.config.names.TASK_NAMES; "
+            "update that table with the task's name, aliases and problem_type"
+        )
+
+
+_check_names()
 
 
 def get_task(name: str) -> Task:

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastft.train.numerics import softmax
 from fastft.train.tasks.base import model_inputs
-from fastft.train.tasks.classification import Classification, softmax
+from fastft.train.tasks.classification import Classification
 from fastft.train.tasks.multilabel import MultiLabel
 
-__all__ = ["ImageClassification", "ImageMultiLabel", "top_k_fields", "plot_confusion"]
+__all__ = ["ImageClassification", "ImageMultiLabel", "IMAGE_MULTILABEL", "top_k_fields", "plot_confusion"]
 
 #: confusion matrices are drawn up to this many classes (beyond, the cells are unreadable).
 MAX_CONFUSION_CLASSES = 30
@@ -118,9 +119,7 @@ class ImageClassification(_ImageRows, Classification):
 
     def refine(self, labels):
         if any(isinstance(v, (list, tuple, np.ndarray)) for v in labels):
-            from fastft.train.tasks import get_task
-
-            return get_task("image_multilabel")
+            return IMAGE_MULTILABEL  # the registry's instance (a task is one shared instance)
         return self
 
     def describe(self, space):
@@ -147,3 +146,7 @@ class ImageMultiLabel(_ImageRows, MultiLabel):
 
     def describe(self, space):
         return f"image multi-label classification, {space.num_labels} labels"
+
+
+#: The one instance of the multi-label variant: the registry lists it, ``refine`` returns it.
+IMAGE_MULTILABEL = ImageMultiLabel()

@@ -10,8 +10,11 @@ import torch
 
 from fastft.train import data as D
 from fastft.train.config import DataConfig
-from fastft.train.data import DataError, make_dataloader, prepare_data, prepare_file, split_indices
 from fastft.train.data import tokenize as T
+from fastft.train.data.loader import global_batch_order, make_dataloader
+from fastft.train.data.pipeline import prepare_data, prepare_file
+from fastft.train.data.split import split_indices
+from fastft.train.errors import DataError
 from fastft.train.tasks import get_task
 from tests.models import minilm_dir
 
@@ -521,7 +524,7 @@ def test_sharding_same_global_order(split, tok):
     interleaved = [b for step in zip(*[s.dataset.batches for s in shards]) for b in step]
     assert interleaved[: len(full)] == full
     assert len(interleaved) - len(full) < 3 and all(b in full for b in interleaved[len(full) :])
-    g = D.global_batch_order(split["length"], 8, shuffle=True, seed=3, world_size=3)
+    g = global_batch_order(split["length"], 8, shuffle=True, seed=3, world_size=3)
     for r, s in enumerate(shards):
         assert s.dataset.batches == g[r::3]
     # eval order: stepping through the ranks reproduces the file order, padding at the very end

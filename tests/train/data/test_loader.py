@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import torch
 
-from fastft.train.data import make_dataloader
+from fastft.train.data.loader import make_dataloader
 
 TOK = SimpleNamespace(pad_token_id=0, eos_token_id=None, padding_side="right")
 

@@ -10,9 +10,10 @@ import tempfile
 
 import pytest
 
-from fastft.train.data import DataError, prepare_data, prepare_file
 from fastft.train.data import pipeline as P
 from fastft.train.data import sources as S
+from fastft.train.data.pipeline import prepare_data, prepare_file
+from fastft.train.errors import DataError
 from tests.models import minilm_dir
 from tests.train.data.test_data import make_cfg, rows, write
 
