@@ -17,95 +17,17 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any
+
+from fastft.cli_common import Parser, add_train_parser, cmd_train, quiet, run_guarded
 
 __all__ = ["main", "build_parser"]
 
-# HF run_classification.py / TrainingArguments spellings accepted as aliases.
-ALIASES: dict[str, tuple[str, ...]] = {
-    "model": ("--model-name-or-path",),
-    "epochs": ("--num-train-epochs",),
-    "lr": ("--learning-rate",),
-    "batch_size": ("--per-device-train-batch-size", "--train-batch-size"),
-    "eval_batch_size": ("--per-device-eval-batch-size",),
-    "grad_accum": ("--gradient-accumulation-steps",),
-    "max_length": ("--max-seq-length",),
-    "scheduler": ("--lr-scheduler-type",),
-    "dataset": ("--dataset-name",),
-    "eval_strategy": ("--evaluation-strategy",),
-    "text_pair_column": ("--text-column-pair",),
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in ONE line (exit code 2), not usage + error."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _none_or(typ):
-    def conv(s: str):
-        if s.lower() in ("none", "null", ""):
-            return None
-        return typ(s)
-
-    conv.__name__ = typ.__name__
-    return conv
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from fastft.train.config import TrainConfig
-
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag, *ALIASES.get(f.name, ())]
-        typ = str(f.type)
-        default = getattr(defaults, f.name)
-        shown = "offline default" if (f.name == "model" and default is None) else default
-        help_ = f.metadata.get("help", "") + f" [default: {shown}]"
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
-        choices = f.metadata.get("choices")
-        if choices == "tasks":  # the task registry's names
-            from fastft.train.tasks import task_names
-
-            choices = task_names()
-        if typ.startswith("bool"):
-            p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if typ.startswith("list[float]"):
-            p.add_argument(*names, type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), **kw)
-            continue
-        if typ.startswith("list[str]"):
-            p.add_argument(*names, type=str, nargs="+", metavar="NAME", **kw)
-            continue
-        base = int if typ.startswith("int") else float if typ.startswith("float") else str
-        conv = _none_or(base) if "None" in typ else base
-        if choices is not None:
-            kw["metavar"] = "{" + ",".join("none" if c is None else str(c) for c in choices) + "}"
-        p.add_argument(*names, type=conv, **kw)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fastft", description="Kernel-accelerated fine-tuning for Hugging Face BERT/GPT models.")
-    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict,compare,sweep}", parser_class=_Parser)
+    p = Parser(prog="fastft", description="Kernel-accelerated fine-tuning for Hugging Face BERT/GPT models.")
+    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict,compare,sweep}", parser_class=Parser)
 
-    t = sub.add_parser(
-        "train",
-        help="fine-tune a model (no arguments: all-MiniLM-L6-v2 on Rotten Tomatoes, offline)",
-        description="Fine-tune a BERT- or GPT-family model. With no arguments: the offline default run "
-        "(all-MiniLM-L6-v2 on the Rotten Tomatoes review snippets, ~4 minutes on a 2-core CPU).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    t.add_argument(
-        "-c",
-        "--config",
-        dest="config_file",
-        default=None,
-        help="YAML or JSON file with config keys (flags override it)",
-    )
-    _add_config_flags(t)
+    add_train_parser(sub)
 
     for name, what in (
         ("eval", "metrics of a saved model on a labelled file"),
@@ -127,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the training run's data options (:class:`TrainConfig` fields) that eval/predict take again; unset,
+#: they default to the run's (its ``train_config.json``).
+_RUN_FIELDS: dict[str, str] = {
+    "text_column": "text column (default: the training run's, else 'text')",
+    "text_pair_column": "second text column (default: the training run's)",
+    "tokens_column": "word-list column (token classification; default: the run's)",
+    "label_column": "label column (default: the training run's, else 'label')",
+    "max_length": "truncate to this many tokens (default: the training run's)",
+    "image_column": "image-path column (image models; default: the run's)",
+}
+
+
 def _add_saved_model_flags(s: argparse.ArgumentParser) -> None:
     """eval's and predict's shared flags: the saved model, the data file and how to read it."""
     s.add_argument("--model", required=True, help="a saved model folder (e.g. a fastft output dir)")
@@ -135,29 +69,12 @@ def _add_saved_model_flags(s: argparse.ArgumentParser) -> None:
         required=True,
         help="data file: .csv .tsv .json .jsonl .parquet or .conll (images: or a folder)",
     )
-    s.add_argument(
-        "--text-column", default=None, help="text column (default: the training run's, else 'text')"
-    )
-    s.add_argument(
-        "--text-pair-column", default=None, help="second text column (default: the training run's)"
-    )
-    s.add_argument(
-        "--tokens-column",
-        default=None,
-        help="word-list column (token classification; default: the run's)",
-    )
-    s.add_argument(
-        "--label-column", default=None, help="label column (default: the training run's, else 'label')"
-    )
-    s.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="truncate to this many tokens (default: the training run's)",
-    )
-    s.add_argument(
-        "--image-column", default=None, help="image-path column (image models; default: the run's)"
-    )
+    from fastft.train.config import TrainConfig
+
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    for name, help_ in _RUN_FIELDS.items():
+        typ = int if types[name].startswith("int") else None
+        s.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=help_)
     s.add_argument("--batch-size", type=int, default=64, help="batch size")
     s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     s.add_argument(
@@ -201,52 +118,6 @@ def _add_predict_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
 
 
-# --------------------------------------------------------------------------------------------------
-
-
-def _quiet() -> None:
-    """Library chatter (progress bars, load reports) would bury the one line a user needs."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from fastft.train.errors import ConfigError, DataError
-
-    return (ConfigError, DataError)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from fastft.train.config import config_from_dict, load_config_file
-    from fastft.train.trainer import Trainer
-
-    values = dict(vars(args))
-    values.pop("command", None)
-    config_file = values.pop("config_file", None)
-    cfg = config_from_dict(load_config_file(config_file)) if config_file else None
-    cfg = config_from_dict(values, cfg)
-    result = Trainer(cfg).train()
-    if result.get("interrupted"):
-        return 130 if result["interrupted"] == "SIGINT" else 143
-    return 0
-
-
 def _saved_run_config(model_dir: str) -> dict:
     path = os.path.join(model_dir, "train_config.json")
     if os.path.isfile(path):
@@ -259,10 +130,13 @@ def _saved_run_config(model_dir: str) -> dict:
 
 
 def _load_for_inference(args: argparse.Namespace, require_labels: bool):
+    """The saved model, its preprocessor, ``--file`` prepared as the run prepared its data, the data
+    options, the task (the run's options applied: :meth:`Task.for_inference`) and the device."""
     from fastft.distributed import resolve_device
-    from fastft.train.config import ConfigError, TrainConfig
-    from fastft.train.data import prepare_file
-    from fastft.train.models import check_model, from_pretrained, load_tokenizer
+    from fastft.train.config import TrainConfig
+    from fastft.train.data.pipeline import prepare_file
+    from fastft.train.errors import ConfigError
+    from fastft.train.models import check_model, from_pretrained
     from fastft.train.tasks import task_of_model
 
     if args.output and os.path.isdir(args.output):  # before the model is loaded
@@ -274,42 +148,27 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
     device = resolve_device(args.device)  # a missing GPU / unknown device: one line, before any loading
     mcfg = check_model(args.model)
     task = task_of_model(mcfg)
-    if os.path.isdir(args.file) and task.modality == "text":  # image models take a folder of images
+    if os.path.isdir(args.file) and not task.reads_folders:  # image models take a folder of images
         raise ConfigError(f"--file {args.file} is a directory; pass a file")
     saved = _saved_run_config(args.model)
-    cfg = TrainConfig(
-        text_column=args.text_column or saved.get("text_column"),
-        text_pair_column=args.text_pair_column or saved.get("text_pair_column"),
-        tokens_column=args.tokens_column or saved.get("tokens_column"),
-        label_column=args.label_column or saved.get("label_column"),
-        max_length=args.max_length or saved.get("max_length") or 128,
-        image_column=getattr(args, "image_column", None) or saved.get("image_column"),
-    )
-    if task.modality == "image_text":  # the run's contrastive options (class column, prompts)
-        task = task.for_inference(saved, images_only=bool(getattr(args, "captions_file", None)))
+    values = {name: getattr(args, name, None) or saved.get(name) for name in _RUN_FIELDS}
+    cfg = TrainConfig(**{**values, "max_length": values["max_length"] or 128})
+    task = task.for_inference(saved, images_only=bool(getattr(args, "captions_file", None)))
     if saved.get("dataset") == "rotten_tomatoes":  # the default run used the built-in columns
         cfg.text_column = args.text_column or "text"
         cfg.label_column = args.label_column or "label"
     model, info = from_pretrained(task, args.model, quiet=True, output_loading_info=True)
     _check_head(model, info, args)  # before the data: a random head makes every other check moot
-    if task.modality in ("image_text", "image") and hasattr(task, "attach_saved_head"):
-        model = task.attach_saved_head(model, args.model)  # contrastive: its class head
-    tok = (
-        load_tokenizer(args.model, mcfg)
-        if task.modality == "text"
-        else task.load_preprocessor(args.model, mcfg)
-    )
+    model = task.attach_saved_head(model, args.model)  # e.g. a contrastive model's class head
+    tok = task.load_preprocessor(args.model, mcfg)
     label2id = getattr(mcfg, "label2id", None) if task.named_labels else None
     ds = prepare_file(args.file, cfg, tok, task=task, label2id=label2id, require_labels=require_labels)
-    if (
-        cfg.text_column is None and task.modality == "text"
-    ):  # the auto-detected text columns, so predict keeps them in its output
+    if cfg.text_column is None:  # the detected text columns, so that predict keeps them in its output
         from fastft.train.data.loader import MODEL_COLUMNS
-        from fastft.train.data.sources import resolve_columns
 
         raw = [c for c in ds.column_names if c not in MODEL_COLUMNS]
-        cfg.text_column, cfg.text_pair_column, _ = resolve_columns(
-            raw, None, cfg.text_pair_column, None, False, args.file, task
+        cfg.text_column, cfg.text_pair_column = task.inference_text_columns(
+            raw, cfg.text_pair_column, args.file
         )
     model.to(device).eval()
     return model, tok, ds, cfg, task, device
@@ -318,7 +177,7 @@ def _load_for_inference(args: argparse.Namespace, require_labels: bool):
 def _check_head(model, info: dict, args: argparse.Namespace) -> None:
     """Refuse a model whose task head was not in the checkpoint: transformers initialised it at
     random, so eval/predict would report confident garbage (e.g. a plain base-model folder)."""
-    from fastft.train.config import ConfigError
+    from fastft.train.errors import ConfigError
 
     prefix = getattr(model, "base_model_prefix", "") + "."
     missing = [k for k in (info or {}).get("missing_keys", ()) if not k.startswith(prefix)]
@@ -333,7 +192,7 @@ def _check_head(model, info: dict, args: argparse.Namespace) -> None:
 
 def _inference_loader(args: argparse.Namespace, ds, tok, cfg, task):
     """Batches of ``ds`` in file order (no shuffling or length grouping), for eval and predict."""
-    from fastft.train.data import make_dataloader
+    from fastft.train.data.loader import make_dataloader
 
     return make_dataloader(
         ds,
@@ -370,7 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fastft.train.config import ConfigError
+    from fastft.train.errors import ConfigError
 
     if args.top_k <= 0:
         raise ConfigError(f"--top-k must be > 0 (got {args.top_k})")
@@ -409,39 +268,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet()
-    from fastft.train.errors import PeerError, first_line
-    from fastft.train.trainer import TrainingError
-
-    user_errors = _user_errors()
-    try:
-        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # every rank would compute the same metrics and race on the same output file
-            print(
-                f"fastft {args.command}: error: runs in one process; launch it without torchrun",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 2
-        if args.command in ("compare", "sweep"):
-            from fastft.experiments.cli import run_command
-
-            return run_command(args, user_errors)
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        return cmd_predict(args)
-    except user_errors as e:
-        if not isinstance(e, PeerError):  # rank 0 prints it for every rank
-            print(f"fastft {args.command}: error: {first_line(e, 10_000)}", file=sys.stderr, flush=True)
+    quiet()
+    if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every rank would compute the same metrics and race on the same output file
+        print(
+            f"fastft {args.command}: error: runs in one process; launch it without torchrun",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
-    except TrainingError as e:
-        print(f"fastft {args.command}: failed: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt as e:  # a second SIGTERM (trainer.StopNow) exits 143, Ctrl-C 130
-        print(f"fastft {args.command}: interrupted", file=sys.stderr, flush=True)
-        return 128 + int(getattr(e, "signum", 2))
+    commands = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+    return run_guarded(args, commands.get(args.command) or args.func)  # compare, sweep: their own func
 
 
 if __name__ == "__main__":  # pragma: no cover

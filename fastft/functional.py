@@ -7,4 +7,7 @@ Triton kernels on CUDA, the plain-torch reference on CPU, the Triton interpreter
 from fastft.ops.attention import *  # noqa: F403
 from fastft.ops.contrastive import *  # noqa: F403
 from fastft.ops.cross_entropy import *  # noqa: F403
+from fastft.ops.kd_loss import *  # noqa: F403
+from fastft.ops.linear_cross_entropy import *  # noqa: F403
+from fastft.ops.linear_kd_loss import *  # noqa: F403
 from fastft.ops.lora import *  # noqa: F403

@@ -468,7 +468,7 @@ def p_ce(ctx: Ctx) -> None:
 def p_linear_ce(ctx: Ctx) -> None:
     """Linear-CE weight grad: which accumulation ran (fp32 addmm.dtype_out or a fallback) and its error."""
     from fastft.functional import linear_cross_entropy
-    from fastft.ops import cross_entropy as oce
+    from fastft.ops import _losses_common as oce
 
     N, Hd, V = ctx.size((4096, 768, 50257), (16, 8, 37))
     g = torch.Generator(device=ctx.dev).manual_seed(0)

@@ -1,7 +1,7 @@
 """``fastft compare`` and ``fastft sweep`` argument parsing.
 
 The main CLI registers both with one line, ``fastft.experiments.cli.add_parsers(subparsers)``, and
-dispatches ``args.func(args)``; ``python -m fastft.experiments compare|sweep ...`` works on its own.
+runs ``args.func(args)`` under :func:`fastft.cli_common.run_guarded`; ``python -m fastft.experiments compare|sweep ...`` works on its own.
 Every ``fastft train`` flag is accepted and applied to every run (``--seed`` is the first seed).
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 from typing import Any
+
+from fastft.cli_common import Parser, add_config_flags, quiet, run_guarded
 
 __all__ = ["add_parsers", "cmd_compare", "cmd_sweep", "main"]
 
@@ -40,12 +41,6 @@ _OWN = {
 }
 
 
-def _train_flags(p: argparse.ArgumentParser) -> None:
-    from fastft.cli import _add_config_flags
-
-    _add_config_flags(p)
-
-
 def _common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "-c",
@@ -69,7 +64,7 @@ def add_parsers(sub) -> None:
         "paired t / Wilcoxon tests of each arm against the baseline. Any fastft train flag applies to all.",
         conflict_handler="resolve",
     )
-    _train_flags(c)
+    add_config_flags(c)
     _common(c, "compare")
     c.add_argument("--vary", action="append", default=[], metavar="FIELD=A,B", help="one arm per value")
     c.add_argument("--seeds", default="3", help="N seeds (from --seed, default 42) or a list 1,2,3")
@@ -86,7 +81,7 @@ def add_parsers(sub) -> None:
         "trials at their evaluations. Any fastft train flag applies to all trials.",
         conflict_handler="resolve",
     )
-    _train_flags(s)
+    add_config_flags(s)
     _common(s, "sweep")
     s.add_argument(
         "--search",
@@ -114,7 +109,7 @@ def add_parsers(sub) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from fastft.train.config import ConfigError
+    from fastft.train.errors import ConfigError
 
     values = {k: v for k, v in vars(args).items() if k not in _OWN}
     for k in ("output_dir", "resume"):
@@ -125,7 +120,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _seeds(text: str, first: int) -> list[int]:
-    from fastft.train.config import ConfigError
+    from fastft.train.errors import ConfigError
 
     try:
         if "," in text:
@@ -167,7 +162,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from fastft.experiments.spec import parse_assignments, parse_search
     from fastft.experiments.sweep import run_sweep
-    from fastft.train.config import ConfigError, config_from_dict, load_config_file
+    from fastft.train.config import config_from_dict, load_config_file
+    from fastft.train.errors import ConfigError
 
     if len(args.config_files) > 1:
         raise ConfigError("fastft sweep takes one -c base config")
@@ -204,33 +200,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fastft.experiments compare|sweep ...`` (same exit codes as ``fastft``)."""
-    from fastft.cli import _Parser, _quiet, _user_errors
-
-    p = _Parser(prog="fastft", description="fastft experiments")
-    sub = p.add_subparsers(dest="command", metavar="{compare,sweep}", parser_class=_Parser)
+    p = Parser(prog="fastft", description="fastft experiments")
+    sub = p.add_subparsers(dest="command", metavar="{compare,sweep}", parser_class=Parser)
     add_parsers(sub)
     args = p.parse_args(argv)
     if args.command is None:
         p.print_help()
         return 2
-    _quiet()
-    return run_command(args, _user_errors())
-
-
-def run_command(args: argparse.Namespace, user_errors: tuple[type[BaseException], ...]) -> int:
-    """``args.func(args)`` with the CLI's error contract: a user error is one line and exit 2."""
-    from fastft.train.errors import first_line
-    from fastft.train.trainer import TrainingError
-
-    try:
-        return args.func(args)
-    except user_errors as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        print(f"fastft {args.command}: error: {msg}", file=sys.stderr, flush=True)
-        return 2
-    except TrainingError as e:
-        print(f"fastft {args.command}: failed: {first_line(e, 10_000)}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt as e:  # Ctrl-C outside a run; a second SIGTERM (StopNow) exits 143
-        print(f"fastft {args.command}: interrupted", file=sys.stderr, flush=True)
-        return 128 + int(getattr(e, "signum", signal.SIGINT))
+    quiet()
+    return run_guarded(args, args.func)

@@ -31,7 +31,8 @@ from queue import Queue
 from typing import Any
 
 from fastft.experiments.report import write_report
-from fastft.train.config import ConfigError, config_from_dict, load_config_file
+from fastft.train.config import config_from_dict, load_config_file
+from fastft.train.errors import ConfigError
 
 __all__ = ["Arm", "RunSpec", "build_arms", "plan_runs", "run_compare", "collect_metrics"]
 

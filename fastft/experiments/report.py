@@ -208,7 +208,7 @@ def write_report(
         metric = next((r["metric_for_best"] for r in records if r.get("metric_for_best") in metrics), None)
         metric = metric or (metrics[0] if metrics else "accuracy")
     elif metrics and metric not in metrics:
-        from fastft.train.config import ConfigError
+        from fastft.train.errors import ConfigError
 
         raise ConfigError(f"--metric {metric!r} is not in the runs' results; use one of {', '.join(metrics)}")
     summary, tests = analyse(arms, records, baseline, metrics)

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fastft.train.config import ConfigError, TrainConfig, config_from_dict
+from fastft.train.config import TrainConfig, config_from_dict
+from fastft.train.errors import ConfigError
 
 __all__ = [
     "field_name",

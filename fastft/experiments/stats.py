@@ -21,7 +21,7 @@ def _scipy_stats():
     try:
         from scipy import stats
     except ImportError:  # pragma: no cover - scipy is in the sweep / dev extras
-        from fastft.train.config import ConfigError
+        from fastft.train.errors import ConfigError
 
         raise ConfigError("fastft compare needs scipy: pip install fastft[sweep]") from None
     return stats

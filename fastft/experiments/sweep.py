@@ -26,34 +26,18 @@ import os
 import signal
 import socket
 import time
-import warnings
 from typing import Any
 
+from fastft.experiments.optuna_env import load_optuna as _optuna
 from fastft.experiments.spec import SearchSpace, describe_distribution
 from fastft.experiments.stats import lower_is_better
 from fastft.experiments.sweep_control import SweepControl, TrialInterrupted
 from fastft.experiments.sweep_report import write_outputs
 from fastft.train.callbacks import Callback
-from fastft.train.config import ConfigError, config_from_dict
-from fastft.train.errors import first_line
+from fastft.train.config import config_from_dict
+from fastft.train.errors import ConfigError, first_line
 
 __all__ = ["PruneCallback", "run_sweep", "make_storage", "write_outputs", "check_metric"]
-
-
-_QUIETED = False
-
-
-def _optuna():
-    global _QUIETED
-    try:
-        import optuna
-    except ImportError:
-        raise ConfigError("fastft sweep needs optuna: pip install fastft[sweep]") from None
-    if not _QUIETED:  # once: a later call must not undo _optuna_quiet
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        _QUIETED = True
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
 
 
 class PruneCallback(Callback):
@@ -94,9 +78,8 @@ def make_storage(url: str | None, output_dir: str):
     try:
         return _rdb_storage(optuna, url), url
     except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"--storage {url}: {msg[:200]}; pass an RDB URL Optuna takes or journal:FILE"
+            f"--storage {url}: {first_line(e)}; pass an RDB URL Optuna takes or journal:FILE"
         ) from None
 
 
@@ -167,8 +150,8 @@ def _resume_interrupted(study) -> None:
 
 
 def _objective(base: dict, space: list[SearchSpace], metric: str, trials_dir: str, control: SweepControl):
-    from fastft.train.data import DataError
-    from fastft.train.trainer import Trainer, TrainingError
+    from fastft.train.errors import DataError, TrainingError
+    from fastft.train.trainer import Trainer
 
     def objective(trial) -> float:
         if control.signum is not None:  # a signal arrived between two trials: start no new one
@@ -211,7 +194,7 @@ def _objective(base: dict, space: list[SearchSpace], metric: str, trials_dir: st
 
 def _trial_value(trial, result: dict[str, Any], prune: PruneCallback, metric: str, run_dir: str) -> float:
     optuna = _optuna()
-    from fastft.train.trainer import TrainingError
+    from fastft.train.errors import TrainingError
 
     if result.get("interrupted"):
         trial.set_user_attr("interrupted_dir", run_dir)
@@ -289,8 +272,7 @@ def run_sweep(
 def _optimize(study, objective, callbacks: list, env: dict[str, str]) -> None:
     """``study.optimize`` with the sweep's signal handlers; a failed trial is one line (the control's),
     not Optuna's warning with a traceback."""
-    from fastft.train.data import DataError
-    from fastft.train.trainer import TrainingError
+    from fastft.train.errors import DataError, TrainingError
 
     control = callbacks[-1]
     try:
@@ -434,13 +416,10 @@ def check_metric(base: dict[str, Any], metric: str) -> None:
     cfg = {**base, "metric_for_best": metric, "output_dir": tmp, "report_to": "none", "overwrite": True}
     trainer = Trainer(config_from_dict(cfg))
     try:
-        trainer._setup_runtime()
-        trainer._setup_data()
-        trainer._setup_model()
+        trainer.setup(probe=True)
         metrics, problem = trainer.evaluate("validation"), trainer.problem_type
     finally:
-        trainer._cleanup_failed_setup()
-        trainer._restore_globals()
+        trainer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         del trainer
         gc.collect()

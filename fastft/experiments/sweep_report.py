@@ -8,13 +8,10 @@ import os
 import warnings
 from typing import Any
 
+from fastft.experiments.optuna_env import load_optuna as _optuna
+from fastft.train.errors import first_line
+
 __all__ = ["write_outputs"]
-
-
-def _optuna():
-    from fastft.experiments.sweep import _optuna as load
-
-    return load()
 
 
 def _done(study):
@@ -91,7 +88,7 @@ def _plots(study, output_dir: str, importances: bool) -> list[str]:
             plt.close(fig)
             files.append(os.path.join(output_dir, name))
         except Exception as e:  # noqa: BLE001 - a plot must never fail a finished sweep
-            print(f"could not draw {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            print(f"could not draw {name}: {first_line(e, 10_000)}")
     return files
 
 

@@ -1,6 +1,7 @@
 """One compare run in its own process: ``python -m fastft.experiments.worker STATS.json train ...``.
 
-Runs ``fastft <argv>`` exactly as the CLI does (same exit codes) and then writes ``STATS.json`` with
+Runs ``fastft train <args>`` exactly as the CLI does (the same parser, command and exit codes, from
+:mod:`fastft.cli_common`) and then writes ``STATS.json`` with
 what results.json does not hold: the process's peak memory (CPU resident set; CUDA allocator peak
 when CUDA was used) and its wall time."""
 
@@ -21,14 +22,27 @@ def _peak_memory() -> dict:
     return out
 
 
+def _train(argv: list[str]) -> int:
+    """``fastft train <argv[1:]>`` (``argv[0]`` is ``train``), as :func:`fastft.cli.main` runs it."""
+    from fastft.cli_common import Parser, add_train_parser, cmd_train, quiet, run_guarded
+
+    p = Parser(prog="fastft")
+    add_train_parser(p.add_subparsers(dest="command", metavar="{train}", parser_class=Parser))
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet()
+    return run_guarded(args, cmd_train)
+
+
 def main(argv: list[str]) -> int:
     stats_path, rest = argv[0], argv[1:]
-    from fastft.cli import main as cli_main
-
     t0 = time.perf_counter()
     rc = 1
     try:
-        rc = cli_main(rest)
+        rc = _train(rest)
     finally:
         stats = {"rc": rc, "wall_s": round(time.perf_counter() - t0, 2), **_peak_memory()}
         tmp = stats_path + ".tmp"

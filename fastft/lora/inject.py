@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fastft.lora.layer import LoRALinear, supported_base
-from fastft.patching.families import Family, family_of
+from fastft.nn.families import Family, family_of
 
 __all__ = [
     "add_lora",
@@ -208,7 +208,7 @@ def add_lora(
     Afterwards only the LoRA factors and the ``modules_to_save`` are trainable.
 
     Args:
-        target_modules: None = the family's defaults (``fastft.patching.families``: BERT
+        target_modules: None = the family's defaults (``fastft.nn.families``: BERT
             query/key/value/dense, GPT-2 c_attn/c_proj/c_fc, Llama projections); a list of module
             names or paths (PEFT's suffix rule), a regex string, or ``"all-linear"``.
         modules_to_save: modules trained and saved in full. None = the task head (the top-level

@@ -1,4 +1,4 @@
-"""``nn.Module`` wrappers of the fused losses in :mod:`fastft.ops.cross_entropy` and :mod:`fastft.ops.contrastive`."""
+"""``nn.Module`` wrappers of the fused losses in :mod:`fastft.ops` (cross_entropy, kd_loss, linear_cross_entropy, contrastive)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from fastft.ops.contrastive import clip_loss, siglip_loss
-from fastft.ops.cross_entropy import cross_entropy, kd_loss, linear_cross_entropy
+from fastft.ops.cross_entropy import cross_entropy
+from fastft.ops.kd_loss import kd_loss
+from fastft.ops.linear_cross_entropy import linear_cross_entropy
 
 __all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "KDLoss", "ContrastiveLoss"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from fastft.patching.families import FAMILIES, Family, family_of
+from fastft.nn.families import FAMILIES, Family, family_of
 
 __all__ = ["patch", "unpatch", "is_patched", "patched_parts", "FAMILIES", "Family", "family_of"]
 

@@ -336,7 +336,7 @@ def _unpack_hook(module: nn.Module, args: tuple, kwargs: dict, output):
 def _install_unpadding(model: nn.Module, family) -> Callable[[], None] | None:
     if not UNPAD_MODEL or family is None or family.name not in _UNPAD_FAMILIES:
         return None
-    from fastft.patching.families import blocks
+    from fastft.nn.families import blocks
 
     try:
         layers = blocks(model, family)

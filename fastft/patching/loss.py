@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastft.ops.cross_entropy import cross_entropy, linear_cross_entropy
+from fastft.ops.cross_entropy import cross_entropy
+from fastft.ops.linear_cross_entropy import linear_cross_entropy
 
 __all__ = ["apply", "causal_lm_loss", "masked_lm_loss", "sequence_classification_loss"]
 

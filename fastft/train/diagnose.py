@@ -1,6 +1,7 @@
 """Run diagnostics: models that learned nothing, too little data, class imbalance, checkpoint ties.
 
-Pure numpy; the trainer calls these after each evaluation, at start-up and at the end.
+Numpy (AUC: :mod:`fastft.train.numerics`); the trainer calls these after each evaluation, at
+start-up and at the end; each task's ``collapse_check`` calls its own ``*_collapse`` check.
 
 * :func:`collapse_report` -- does an evaluation look like a model that learned nothing (one class
   predicted for >= 99% of rows, AUC within 0.05 of chance, macro-F1 no better than a constant
@@ -21,9 +22,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastft.train.errors import ConfigError
+from fastft.train.numerics import binary_auc, macro_auc, sigmoid, softmax
+
 __all__ = [
     "COLLAPSE_MAJORITY_FRACTION",
     "COLLAPSE_AUC_MARGIN",
+    "COLLAPSE_CHECKS",
     "MIN_OPTIMIZER_STEPS",
     "MIN_ROWS_PER_CLASS",
     "Decision",
@@ -32,6 +37,10 @@ __all__ = [
     "resolve_class_weights",
     "STRONG_IMBALANCE",
     "collapse_report",
+    "classification_collapse",
+    "multilabel_collapse",
+    "regression_collapse",
+    "token_collapse",
     "constant_macro_f1",
     "imbalance_ratio",
     "label_distribution",
@@ -46,8 +55,6 @@ MIN_OPTIMIZER_STEPS = 100
 MIN_ROWS_PER_CLASS = 20
 _F1_TOL = 1e-9
 
-_CLASSIFICATION = ("single_label_classification", "classification")
-_MULTILABEL = ("multi_label_classification", "multilabel")
 _FIXES_CLS = (
     "train longer (more --epochs or --max-steps), try a lower or a higher --lr, or --class-weights auto"
 )
@@ -56,45 +63,14 @@ _FIXES_REG = "train longer (more --epochs or --max-steps), try a lower or a high
 
 
 # --------------------------------------------------------------------------------------------
-# small numpy metrics (no sklearn: this runs after every evaluation)
+# small numpy metrics
 # --------------------------------------------------------------------------------------------
-
-
-def _binary_auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """ROC-AUC by the rank-sum (Mann-Whitney U) formula, ties counted half; None if y has one class."""
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(score, kind="mergesort")
-    s = np.asarray(score, dtype=np.float64)[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    # average ranks over runs of equal scores (1-based)
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    for a, b in zip(starts, ends, strict=True):
-        ranks[a:b] = (a + b + 1) / 2.0
-    r = np.empty_like(ranks)
-    r[order] = ranks
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _macro_auc(y_onehot: np.ndarray, scores: np.ndarray) -> float | None:
-    """Mean one-vs-rest AUC over the columns whose labels hold both classes."""
-    aucs = [_binary_auc(y_onehot[:, c], scores[:, c]) for c in range(scores.shape[1])]
-    aucs = [a for a in aucs if a is not None]
-    return float(np.mean(aucs)) if aucs else None
 
 
 def _is_probs(x: np.ndarray, rows_sum_to_one: bool) -> bool:
     if x.size == 0 or x.min() < 0.0 or x.max() > 1.0:
         return False
     return not rows_sum_to_one or bool(np.allclose(x.sum(-1), 1.0, atol=1e-4))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
 
 
 def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
@@ -142,7 +118,7 @@ def collapse_report(
     here: there is no per-row prediction to judge). ``logits_or_probs``: (N, C) logits or
     probabilities (rows summing to 1 in [0, 1] are taken as probabilities, multilabel values all in
     [0, 1] as sigmoid probabilities thresholded at 0.5, else logits thresholded at 0); regression (N,)
-    or (N, 1) predictions. ``metrics``: what :func:`fastft.train.metrics.compute_metrics` returned for
+    or (N, 1) predictions. ``metrics``: what the task's metrics (:mod:`fastft.train.metrics`) returned for
     the same rows; its ``auc_roc`` / ``r2`` are used when present so the warning quotes the logged
     numbers. Rows whose label is negative (ignore index) are dropped.
 
@@ -157,30 +133,55 @@ def collapse_report(
 
     Returns ``{"collapsed": True, "symptoms": [...], "message": "<one line>", "details": {...}}``.
     """
-    metrics = dict(metrics or {})
     if problem_type == "causal_lm":
         return None
-    x = np.asarray(logits_or_probs, dtype=np.float64)
-    y = np.asarray(labels)
-    if len(x) == 0:
-        return None
-    if problem_type in _CLASSIFICATION:
-        symptoms, details = _classification_symptoms(x, y, metrics)
-        fixes = _FIXES_CLS
-    elif problem_type in _MULTILABEL:
-        symptoms, details = _multilabel_symptoms(x, y, metrics)
-        fixes = _FIXES_CLS
-    elif problem_type == "regression":
-        symptoms, details = _regression_symptoms(x, y, metrics)
-        fixes = _FIXES_REG
-    elif problem_type == "token_classification":
-        symptoms, details = _token_symptoms(x, y, names or {})
-        fixes = _FIXES_TOK
-    else:
+    check = COLLAPSE_CHECKS.get(problem_type)
+    if check is None:
         raise ValueError(
             f"unknown problem_type {problem_type!r}: use single_label_classification, "
             "multi_label_classification, regression, token_classification or causal_lm"
         )
+    return check(logits_or_probs, labels, metrics, names)
+
+
+def classification_collapse(
+    scores: Any, labels: Any, metrics: Mapping[str, Any] | None = None, names: Mapping[int, str] | None = None
+) -> dict[str, Any] | None:
+    """:func:`collapse_report` of a single-label classification: ``scores`` (N, C) logits or
+    probabilities, ``labels`` (N,) class ids (negative: ignored)."""
+    return _collapse(_classification_symptoms, _FIXES_CLS, scores, labels, metrics)
+
+
+def multilabel_collapse(
+    scores: Any, labels: Any, metrics: Mapping[str, Any] | None = None, names: Mapping[int, str] | None = None
+) -> dict[str, Any] | None:
+    """:func:`collapse_report` of a multi-label classification: ``scores`` (N, L) logits or sigmoid
+    probabilities, ``labels`` (N, L) 0/1."""
+    return _collapse(_multilabel_symptoms, _FIXES_CLS, scores, labels, metrics)
+
+
+def regression_collapse(
+    scores: Any, labels: Any, metrics: Mapping[str, Any] | None = None, names: Mapping[int, str] | None = None
+) -> dict[str, Any] | None:
+    """:func:`collapse_report` of a regression: ``scores`` (N,) or (N, 1) predictions, ``labels`` (N,)."""
+    return _collapse(_regression_symptoms, _FIXES_REG, scores, labels, metrics)
+
+
+def token_collapse(
+    scores: Any, labels: Any, metrics: Mapping[str, Any] | None = None, names: Mapping[int, str] | None = None
+) -> dict[str, Any] | None:
+    """:func:`collapse_report` of a token classification: ``scores`` (N, T) predicted tag ids,
+    ``labels`` (N, T) with -100 where no word starts; ``names`` tag id -> name."""
+    return _collapse(lambda x, y, _m: _token_symptoms(x, y, names or {}), _FIXES_TOK, scores, labels, metrics)
+
+
+def _collapse(symptoms_of, fixes: str, scores: Any, labels: Any, metrics) -> dict[str, Any] | None:
+    """The report (or None) from one kind's symptom finder ``symptoms_of(x, y, metrics)``."""
+    x = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if len(x) == 0:
+        return None
+    symptoms, details = symptoms_of(x, y, dict(metrics or {}))
     if not symptoms:
         return None
     message = f"warning: the model looks collapsed ({'; '.join(symptoms)}); likely fixes: {fixes}"
@@ -204,8 +205,8 @@ def _classification_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tup
         symptoms.append(f"predicts class {top} for {share:.1%} of rows")
     auc = metrics.get("auc_roc")
     if auc is None:
-        probs = x if _is_probs(x, rows_sum_to_one=True) else _softmax(x)
-        auc = _binary_auc(y == 1, probs[:, 1]) if k == 2 else _macro_auc(y[:, None] == np.arange(k), probs)
+        probs = x if _is_probs(x, rows_sum_to_one=True) else softmax(x)
+        auc = binary_auc(y == 1, probs[:, 1]) if k == 2 else macro_auc(y[:, None] == np.arange(k), probs)
     if auc is not None and abs(float(auc) - 0.5) <= COLLAPSE_AUC_MARGIN:
         symptoms.append(f"AUC {float(auc):.3f} is within {COLLAPSE_AUC_MARGIN} of chance")
     f1 = macro_f1(y, preds, k)
@@ -239,8 +240,8 @@ def _multilabel_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tuple[l
         symptoms.append(f"predicts {what} for {share:.1%} of rows")
     auc = metrics.get("auc_roc")
     if auc is None and y.shape == x.shape:
-        scores = x if probs else 1.0 / (1.0 + np.exp(-x))
-        auc = _macro_auc(y.astype(bool), scores)
+        scores = x if probs else sigmoid(x)
+        auc = macro_auc(y.astype(bool), scores)
     if auc is not None and abs(float(auc) - 0.5) <= COLLAPSE_AUC_MARGIN:
         symptoms.append(f"AUC {float(auc):.3f} is within {COLLAPSE_AUC_MARGIN} of chance")
     return symptoms, {"top_set_fraction": share, "top_set": np.flatnonzero(top_set).tolist(), "auc": auc}
@@ -290,6 +291,18 @@ def _regression_symptoms(x: np.ndarray, y: np.ndarray, metrics: dict) -> tuple[l
     if float(r2) <= 0.0:
         symptoms.append(f"R^2 {float(r2):.3f} <= 0: no better than predicting the mean label")
     return symptoms, {"pred_std": pred_std, "label_std": label_std, "r2": float(r2)}
+
+
+#: the collapse check of each diagnosis kind (a task's ``collapse_kind``), also by the Hugging Face
+#: problem-type names that :func:`collapse_report` accepts.
+COLLAPSE_CHECKS = {
+    "single_label_classification": classification_collapse,
+    "classification": classification_collapse,
+    "multi_label_classification": multilabel_collapse,
+    "multilabel": multilabel_collapse,
+    "regression": regression_collapse,
+    "token_classification": token_collapse,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,10 +389,8 @@ def class_weights(label_counts: Mapping[Any, int] | Sequence[int], spec: str | N
     keys are ints, else in insertion order). ``auto``: sklearn's ``class_weight="balanced"``,
     w_c = n / (k * n_c), so the weights average 1 over the training rows (sum_c n_c w_c / n = 1) and a
     balanced set gets all-ones. ``w1,w2,...``: explicit weights, one per class, finite and > 0.
-    Raises :class:`fastft.train.config.ConfigError` with one line naming the fix.
+    Raises :class:`fastft.train.errors.ConfigError` with one line naming the fix.
     """
-    from fastft.train.config import ConfigError
-
     if isinstance(label_counts, Mapping):
         keys = list(label_counts)
         if all(isinstance(k, (int, np.integer)) for k in keys):

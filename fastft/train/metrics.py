@@ -1,19 +1,19 @@
-"""Evaluation metrics for every task, computed with scikit-learn.
+"""Evaluation metrics, computed with scikit-learn; each task's ``metrics()`` calls its own function.
 
-``compute_metrics(problem_type, logits, labels)`` returns a JSON-serialisable dict (python floats,
-``None`` where a metric is undefined, nested lists for the confusion matrix):
+Each returns a JSON-serialisable dict (python floats, ``None`` where a metric is undefined, nested
+lists for the confusion matrix) and raises ``ValueError`` on an empty evaluation set:
 
-* ``single_label_classification``: logits (N, C), integer labels (N,). accuracy, f1_macro, f1_micro,
-  precision_macro, recall_macro, auc_roc, confusion_matrix (C x C, rows = true, cols = predicted).
+* :func:`classification_metrics` (single-label): logits (N, C), integer labels (N,). accuracy,
+  f1_macro, f1_micro, precision_macro, recall_macro, auc_roc, confusion_matrix (C x C, rows = true, cols = predicted).
   auc_roc: binary (C == 2) = ROC-AUC of softmax p(class 1); C > 2 = one-vs-rest macro average of the
   per-class ROC-AUC of the softmax probabilities (equals ``roc_auc_score(..., multi_class="ovr")``
   when every class occurs). Classes that do not occur (or are the only one) in ``labels`` have no
   defined AUC and are left out of the average; ``None`` when no class has one.
-* ``multi_label_classification``: logits (N, C), 0/1 labels (N, C); prediction = logit > 0.
+* :func:`multilabel_metrics`: logits (N, C), 0/1 labels (N, C); prediction = logit > 0.
   accuracy (= subset accuracy, also as ``subset_accuracy``), f1_micro, f1_macro, precision_micro,
   recall_micro, hamming_loss, auc_roc (macro over labels with both classes present; else ``None``).
-* ``regression``: predictions (N,) or (N, 1), float labels. mae, mse, rmse, pearson (``None`` when
-  either side is constant), r2.
+* :func:`regression_metrics`: predictions (N,) or (N, 1), float labels. mae, mse, rmse, pearson
+  (``None`` when either side is constant), r2.
 ``perplexity(mean_loss)`` = exp(mean token NLL) for causal LM (inf on overflow).
 
 Non-finite outputs (a diverged model) never raise: a NaN/inf output counts as wrong (classification: a
@@ -27,7 +27,9 @@ import math
 
 import numpy as np
 
-__all__ = ["compute_metrics", "perplexity"]
+from fastft.train.numerics import binary_auc, macro_auc, sigmoid, softmax
+
+__all__ = ["classification_metrics", "multilabel_metrics", "regression_metrics", "perplexity"]
 
 
 def perplexity(mean_loss: float) -> float:
@@ -38,35 +40,18 @@ def perplexity(mean_loss: float) -> float:
         return float("inf")
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
+def _arrays(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if len(logits) == 0:
+        raise ValueError("no predictions to score (empty evaluation set)")
+    return logits, labels
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
-
-
-def _binary_auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """ROC-AUC, or None when ``y`` holds a single class (sklearn would raise/warn)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y).astype(bool)
-    if y.all() or not y.any():
-        return None
-    return float(roc_auc_score(y, score))
-
-
-def _macro_auc(y_onehot: np.ndarray, scores: np.ndarray) -> float | None:
-    aucs = [_binary_auc(y_onehot[:, c], scores[:, c]) for c in range(scores.shape[1])]
-    aucs = [a for a in aucs if a is not None]
-    return float(np.mean(aucs)) if aucs else None
-
-
-def _classification(logits: np.ndarray, labels: np.ndarray) -> dict:
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Single-label classification metrics of logits (N, C) against integer labels (N,)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
+    logits, labels = _arrays(logits, labels)
     if logits.ndim != 2:
         raise ValueError(f"classification logits must be (N, num_labels), got shape {logits.shape}")
     n_classes = logits.shape[1]
@@ -77,12 +62,12 @@ def _classification(logits: np.ndarray, labels: np.ndarray) -> dict:
     preds[bad] = (labels[bad] + 1) % n_classes
     classes = list(range(n_classes))
     onehot = labels[:, None] == np.arange(n_classes)[None, :]
-    probs = _softmax(np.where(bad[:, None], 0.0, logits))
+    probs = softmax(np.where(bad[:, None], 0.0, logits))
     probs[bad] = np.where(onehot[bad], 0.0, 1.0)  # the worst score for its label: ranked wrong in the AUC
     if n_classes == 2:
-        auc = _binary_auc(labels == 1, probs[:, 1])
+        auc = binary_auc(labels == 1, probs[:, 1])
     else:
-        auc = _macro_auc(onehot, probs)
+        auc = macro_auc(onehot, probs)
     cm_preds = np.where(bad, -1, preds)  # no real prediction: left out of the confusion matrix
     out = {
         "accuracy": float(accuracy_score(labels, preds)),
@@ -106,8 +91,11 @@ def _note_nonfinite(out: dict, bad: np.ndarray) -> dict:
     return out
 
 
-def _multilabel(logits: np.ndarray, labels: np.ndarray) -> dict:
+def multilabel_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Multi-label metrics of logits (N, C) against 0/1 labels (N, C); a label is predicted at logit > 0."""
     from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_score, recall_score
+
+    logits, labels = _arrays(logits, labels)
 
     if logits.ndim != 2 or labels.shape != logits.shape:
         raise ValueError(
@@ -118,7 +106,7 @@ def _multilabel(logits: np.ndarray, labels: np.ndarray) -> dict:
     bad = ~np.isfinite(logits)  # a diverged model's NaN/inf outputs: each counts as wrong
     preds = (logits > 0).astype(np.int64)
     preds[bad] = 1 - y[bad]
-    scores = _sigmoid(np.where(bad, 0.0, logits))
+    scores = sigmoid(np.where(bad, 0.0, logits))
     scores[bad] = 1.0 - y[bad]  # the worst score: ranked wrong in the AUC
     acc = float(accuracy_score(y, preds))
     out = {
@@ -129,7 +117,7 @@ def _multilabel(logits: np.ndarray, labels: np.ndarray) -> dict:
         "precision_micro": float(precision_score(y, preds, average="micro", zero_division=0)),
         "recall_micro": float(recall_score(y, preds, average="micro", zero_division=0)),
         "hamming_loss": float(hamming_loss(y, preds)),
-        "auc_roc": _macro_auc(y.astype(bool), scores),
+        "auc_roc": macro_auc(y.astype(bool), scores),
     }
     return _note_nonfinite(out, bad)
 
@@ -138,7 +126,9 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _regression(preds: np.ndarray, labels: np.ndarray) -> dict:
+def regression_metrics(preds: np.ndarray, labels: np.ndarray) -> dict:
+    """Regression metrics of predictions (N,) or (N, 1) against float labels (N,)."""
+    preds, labels = _arrays(preds, labels)
     preds = preds.reshape(-1).astype(np.float64)
     labels = labels.reshape(-1).astype(np.float64)
     if preds.shape != labels.shape:
@@ -162,24 +152,4 @@ def _regression(preds: np.ndarray, labels: np.ndarray) -> dict:
     return _note_nonfinite(
         {"mae": mae, "mse": mse, "rmse": math.sqrt(mse), "pearson": pearson, "r2": r2},
         ~np.isfinite(preds),
-    )
-
-
-def compute_metrics(problem_type: str, logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Metrics of ``logits`` (model outputs) against ``labels``; see the module docstring for keys."""
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
-    if len(logits) == 0:
-        raise ValueError("compute_metrics got no predictions (empty evaluation set)")
-    if problem_type == "single_label_classification":
-        return _classification(logits, labels)
-    if problem_type == "multi_label_classification":
-        return _multilabel(logits, labels)
-    if problem_type == "regression":
-        return _regression(logits, labels)
-    if problem_type == "causal_lm":
-        raise ValueError("causal_lm has no logits metrics here: report perplexity(mean_loss) instead")
-    raise ValueError(
-        f"unknown problem_type {problem_type!r}: use single_label_classification, "
-        "multi_label_classification or regression"
     )

@@ -187,8 +187,8 @@ def _path_like(value: str) -> bool:
 
 
 def is_decoder(model_config) -> bool:
-    """A causal decoder, by the family table (``fastft/patching/families.py``) or the config flag."""
-    from fastft.patching.families import FAMILIES
+    """A causal decoder, by the family table (``fastft/nn/families.py``) or the config flag."""
+    from fastft.nn.families import FAMILIES
 
     mt = getattr(model_config, "model_type", "")
     return bool(getattr(model_config, "is_decoder", False)) or any(
@@ -297,7 +297,7 @@ def apply_strategy(model, cfg, fresh_head: bool) -> tuple[set[str], int]:
     """Freeze / LoRA / head-only / gradual as ``cfg.strategy`` says; -> (always-frozen names, groups)."""
     always_frozen: set[str] = set()
     n_groups = 0
-    from fastft.patching.families import family_of
+    from fastft.nn.families import family_of
 
     tower = getattr(cfg, "freeze_tower", None)
     try:

@@ -1,6 +1,6 @@
 """Fine-tuning strategies as data: which parameters train, and at which learning rate.
 
-Everything is derived from the family table (:mod:`fastft.patching.families`): embeddings,
+Everything is derived from the family table (:mod:`fastft.nn.families`): embeddings,
 the list of transformer blocks, the final norm and the task heads. No per-model code.
 
 Layer groups, top-down (index 0 is trained first by gradual unfreezing and gets the full LR
@@ -24,9 +24,11 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from fastft.patching.families import Family, family_of, get_path, tower_blocks, towers
+from fastft.nn.families import Family, family_of, get_path, tower_blocks, towers
 
 __all__ = [
+    "LoopHook",
+    "loop_hook",
     "layer_groups",
     "param_depths",
     "apply_freeze",
@@ -51,7 +53,7 @@ def _family(model: nn.Module) -> Family:
         mt = getattr(getattr(model, "config", None), "model_type", None)
         raise ValueError(
             f"strategies need a family row for model_type {mt!r}; use --strategy full or lora, "
-            "or add the family to fastft/patching/families.py"
+            "or add the family to fastft/nn/families.py"
         )
     return fam
 
@@ -194,6 +196,42 @@ def apply_gradual(model: nn.Module, n_unfrozen: int, already_frozen: Iterable[st
     groups = layer_groups(model)
     keep = {n for g in groups[:n_unfrozen] for n in g} - set(already_frozen)
     _set(model, keep)
+
+
+class LoopHook:
+    """What a strategy does during the loop, called by it with the raw model and the ``TrainState``:
+    :meth:`epoch_start` before each epoch, :meth:`step_start` before each optimizer step. No-op here."""
+
+    def epoch_start(self, model: nn.Module, state) -> None:
+        pass
+
+    def step_start(self, model: nn.Module, state) -> None:
+        pass
+
+
+class GradualUnfreeze(LoopHook):
+    """``--strategy gradual``: opens one more top-down group per epoch, or per ``--unfreeze-every``
+    steps; ``state.unfrozen_groups`` records it (checkpoints, exact resume)."""
+
+    def __init__(self, unfreeze_every: int, n_groups: int, always_frozen: Iterable[str] = ()) -> None:
+        self.unfreeze_every, self.n_groups, self.always_frozen = unfreeze_every, n_groups, always_frozen
+
+    def epoch_start(self, model: nn.Module, state) -> None:
+        k = gradual_groups_unfrozen(state.global_step, state.epoch, self.unfreeze_every, self.n_groups)
+        if k != state.unfrozen_groups:
+            apply_gradual(model, k, self.always_frozen)
+            state.unfrozen_groups = k
+
+    def step_start(self, model: nn.Module, state) -> None:
+        if self.unfreeze_every:
+            self.epoch_start(model, state)
+
+
+def loop_hook(cfg, n_groups: int, always_frozen: Iterable[str] = ()) -> LoopHook:
+    """The strategy's :class:`LoopHook` for this config."""
+    if cfg.strategy == "gradual":
+        return GradualUnfreeze(cfg.unfreeze_every, n_groups, always_frozen)
+    return LoopHook()
 
 
 def no_decay(model: nn.Module) -> set[str]:

@@ -337,10 +337,10 @@ def test_sigterm_ends_the_sweep_and_a_rerun_resumes_then_proposes_new_params(
 def test_ctrl_c_while_a_trial_loads_stops_after_its_checkpoint(work, tmp_path, capfd, monkeypatch):
     import signal
 
-    from fastft.train.trainer import Trainer
+    from fastft.train import trainer
 
     out = str(tmp_path / "sw")
-    _signal_once(monkeypatch, Trainer, "_setup_data", signal.SIGINT)
+    _signal_once(monkeypatch, trainer, "setup_data", signal.SIGINT)
     argv = ["sweep", *_flags(work), "--search", "lr=loguniform:1e-4:1e-2", "--metric", "loss", "--trials", "3",
             "--output-dir", out]  # fmt: skip
     assert main(argv) == 130

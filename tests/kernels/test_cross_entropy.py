@@ -229,6 +229,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import fastft.kernels.cross_entropy as k
+import fastft.kernels.kd_loss as kd
 b = "*bf16"
 io = {"TARGET": "*i64", "LOSS": "*fp32", "GRAD": b, "stride_g": "i64", "SCALE": "*fp32"}
 w = {"WEIGHT": "*fp32"}
@@ -241,7 +242,7 @@ cases = [
      {"X": b, "stride_x": "i64", **io, **w, "N": "i32", "V": "i32", "ignore_index": "i32", "eps": "fp32"},
      {"BLOCK_N": 128, "BLOCK_V": 32, "HAS_SMOOTHING": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1,
       "HAS_WEIGHT": True}),
-    (k._kd_fwd_kernel, {"S": b, "stride_s": "i64", "T": "*fp32", "stride_t": "i64", **io, "V": "i32",
+    (kd._kd_fwd_kernel, {"S": b, "stride_s": "i64", "T": "*fp32", "stride_t": "i64", **io, "V": "i32",
                         "ignore_index": "i32", "inv_temp": "fp32", "temp": "fp32", "alpha": "fp32"},
      {"BLOCK_V": 4096, "HAS_TARGET": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1, "SAME_STRIDE": True}),
 ]
@@ -276,6 +277,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import fastft.kernels.cross_entropy as k
+import fastft.kernels.kd_loss as kd
 # GPT-2's vocabulary, contiguous rows (stride 50257, not a multiple of 16) and the padded 50304: pointers
 # 16-byte aligned (what the JIT specialises a fresh torch tensor to); strides and V hinted only when % 16 == 0.
 ptr = {a: "*bf16" for a in ("X", "S", "T", "GRAD")}
@@ -286,7 +288,7 @@ assert k._config(50304, 2) == (block, warps)
 cases = {
     "ce": (k._cross_entropy_fwd_kernel, {"BLOCK_V": block, "HAS_SMOOTHING": False, "COMPUTE_GRAD": True,
                                          "SCALE_MODE": 1, "HAS_WEIGHT": False, "SAME_STRIDE": True}),
-    "kd": (k._kd_fwd_kernel, {"BLOCK_V": block, "HAS_TARGET": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1,
+    "kd": (kd._kd_fwd_kernel, {"BLOCK_V": block, "HAS_TARGET": True, "COMPUTE_GRAD": True, "SCALE_MODE": 1,
                               "SAME_STRIDE": True}),
 }
 for name, (fn, consts) in cases.items():

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastft
 from fastft.functional import linear_cross_entropy
 from fastft.nn import LinearCrossEntropyLoss
-from fastft.ops.cross_entropy import choose_chunk_rows
+from fastft.ops._losses_common import choose_chunk_rows
 from tests.compare import assert_close, assert_within_torch_error, randn
 
 
@@ -218,7 +218,7 @@ def test_linear_ce_weight_grad_accumulates_in_fp32():
     products (error ~ fp32 eps x number of chunks), not a sum of bf16-rounded chunk products
     (error ~ bf16 eps = 2^-8 relative). The logits/dlogits themselves are bf16, so the reference
     is the float64 sum of the kernel's own bf16 dlogits chunks times the bf16 hidden states."""
-    from fastft.ops.cross_entropy import _accumulate_mm, linear_ce_wgrad_path
+    from fastft.ops._losses_common import _accumulate_mm, linear_ce_wgrad_path
 
     V, H, chunk, n_chunks = 64, 32, 16, 40
     acc = torch.zeros(V, H)
@@ -243,7 +243,7 @@ def test_linear_ce_weight_grad_accumulates_in_fp32():
 
 
 def test_linear_ce_bf16_records_wgrad_path():
-    from fastft.ops.cross_entropy import linear_ce_wgrad_path
+    from fastft.ops.linear_cross_entropy import linear_ce_wgrad_path
 
     h = randn(20, 8, dtype=torch.bfloat16).requires_grad_()
     w = randn(30, 8, dtype=torch.bfloat16).requires_grad_()

@@ -190,6 +190,7 @@ def _lora_cases(full: bool):
 
 def _ce_cases(full: bool):
     import fastft.kernels.cross_entropy as kc
+    import fastft.kernels.kd_loss as kkd
 
     for dtype in ("bf16", "fp16") if full else ("bf16",):
         for V in (50257, 30522) if full else (50257,):
@@ -199,7 +200,7 @@ def _ce_cases(full: bool):
                 X=dtype, S=dtype, T=dtype, GRAD=dtype, TARGET="i64", LOSS="fp32", SCALE="fp32", WEIGHT="fp32"
             )
             for name in ("_cross_entropy_fwd_kernel", "_kd_fwd_kernel"):
-                kern = getattr(kc, name)
+                kern = getattr(kc if name.startswith("_cross") else kkd, name)
                 fn = _jit_fn(kern)
                 const = {}
                 for p in fn.params:

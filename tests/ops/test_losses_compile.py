@@ -5,7 +5,10 @@ import torch
 
 import fastft
 from fastft.functional import cross_entropy, kd_loss, linear_cross_entropy
-from fastft.ops import cross_entropy as ops
+from fastft.ops import cross_entropy as ce_ops
+from fastft.ops import kd_loss as kd_ops
+from fastft.ops import linear_cross_entropy as lce_ops
+from fastft.ops import linear_kd_loss as lkd_ops
 from tests.compare import assert_close, randn
 
 
@@ -49,14 +52,14 @@ def test_custom_ops_pass_opcheck(device):
     w = randn(10, 4, device=device).requires_grad_()
     b = randn(10, device=device).requires_grad_()
     cases = [
-        (ops._cross_entropy_op, (x, t, -100, 0.1, 1, True)),
-        (ops._cross_entropy_op, (x, t, -100, 0.0, 0, True)),
-        (ops._kd_op, (x, randn(6, 10, device=device), t, 2.0, 0.5, -100, 0, True)),
-        (ops._kd_op, (x, randn(6, 10, device=device), None, 2.0, 0.5, -100, 1, True)),
-        (ops._linear_ce_op, (h, w, t, None, -100, 0.0, 1, 4, True, True, False)),
-        (ops._linear_ce_op, (h, w, t, b, -100, 0.1, 0, 4, True, True, True)),
+        (ce_ops._cross_entropy_op, (x, t, -100, 0.1, 1, True)),
+        (ce_ops._cross_entropy_op, (x, t, -100, 0.0, 0, True)),
+        (kd_ops._kd_op, (x, randn(6, 10, device=device), t, 2.0, 0.5, -100, 0, True)),
+        (kd_ops._kd_op, (x, randn(6, 10, device=device), None, 2.0, 0.5, -100, 1, True)),
+        (lce_ops._linear_ce_op, (h, w, t, None, -100, 0.0, 1, 4, True, True, False)),
+        (lce_ops._linear_ce_op, (h, w, t, b, -100, 0.1, 0, 4, True, True, True)),
         (
-            ops._linear_kd_op,
+            lkd_ops._linear_kd_op,
             (
                 h,
                 w,
@@ -76,7 +79,7 @@ def test_custom_ops_pass_opcheck(device):
             ),
         ),
         (
-            ops._linear_kd_op,
+            lkd_ops._linear_kd_op,
             (
                 h,
                 w,
@@ -97,7 +100,7 @@ def test_custom_ops_pass_opcheck(device):
         ),
         # the backward op is not itself differentiable (no double backward): plain inputs
         (
-            ops._linear_ce_bwd_op,
+            lce_ops._linear_ce_bwd_op,
             (randn(6, device=device), h.detach(), w.detach(), t, b.detach(), -100, 0.0, 4, True, True, True),
         ),
     ]

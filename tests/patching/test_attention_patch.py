@@ -190,8 +190,8 @@ def test_attn_implementation_name_usable_at_construction():
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
 def test_model_level_unpadding_runs_blocks_on_real_tokens(family):
     """The blocks see (1, T, D) packed hidden states; results match sdpa; undo removes the hooks."""
-    from fastft.patching.families import FAMILIES as TABLE
-    from fastft.patching.families import blocks
+    from fastft.nn.families import FAMILIES as TABLE
+    from fastft.nn.families import blocks
 
     make_cfg, auto, pad_id = FAMILIES[family]
     ref = build(auto, make_cfg(num_labels=3))
@@ -235,8 +235,8 @@ def test_model_level_unpadding_with_gradient_checkpointing():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_lightly_padded_batch_stays_padded_on_torch_path(backend):
     """Below TORCH_PACK_MIN_PAD the torch path runs the blocks padded (HF sdpa's layout); Triton packs."""
-    from fastft.patching.families import FAMILIES as TABLE
-    from fastft.patching.families import blocks
+    from fastft.nn.families import FAMILIES as TABLE
+    from fastft.nn.families import blocks
 
     ref = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=3))
     pat = build("AutoModelForSequenceClassification", tiny_bert_config(num_labels=3))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from fastft.patching.families import blocks, family_of
+from fastft.nn.families import blocks, family_of
 from fastft.train import strategies
 from tests.train.tasks import imgdata
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import fastft
+from fastft.nn.families import family_of
 from fastft.patching import loss as loss_patch
-from fastft.patching.families import family_of
 from tests.compare import assert_close
 from tests.models import build, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from fastft.train.config import ConfigError
 from fastft.train.diagnose import (
     Decision,
     better,
@@ -20,7 +19,8 @@ from fastft.train.diagnose import (
     macro_f1,
     small_data_warnings,
 )
-from fastft.train.metrics import compute_metrics
+from fastft.train.errors import ConfigError
+from fastft.train.metrics import classification_metrics, regression_metrics
 
 CLS = "single_label_classification"
 ML = "multi_label_classification"
@@ -44,7 +44,7 @@ def test_issue_case_all_majority_with_rising_auc_is_collapsed():
         logits = rng.normal(size=(len(y), 3)) * 0.1
         logits[np.arange(len(y)), y] += signal * 0.1
         logits[:, 0] += 5.0
-        m = compute_metrics(CLS, logits, y)
+        m = classification_metrics(logits, y)
         assert m["accuracy"] == pytest.approx(np.mean(y == 0))
         rep = collapse_report(CLS, logits, y, m)
         assert rep is not None and rep["collapsed"] is True
@@ -61,7 +61,7 @@ def test_good_model_is_not_collapsed():
     y = _imbalanced_labels(rng)
     logits = rng.normal(size=(len(y), 3))
     logits[np.arange(len(y)), y] += 3.0
-    m = compute_metrics(CLS, logits, y)
+    m = classification_metrics(logits, y)
     assert m["accuracy"] > 0.8
     assert collapse_report(CLS, logits, y, m) is None
     assert collapse_report(CLS, logits, y) is None  # metrics not given: computed here
@@ -97,7 +97,8 @@ def test_single_class_threshold_is_99_percent():
 
 
 def test_binary_auc_matches_sklearn_with_ties():
-    from fastft.train.diagnose import _binary_auc, _macro_auc
+    from fastft.train.numerics import binary_auc as _binary_auc
+    from fastft.train.numerics import macro_auc as _macro_auc
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, size=500)
@@ -169,7 +170,7 @@ def test_regression_constant_and_mean_and_good():
     assert rep is not None and any("R^2" in s for s in rep["symptoms"])
     assert not any("constant" in s for s in rep["symptoms"])
     good = t + rng.normal(size=300) * 0.3
-    m = compute_metrics("regression", good, t)
+    m = regression_metrics(good, t)
     assert collapse_report("regression", good, t, m) is None
 
 
@@ -331,3 +332,26 @@ def test_better_non_finite():
     assert better((None, 0.1, 20), None, False) == Decision(False, False)
     assert better((0.5, 0.1, 20), (float("nan"), 0.5, 10), False) == Decision(True, True)
     assert better((0.6, float("nan"), 20), (0.6, 0.5, 10), False) == Decision(False, True)
+
+
+def test_tasks_collapse_check_is_their_own_diagnosis():
+    """Each task's collapse_check hook gives what collapse_report gives for its problem type."""
+    import torch
+
+    from fastft.train.tasks import get_task
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, size=200)
+    stuck = np.tile([2.0, -2.0], (200, 1))  # always class 0
+    rows = {"logits": torch.tensor(stuck), "labels": torch.tensor(y)}
+    want = collapse_report(CLS, stuck, y, {})
+    assert want is not None and get_task("classification").collapse_check(rows, {}) == want
+    t = rng.normal(size=50)
+    rows = {"logits": torch.zeros(50, 1), "labels": torch.tensor(t)}
+    assert get_task("regression").collapse_check(rows, {}) == collapse_report("regression", np.zeros(50), t)
+    tags = np.where(rng.random((4, 30)) < 0.5, 1, 0)
+    rows = {"preds": torch.zeros(4, 30, dtype=torch.long), "labels": torch.tensor(tags)}
+    names = {0: "O", 1: "B-X"}
+    got = get_task("token_classification").collapse_check(rows, {}, names)
+    assert got == collapse_report("token_classification", np.zeros((4, 30)), tags, {}, names=names)
+    assert get_task("causal_lm").collapse_check(rows, {}) is None  # not checked

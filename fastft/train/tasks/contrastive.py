@@ -182,9 +182,6 @@ class Contrastive(Task):
             )
         return proc
 
-    def detects(self, labels, texts):
-        return False  # chosen by --task only
-
     def claims_model(self, config):
         archs = getattr(config, "architectures", None) or []
         return getattr(config, "model_type", None) in _TWO_TOWER and not any("For" in a for a in archs)
@@ -254,9 +251,6 @@ class Contrastive(Task):
         return torch.full((len(feats["image_ref"]),), -1, dtype=torch.long)  # no classes: scored by retrieval
 
     # ---- loss ---------------------------------------------------------------------------------------
-    def count_items(self, batch):
-        return int(batch["input_ids"].shape[0])
-
     def item_losses(self, logits, labels):
         raise NotImplementedError("the contrastive loss is per batch, not per item")
 
@@ -279,30 +273,9 @@ class Contrastive(Task):
             parts.append("class-head cross-entropy loss")
         return parts
 
-    def _losses(self, model, batch, fused: bool = True):
-        """(contrastive loss, class CE or None, image embeddings, text embeddings, class logits)."""
-        from fastft.functional import clip_loss, cross_entropy, siglip_loss
-
-        out = model(**model_inputs(batch))
-        raw = _unwrap(model)
-        img, txt = out.image_embeds, out.text_embeds
-        if _is_siglip(raw):
-            loss = siglip_loss(img, txt, raw.logit_scale, raw.logit_bias, gather=True)
-        else:
-            loss = clip_loss(img, txt, raw.logit_scale, fused=fused, gather=True)
-        head = getattr(raw, HEAD, None)
-        logits = ce = None
-        if head is not None:
-            logits = head(img.to(head.weight.dtype)).float()
-            labels = batch["labels"]
-            ce = (cross_entropy if fused else torch.nn.functional.cross_entropy)(
-                logits, labels, ignore_index=-1
-            )
-        return loss, ce, img, txt, logits
-
     def loss(self, model, batch, n_items, *, teacher=None, cfg=None):
         fused = True if cfg is None else bool(cfg.fused)
-        loss, ce, *_ = self._losses(model, batch, fused)
+        loss, ce, *_ = _losses(self, model, batch, fused)
         if ce is not None:
             loss = loss + self.class_loss_weight * ce
         # the loss of this micro-batch, weighted by its share of the accumulated batch
@@ -310,7 +283,7 @@ class Contrastive(Task):
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def eval_batch(self, model, batch) -> EvalBatch:
-        loss, ce, img, txt, logits = self._losses(model, batch)
+        loss, ce, img, txt, logits = _losses(self, model, batch)
         if ce is not None:
             loss = loss + self.class_loss_weight * ce
         keep = (
@@ -346,9 +319,9 @@ class Contrastive(Task):
         )
         labels = rows["labels"].cpu()
         if model is not None and bool((labels >= 0).any()):
-            names = self._class_names(_unwrap(model))
+            names = _class_names(self, _unwrap(model))
             if names:
-                cls = self._class_embeddings(_unwrap(model), names, rows["image_emb"].device)
+                cls = _class_embeddings(self, _unwrap(model), names, rows["image_emb"].device)
                 m["zero_shot_accuracy"] = zero_shot_accuracy(rows["image_emb"], cls, labels)
         if "class_logits" in rows:
             keep = labels >= 0
@@ -357,31 +330,6 @@ class Contrastive(Task):
                 float((pred[keep] == labels[keep]).float().mean()) if keep.any() else float("nan")
             )
         return m
-
-    def _class_names(self, model) -> list[str]:
-        id2label = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
-        names = [str(id2label[i]) for i in sorted(id2label)]
-        if self.zero_shot_classes:
-            if len(self.zero_shot_classes) != len(names):
-                raise DataError(
-                    f"--zero-shot-classes has {len(self.zero_shot_classes)} names but the class column has "
-                    f"{len(names)} classes ({', '.join(names[:6])}); give one name per class, in that order"
-                )
-            names = list(self.zero_shot_classes)
-        return names
-
-    @torch.no_grad()
-    def _class_embeddings(self, model, names: list[str], device) -> torch.Tensor:
-        """Text embeddings of the class prompts (the model's own processor, from its folder)."""
-        proc = _processor(model.config._name_or_path)
-        siglip = _is_siglip(model)
-        enc = proc.tokenizer(zero_shot_prompts(names, self.prompt_template), return_tensors="pt",
-                             padding="max_length" if siglip else True, truncation=True, max_length=self.max_length)  # fmt: skip
-        kw = {"input_ids": enc["input_ids"].to(device)}
-        if not siglip and "attention_mask" in enc:
-            kw["attention_mask"] = enc["attention_mask"].to(device)
-        out = model.get_text_features(**kw)
-        return _features(out).float()
 
     def headline(self, test):
         if not test:
@@ -405,6 +353,54 @@ class Contrastive(Task):
     # ---- prediction ---------------------------------------------------------------------------------
     def predict(self, model, tokenizer, ds, batches, *, device, text_columns, options):
         return predict_retrieval(self, model, tokenizer, ds, batches, device=device, options=options)
+
+
+def _losses(task: Contrastive, model, batch, fused: bool = True):
+    """(contrastive loss, class CE or None, image embeddings, text embeddings, class logits)."""
+    from fastft.functional import clip_loss, cross_entropy, siglip_loss
+
+    out = model(**model_inputs(batch))
+    raw = _unwrap(model)
+    img, txt = out.image_embeds, out.text_embeds
+    if _is_siglip(raw):
+        loss = siglip_loss(img, txt, raw.logit_scale, raw.logit_bias, gather=True)
+    else:
+        loss = clip_loss(img, txt, raw.logit_scale, fused=fused, gather=True)
+    head = getattr(raw, HEAD, None)
+    logits = ce = None
+    if head is not None:
+        logits = head(img.to(head.weight.dtype)).float()
+        labels = batch["labels"]
+        ce = (cross_entropy if fused else torch.nn.functional.cross_entropy)(logits, labels, ignore_index=-1)
+    return loss, ce, img, txt, logits
+
+
+def _class_names(task: Contrastive, model) -> list[str]:
+    """The class names the zero-shot prompts name: the model's labels, or ``--zero-shot-classes``."""
+    id2label = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+    names = [str(id2label[i]) for i in sorted(id2label)]
+    if task.zero_shot_classes:
+        if len(task.zero_shot_classes) != len(names):
+            raise DataError(
+                f"--zero-shot-classes has {len(task.zero_shot_classes)} names but the class column has "
+                f"{len(names)} classes ({', '.join(names[:6])}); give one name per class, in that order"
+            )
+        names = list(task.zero_shot_classes)
+    return names
+
+
+@torch.no_grad()
+def _class_embeddings(task: Contrastive, model, names: list[str], device) -> torch.Tensor:
+    """Text embeddings of the class prompts (the model's own processor, from its folder)."""
+    proc = _processor(model.config._name_or_path)
+    siglip = _is_siglip(model)
+    enc = proc.tokenizer(zero_shot_prompts(names, task.prompt_template), return_tensors="pt",
+                         padding="max_length" if siglip else True, truncation=True, max_length=task.max_length)  # fmt: skip
+    kw = {"input_ids": enc["input_ids"].to(device)}
+    if not siglip and "attention_mask" in enc:
+        kw["attention_mask"] = enc["attention_mask"].to(device)
+    out = model.get_text_features(**kw)
+    return _features(out).float()
 
 
 _PROCESSORS: dict[str, Any] = {}

@@ -21,6 +21,7 @@ class MultiLabel(Task):
     name = "multilabel"
     aliases = ("multi_label", "multi_label_classification")
     problem_type = "multi_label_classification"
+    collapse_kind = "multilabel"
     named_labels = True
     best_metric = "f1_micro"
     lower_is_better = ("loss", "hamming_loss")
@@ -55,11 +56,11 @@ class MultiLabel(Task):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(-1)
 
     def metrics(self, rows, mean_loss, count):
-        from fastft.train.metrics import compute_metrics
+        from fastft.train.metrics import multilabel_metrics
 
         return {
             "loss": mean_loss,
-            **compute_metrics(self.problem_type, rows["logits"].cpu().numpy(), rows["labels"].cpu().numpy()),
+            **multilabel_metrics(rows["logits"].cpu().numpy(), rows["labels"].cpu().numpy()),
         }
 
     def headline(self, test):

@@ -15,6 +15,7 @@ from fastft.train.tasks.base import LabelSpace, Task
 class Regression(Task):
     name = "regression"
     problem_type = "regression"
+    collapse_kind = "regression"
     best_metric = "rmse"
     lower_is_better = ("loss", "mse", "mae", "rmse")
 
@@ -45,11 +46,11 @@ class Regression(Task):
         return per.reshape(pred.shape[0], -1).mean(-1)
 
     def metrics(self, rows, mean_loss, count):
-        from fastft.train.metrics import compute_metrics
+        from fastft.train.metrics import regression_metrics
 
         return {
             "loss": mean_loss,
-            **compute_metrics(self.problem_type, rows["logits"].cpu().numpy(), rows["labels"].cpu().numpy()),
+            **regression_metrics(rows["logits"].cpu().numpy(), rows["labels"].cpu().numpy()),
         }
 
     def headline(self, test):

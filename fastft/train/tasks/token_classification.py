@@ -57,6 +57,7 @@ class TokenClassification(Task):
     distils = True
     aliases = ("ner", "token-classification")
     problem_type = "token_classification"
+    collapse_kind = "token_classification"
     auto_class = "AutoModelForTokenClassification"
     named_labels = True
     #: CoNLL files: sources read ``.conll``/``.txt`` (and sentence-shaped ``.tsv``) as words + tags.

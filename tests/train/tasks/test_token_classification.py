@@ -221,7 +221,7 @@ def test_auto_detect_jsonl_and_classlabel_parquet(ner, tmp_path):
     import datasets
     from transformers import AutoTokenizer
 
-    from fastft.train.data import prepare_data
+    from fastft.train.data.pipeline import prepare_data
 
     tok = AutoTokenizer.from_pretrained(ner["model"])
     sents = ner["sents"][:60]
