@@ -50,7 +50,7 @@ def wrap_model(
       trainable set changes later (gradual unfreezing), call ``wrap_model`` again on the wrapped model
       (it re-wraps the inner module).
     * ``"fsdp"``: FSDP2 -- ``fully_shard`` on every transformer block
-      (:func:`fastft.patching.families.blocks`) and then on the root, after broadcasting rank 0's
+      (:func:`fastft.nn.families.blocks`) and then on the root, after broadcasting rank 0's
       weights. The model's classes are swapped in place, parameters become DTensors sharded on dim 0;
       ``fastft.optim.FusedAdamW`` updates local shards and all-reduces the squared grad norm.
 
@@ -88,7 +88,7 @@ def wrap_model(
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from fastft.patching.families import blocks, family_of
+    from fastft.nn.families import blocks, family_of
 
     inner = inner.to(state.device)
     _broadcast_params(inner)

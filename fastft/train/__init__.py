@@ -8,7 +8,8 @@ facts, strategies), :mod:`~fastft.train.schedule` (optimizer + LR schedule),
 (``fastft train|eval|predict``) is :mod:`fastft.cli`.
 """
 
-from fastft.train.config import ConfigError, DataConfig, TrainConfig
+from fastft.train.config import DataConfig, TrainConfig
+from fastft.train.errors import ConfigError
 from fastft.train.trainer import Trainer, TrainingError
 
 __all__ = ["TrainConfig", "DataConfig", "Trainer", "ConfigError", "TrainingError"]

@@ -4,6 +4,8 @@ The trainer calls, on every rank unless a callback filters itself (trackers log 
 
 * ``on_start(config, output_dir, resumed)`` once, after the output dir is prepared (``config`` is the
   resolved config as a dict);
+* ``on_step(step)`` after every optimizer step, before that step's evaluation and checkpoint (e.g.
+  ``trainer.request_stop()`` there ends the run with this step's checkpoint);
 * ``on_log(record)`` for every record appended to ``metrics.jsonl`` (``type`` train / eval / test);
   an evaluation's record (``final`` True at the run's last step) comes before its ``on_evaluate``;
 * ``on_evaluate(step, metrics)`` after each validation evaluation; returning ``True`` asks the run to
@@ -25,6 +27,9 @@ class Callback:
     """Base class: every hook is a no-op, override the ones you need."""
 
     def on_start(self, config: dict[str, Any], output_dir: str, resumed: bool) -> None:
+        pass
+
+    def on_step(self, step: int) -> None:
         pass
 
     def on_log(self, record: dict[str, Any]) -> None:
@@ -60,6 +65,10 @@ class CallbackList(Callback):
     def on_start(self, config: dict[str, Any], output_dir: str, resumed: bool) -> None:
         for cb in self.callbacks:
             cb.on_start(config, output_dir, resumed)
+
+    def on_step(self, step: int) -> None:
+        for cb in self.callbacks:
+            cb.on_step(step)
 
     def on_log(self, record: dict[str, Any]) -> None:
         for cb in self.callbacks:

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from fastft.train.errors import ConfigError, first_line
-from fastft.train.outdir import fix_mode, is_stray_tmp
+from fastft.train.runfiles import is_stray_tmp
 from fastft.train.state import TrainState
+from fastft.train.storage import fix_mode
 
 __all__ = [
     "save_checkpoint",

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "PeerError", "first_line"]
+__all__ = ["ConfigError", "DataError", "PeerError", "TrainingError", "first_line"]
 
 
 class ConfigError(ValueError):
@@ -20,6 +20,10 @@ class DataError(ValueError):
 class PeerError(ConfigError):
     """Rank 0's user error, raised on the other torchrun ranks too so that they stop at once instead of
     waiting at the next collective until its timeout; the CLI prints it on rank 0 only (exit code 2)."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stays NaN); one line for the user, exit code 1."""
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from fastft.cli import main
 from fastft.functional import kd_loss
 from fastft.train import TrainConfig, Trainer
+from fastft.train.setup import train_loader
+from fastft.train.step import compute_loss
 from tests.compare import assert_close, randn
 from tests.train.trainutil import classification_files, file_flags, save_tiny, sentences, write_csv
 
@@ -77,25 +79,28 @@ def _trainer(models, out, **kw):
         **kw,
     )
     tr = Trainer(cfg)
-    tr._setup()
+    tr.setup()
     return tr
 
 
 def test_trainer_kd_loss_matches_formula(models, tmp_path):
     T, alpha = 3.0, 0.7
     tr = _trainer(models, tmp_path / "o", teacher=models["teacher"], kd_temperature=T, kd_alpha=alpha)
-    batch = tr._to_device(next(iter(tr._train_loader(0))))
+    run = tr.run
+    batch = run.to_device(next(iter(train_loader(run, 0))))
     n = batch["labels"].shape[0] + 5  # the accumulated batch is larger than this micro-batch
     tr.model.eval()  # no dropout: the logits below are the ones the loss saw
-    loss = tr._loss(tr.model, batch, n)
+    loss = compute_loss(run, tr.model, batch, n)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
     with torch.no_grad():
         s = tr.model(**inputs).logits
-        t = tr.teacher(**inputs).logits
+        t = run.teacher(**inputs).logits
     assert_close(loss, kd_reference(s, t, batch["labels"], T, alpha).sum() / n, name="trainer kd")
     # alpha = 0: plain cross-entropy normalised by the accumulated item count
     tr.cfg.kd_alpha = 0.0
-    assert_close(tr._loss(tr.model, batch, n), F.cross_entropy(s, batch["labels"], reduction="sum") / n)
+    assert_close(
+        compute_loss(run, tr.model, batch, n), F.cross_entropy(s, batch["labels"], reduction="sum") / n
+    )
 
 
 def test_trainer_kd_causal_lm(tmp_path):
@@ -116,15 +121,15 @@ def test_trainer_kd_causal_lm(tmp_path):
             cache_dir=str(tmp_path / "cache"),
         )
     )
-    tr._setup()
-    batch = tr._to_device(next(iter(tr._train_loader(0))))
+    run = tr.setup()
+    batch = run.to_device(next(iter(train_loader(run, 0))))
     n = int((batch["labels"][:, 1:] != -100).sum())
     tr.model.eval()
-    loss = tr._loss(tr.model, batch, n)
+    loss = compute_loss(run, tr.model, batch, n)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
         s = tr.model(**inputs).logits[:, :-1].flatten(0, 1)
-        t = tr.teacher(**inputs).logits[:, :-1].flatten(0, 1)
+        t = run.teacher(**inputs).logits[:, :-1].flatten(0, 1)
     y = batch["labels"][:, 1:].flatten()
     assert (y == -100).any()  # padding positions are excluded
     assert_close(loss, kd_reference(s, t, y, T, alpha).sum() / n, name="causal kd")
@@ -163,7 +168,7 @@ def test_kd_end_to_end(models, tmp_path):
 
 def test_teacher_refused_for_a_task_without_distillation(models, tmp_path):
     """Regression's loss has no KD term: a --teacher would be ignored silently, so it is refused."""
-    from fastft.train.config import ConfigError
+    from fastft.train.errors import ConfigError
 
     rows = [[t, float(p - n)] for t, p, n in sentences(24, seed=5)]
     path = write_csv(str(tmp_path / "reg.csv"), ["text", "score"], rows)
@@ -172,4 +177,4 @@ def test_teacher_refused_for_a_task_without_distillation(models, tmp_path):
         cache_dir=str(models["d"] / "cache"), teacher=models["teacher"], task="regression",
     )  # fmt: skip
     with pytest.raises(ConfigError, match="--teacher .* not supported for --task regression"):
-        Trainer(cfg)._setup()
+        Trainer(cfg).setup()

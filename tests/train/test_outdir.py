@@ -14,7 +14,9 @@ import torch
 
 from fastft.train import checkpoint as ckpt
 from fastft.train import outdir as od
-from fastft.train.config import ConfigError
+from fastft.train import runfiles as runf
+from fastft.train import storage as stg
+from fastft.train.errors import ConfigError
 from fastft.train.state import TrainState
 from tests import child_env
 
@@ -63,7 +65,7 @@ def test_lock_held_by_another_process_names_it(tmp_path):
     out = tmp_path / "run"
     p = _holder(out)
     try:
-        info = json.loads((out / od.LOCK_FILE).read_text())
+        info = json.loads((out / runf.LOCK_FILE).read_text())
         assert info["pid"] == p.pid and info["argv"] == ["fastft", "train"] and info["host"]
         with pytest.raises(ConfigError) as e:
             od.acquire(out)
@@ -74,11 +76,11 @@ def test_lock_held_by_another_process_names_it(tmp_path):
         p.stdin.close()
         p.wait()
     # the holder exited without releasing (no unlock, file left behind): the stale lock is taken over
-    assert (out / od.LOCK_FILE).exists()
+    assert (out / runf.LOCK_FILE).exists()
     with od.acquire(out) as lock:
-        assert json.loads((out / od.LOCK_FILE).read_text())["pid"] == os.getpid()
+        assert json.loads((out / runf.LOCK_FILE).read_text())["pid"] == os.getpid()
         assert lock.held and lock.created == []
-    assert not (out / od.LOCK_FILE).exists()
+    assert not (out / runf.LOCK_FILE).exists()
 
 
 def test_lock_killed_holder_is_taken_over(tmp_path):
@@ -104,7 +106,7 @@ def test_acquire_creates_the_dir_and_abort_removes_only_that(tmp_path):
     lock = od.acquire(out)
     assert out.is_dir() and lock.created == [str(out), str(tmp_path / "a")]
     (out / "train_config.json").write_text("{}")
-    od.record(out, "train_config.json")
+    runf.record(out, "train_config.json")
     lock.abort()
     assert not (tmp_path / "a").exists()
     # a folder that existed keeps everything but the lock file
@@ -162,18 +164,18 @@ def test_acquire_on_a_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------ pids / tmp
 def test_pid_alive_and_stray_tmp():
-    assert od.pid_alive(os.getpid())
+    assert runf.pid_alive(os.getpid())
     dead = _dead_pid()
-    assert not od.pid_alive(dead) and not od.pid_alive(0) and not od.pid_alive(-3)
+    assert not runf.pid_alive(dead) and not runf.pid_alive(0) and not runf.pid_alive(-3)
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     with contextlib.suppress(Exception):
         os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
-    assert not od.pid_alive(zombie.pid)
+    assert not runf.pid_alive(zombie.pid)
     zombie.wait()
-    assert od.is_stray_tmp(f".checkpoint-5.tmp-{dead}")
-    assert not od.is_stray_tmp(f".checkpoint-5.tmp-{os.getpid()}")
-    assert not od.is_stray_tmp(".checkpoint-5.tmp-1")  # init is alive
-    assert not od.is_stray_tmp("checkpoint-5")
+    assert runf.is_stray_tmp(f".checkpoint-5.tmp-{dead}")
+    assert not runf.is_stray_tmp(f".checkpoint-5.tmp-{os.getpid()}")
+    assert not runf.is_stray_tmp(".checkpoint-5.tmp-1")  # init is alive
+    assert not runf.is_stray_tmp("checkpoint-5")
 
 
 def test_rotate_keeps_a_live_runs_tmp_folder(tmp_path):
@@ -202,26 +204,26 @@ def _fake_run(out, names=("train_config.json", "results.json", "metrics.jsonl"))
 def test_record_track_and_clear(tmp_path):
     out = tmp_path
     with od.acquire(out):
-        assert not od.is_fastft_run(out)
-        od.record(out, "train_config.json", "adapter/adapter_config.json")
-        assert od.manifest(out) == {"train_config.json", "adapter"}
-        assert od.is_fastft_run(out)
-        with od.track(out):
+        assert not runf.is_fastft_run(out)
+        runf.record(out, "train_config.json", "adapter/adapter_config.json")
+        assert runf.manifest(out) == {"train_config.json", "adapter"}
+        assert runf.is_fastft_run(out)
+        with runf.track(out):
             (out / "model.safetensors").write_text("m")
             (out / "vocab.txt").write_text("v")
-        assert od.manifest(out) == {"train_config.json", "adapter", "model.safetensors", "vocab.txt"}
-        with pytest.raises(RuntimeError), od.track(out):  # a save that fails half-way is still recorded
+        assert runf.manifest(out) == {"train_config.json", "adapter", "model.safetensors", "vocab.txt"}
+        with pytest.raises(RuntimeError), runf.track(out):  # a save that fails half-way is still recorded
             (out / "tokenizer.json").write_text("t")
             raise RuntimeError
-        assert "tokenizer.json" in od.manifest(out)
+        assert "tokenizer.json" in runf.manifest(out)
         (out / "train_config.json").write_text("{}")
         (out / "adapter").mkdir()
         (out / "checkpoint-3").mkdir()
-        deleted = od.clear_run(out)
-        assert deleted[-1] == od.MANIFEST_FILE
-        assert os.listdir(out) == [od.LOCK_FILE]  # the held lock is never deleted
+        deleted = runf.clear_run(out)
+        assert deleted[-1] == runf.MANIFEST_FILE
+        assert os.listdir(out) == [runf.LOCK_FILE]  # the held lock is never deleted
         with pytest.raises(ValueError):
-            od.record(out, "../x")
+            runf.record(out, "../x")
 
 
 def test_overwrite_refuses_foreign_files(tmp_path):
@@ -230,43 +232,43 @@ def test_overwrite_refuses_foreign_files(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "thesis.tex").write_text("mine")
     with pytest.raises(ConfigError) as e:
-        od.clear_run(tmp_path)
+        runf.clear_run(tmp_path)
     assert str(e.value) == (
         "--overwrite would delete files fastft did not write (notes.txt, sub/); "
         "empty the folder or pick another --output-dir"
     )
     _fake_run(tmp_path)  # a legacy fastft run with a user file in it: still refused, nothing deleted
-    od.record(tmp_path, "results.json")
-    assert od.manifest(tmp_path) == {"checkpoint-10", "metrics.jsonl", "results.json", "train_config.json"}
+    runf.record(tmp_path, "results.json")
+    assert runf.manifest(tmp_path) == {"checkpoint-10", "metrics.jsonl", "results.json", "train_config.json"}
     with pytest.raises(ConfigError, match=r"\(notes.txt, sub/\)"):
-        od.clear_run(tmp_path)
+        runf.clear_run(tmp_path)
     assert (tmp_path / "sub" / "thesis.tex").exists() and (tmp_path / "results.json").exists()
 
 
 def test_overwrite_refuses_user_files_inside_checkpoints(tmp_path):
     """#21 §7: a user file inside checkpoint-N/ went with the folder; now clear_run refuses, deleting nothing."""
     _fake_run(tmp_path)
-    od.record(tmp_path, "results.json")
+    runf.record(tmp_path, "results.json")
     (tmp_path / "checkpoint-10" / "notes.txt").write_text("mine")
     (tmp_path / "checkpoint-10" / "plots").mkdir()
     for dry in (True, False):
         with pytest.raises(ConfigError, match=r"\(checkpoint-10/notes.txt, checkpoint-10/plots/\); empty"):
-            od.clear_run(tmp_path, dry_run=dry)
+            runf.clear_run(tmp_path, dry_run=dry)
     assert (tmp_path / "checkpoint-10" / "notes.txt").exists() and (tmp_path / "results.json").exists()
     (tmp_path / "checkpoint-10" / "plots").rmdir()
-    od.defer_old_checkpoints(tmp_path, warn=lambda s: None)  # a deferred checkpoint is guarded too
+    runf.defer_old_checkpoints(tmp_path, warn=lambda s: None)  # a deferred checkpoint is guarded too
     with pytest.raises(ConfigError, match=r"\(\.fastft-previous/checkpoint-10/notes.txt\)"):
-        od.clear_run(tmp_path)
-    os.remove(tmp_path / od.PREVIOUS_DIR / "checkpoint-10" / "notes.txt")
-    od.recover_deferred(tmp_path)
+        runf.clear_run(tmp_path)
+    os.remove(tmp_path / runf.PREVIOUS_DIR / "checkpoint-10" / "notes.txt")
+    runf.recover_deferred(tmp_path)
     # every file save_checkpoint writes (scaler included) is fastft's
     st = TrainState(global_step=3)
     sd = {"w": torch.zeros(2)}
     ckpt.save_checkpoint(
         str(tmp_path), 3, model_state=sd, optimizer_state={}, scheduler_state={}, scaler_state={}, state=st
     )
-    assert set(os.listdir(tmp_path / "checkpoint-3")) <= od.CHECKPOINT_FILES
-    od.clear_run(tmp_path)
+    assert set(os.listdir(tmp_path / "checkpoint-3")) <= runf.CHECKPOINT_FILES
+    runf.clear_run(tmp_path)
     assert os.listdir(tmp_path) == []
 
 
@@ -274,7 +276,7 @@ def test_many_foreign_files_are_summarised(tmp_path):
     for i in range(8):
         (tmp_path / f"f{i}").write_text("x")
     with pytest.raises(ConfigError, match=r"f4 and 3 more\)"):
-        od.clear_run(tmp_path)
+        runf.clear_run(tmp_path)
 
 
 def test_legacy_run_without_manifest(tmp_path):
@@ -282,13 +284,13 @@ def test_legacy_run_without_manifest(tmp_path):
     _fake_run(out, ("train_config.json", "results.json", "config.json", "model.safetensors", "vocab.txt"))
     (out / "model-00001-of-00002.safetensors").write_text("x")
     (out / f".checkpoint-20.tmp-{_dead_pid()}").mkdir()
-    assert od.is_fastft_run(out)
-    od.clear_run(out)
+    assert runf.is_fastft_run(out)
+    runf.clear_run(out)
     assert os.listdir(out) == []
-    assert od.clear_run(out) == [] and od.clear_run(tmp_path / "missing") == []
+    assert runf.clear_run(out) == [] and runf.clear_run(tmp_path / "missing") == []
     # train_config.json alone (no results, no checkpoint) is not a run
     (out / "train_config.json").write_text("{}")
-    assert not od.is_fastft_run(out)
+    assert not runf.is_fastft_run(out)
 
 
 def test_clear_keeps_a_live_tmp(tmp_path):
@@ -296,7 +298,7 @@ def test_clear_keeps_a_live_tmp(tmp_path):
     try:
         _fake_run(tmp_path)
         (tmp_path / f".checkpoint-20.tmp-{live.pid}").mkdir()
-        od.clear_run(tmp_path)
+        runf.clear_run(tmp_path)
         assert os.listdir(tmp_path) == [f".checkpoint-20.tmp-{live.pid}"]
     finally:
         live.stdin.close()
@@ -308,32 +310,32 @@ def test_rerun_keeps_old_checkpoints_until_the_first_new_one(tmp_path, capsys):
     out = tmp_path
     _fake_run(out)
     (out / "checkpoint-20").mkdir()
-    od.record(out, "train_config.json", "results.json", "metrics.jsonl")
-    prev = od.defer_old_checkpoints(out)
+    runf.record(out, "train_config.json", "results.json", "metrics.jsonl")
+    prev = runf.defer_old_checkpoints(out)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "same config: starting again at step 0" in err and "2 checkpoint" in err
-    od.clear_run(out, keep=(od.PREVIOUS_DIR,))
-    assert sorted(os.listdir(out / od.PREVIOUS_DIR)) == ["checkpoint-10", "checkpoint-20"]
+    runf.clear_run(out, keep=(runf.PREVIOUS_DIR,))
+    assert sorted(os.listdir(out / runf.PREVIOUS_DIR)) == ["checkpoint-10", "checkpoint-20"]
     assert ckpt.list_checkpoints(str(out)) == []  # the new run does not see (or rotate) the old ones
     # the new run dies before its first checkpoint: the next start gets the old ones back
-    assert od.recover_deferred(out) == ["checkpoint-10", "checkpoint-20"]
-    assert (out / "checkpoint-10" / "model.safetensors").exists() and not (out / od.PREVIOUS_DIR).exists()
+    assert runf.recover_deferred(out) == ["checkpoint-10", "checkpoint-20"]
+    assert (out / "checkpoint-10" / "model.safetensors").exists() and not (out / runf.PREVIOUS_DIR).exists()
     # this time the new run saves: the old ones go
-    prev = od.defer_old_checkpoints(out, warn=lambda s: None)
+    prev = runf.defer_old_checkpoints(out, warn=lambda s: None)
     (out / "checkpoint-5").mkdir()
     prev.discard()
-    assert sorted(os.listdir(out)) == [od.MANIFEST_FILE, "checkpoint-5"]
+    assert sorted(os.listdir(out)) == [runf.MANIFEST_FILE, "checkpoint-5"]
     # deferring again while an older deferral is pending settles that one first
     (out / "checkpoint-7").mkdir()
-    od.defer_old_checkpoints(out, warn=lambda s: None)
+    runf.defer_old_checkpoints(out, warn=lambda s: None)
     (out / "checkpoint-7").mkdir()
-    od.defer_old_checkpoints(out, warn=lambda s: None)
-    assert os.listdir(out / od.PREVIOUS_DIR) == ["checkpoint-7"]
-    assert od.recover_deferred(out) == ["checkpoint-7"]
+    runf.defer_old_checkpoints(out, warn=lambda s: None)
+    assert os.listdir(out / runf.PREVIOUS_DIR) == ["checkpoint-7"]
+    assert runf.recover_deferred(out) == ["checkpoint-7"]
     os.rename(out / "checkpoint-7", out / "checkpoint-5")
     # a run killed between its first save and discard(): recover drops the obsolete ones
-    (out / od.PREVIOUS_DIR / "checkpoint-1").mkdir(parents=True)
-    assert od.recover_deferred(out) == [] and not (out / od.PREVIOUS_DIR).exists()
+    (out / runf.PREVIOUS_DIR / "checkpoint-1").mkdir(parents=True)
+    assert runf.recover_deferred(out) == [] and not (out / runf.PREVIOUS_DIR).exists()
 
 
 # ------------------------------------------------------------------------------------------ storage
@@ -357,7 +359,7 @@ def test_rerun_keeps_old_checkpoints_until_the_first_new_one(tmp_path, capsys):
 )
 def test_storage_error_lines(tmp_path, exc, expect):
     d = str(tmp_path)
-    err = od.storage_error(exc, d, needed_bytes=120_000_000)
+    err = stg.storage_error(exc, d, needed_bytes=120_000_000)
     assert isinstance(err, ConfigError) and "\n" not in str(err)
     assert expect.replace("D", d) in str(err)
 
@@ -369,9 +371,9 @@ def test_storage_error_follows_the_cause_and_ignores_others(tmp_path):
         except OSError as inner:
             raise RuntimeError("save failed") from inner
     except RuntimeError as e:
-        assert "no space left" in str(od.storage_error(e, tmp_path))
-    assert od.storage_error(ValueError("bad"), tmp_path) is None
-    assert od.storage_error(OSError(errno.ENOENT, "x"), tmp_path) is None
+        assert "no space left" in str(stg.storage_error(e, tmp_path))
+    assert stg.storage_error(ValueError("bad"), tmp_path) is None
+    assert stg.storage_error(OSError(errno.ENOENT, "x"), tmp_path) is None
 
 
 def test_full_tmpfs_checkpoint_and_atomic_write(tmp_path):
@@ -388,32 +390,32 @@ def test_full_tmpfs_checkpoint_and_atomic_write(tmp_path):
                 state=TrainState(global_step=1),
             )
         assert os.listdir(d) == []  # the temp folder went away
-        line = str(od.storage_error(e.value, d, od.payload_bytes(sd)))
+        line = str(stg.storage_error(e.value, d, stg.payload_bytes(sd)))
         assert line.startswith(f"no space left on {d}: 0.8 MB needed, 0.") and "MB free" in line
         with pytest.raises(RuntimeError) as e:  # torch's own error (inline_container.cc) for a full disk
             torch.save(sd, os.path.join(d, "optimizer.pt"))
         os.remove(os.path.join(d, "optimizer.pt"))
-        assert str(od.storage_error(e.value, d, od.payload_bytes(sd))).startswith(
+        assert str(stg.storage_error(e.value, d, stg.payload_bytes(sd))).startswith(
             f"no space left on {d}: 0.8 MB"
         )
         with pytest.raises(ConfigError, match="no space left"):
-            od.check_writable(d, needed_bytes=10**9)
+            stg.check_writable(d, needed_bytes=10**9)
         with pytest.raises(ConfigError, match="no space left"):
-            od.atomic_write(os.path.join(d, "p.csv"), "x" * 400_000, overwrite=False)
+            stg.atomic_write(os.path.join(d, "p.csv"), "x" * 400_000, overwrite=False)
         assert os.listdir(d) == []
 
 
 def test_read_only_mount(tmp_path):
     with _tmpfs(tmp_path / "ro", "size=64k,ro") as d:
         with pytest.raises(ConfigError, match=rf"^{d} is read-only; pass a writable --output-dir$"):
-            od.check_writable(d)
+            stg.check_writable(d)
         with pytest.raises(ConfigError, match="is read-only"):
-            od.check_writable(os.path.join(d, "not", "yet"))
+            stg.check_writable(os.path.join(d, "not", "yet"))
         with pytest.raises(ConfigError, match="is read-only"):
             od.acquire(os.path.join(d, "run"))
         with pytest.raises(RuntimeError) as e:  # torch's own wording for the same thing
             torch.save({"a": torch.zeros(3)}, os.path.join(d, "x.pt"))
-        assert "is read-only" in str(od.storage_error(e.value, d))
+        assert "is read-only" in str(stg.storage_error(e.value, d))
 
 
 def test_read_only_faked(tmp_path, monkeypatch):
@@ -422,11 +424,11 @@ def test_read_only_faked(tmp_path, monkeypatch):
     def erofs(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(od.tempfile, "mkstemp", erofs)
+    monkeypatch.setattr(stg.tempfile, "mkstemp", erofs)
     with pytest.raises(ConfigError, match=rf"^{tmp_path} is read-only"):
-        od.check_writable(tmp_path)
+        stg.check_writable(tmp_path)
     with pytest.raises(ConfigError, match="is read-only"):
-        od.atomic_write(tmp_path / "x.json", "{}", overwrite=False)
+        stg.atomic_write(tmp_path / "x.json", "{}", overwrite=False)
     monkeypatch.setattr(od.os, "open", erofs)
     with pytest.raises(ConfigError, match="is read-only"):
         od.acquire(tmp_path / "run")
@@ -436,8 +438,8 @@ def test_read_only_faked(tmp_path, monkeypatch):
 def test_payload_bytes():
     import numpy as np
 
-    assert od.payload_bytes({"a": torch.zeros(10), "s": {"b": [torch.zeros(2, dtype=torch.float64)]}}) == 56
-    assert od.payload_bytes(np.zeros(4, np.int32), b"abc", "text", 5) == 19
+    assert stg.payload_bytes({"a": torch.zeros(10), "s": {"b": [torch.zeros(2, dtype=torch.float64)]}}) == 56
+    assert stg.payload_bytes(np.zeros(4, np.int32), b"abc", "text", 5) == 19
 
 
 # ------------------------------------------------------------------------------------------ atomic_write
@@ -445,13 +447,13 @@ def test_atomic_write_text_bytes_callback(tmp_path):
     import csv
 
     p = tmp_path / "sub" / "out.csv"
-    od.atomic_write(p, lambda fh: csv.writer(fh).writerows([["a", "b"], ["1", "2"]]), overwrite=False)
+    stg.atomic_write(p, lambda fh: csv.writer(fh).writerows([["a", "b"], ["1", "2"]]), overwrite=False)
     assert p.read_bytes() == b"a,b\r\n1,2\r\n"
     with pytest.raises(ConfigError, match=r"^--output .*out.csv already exists; pass --overwrite"):
-        od.atomic_write(p, "x", overwrite=False)
-    od.atomic_write(p, b"\x00\x01", overwrite=True)
+        stg.atomic_write(p, "x", overwrite=False)
+    stg.atomic_write(p, b"\x00\x01", overwrite=True)
     assert p.read_bytes() == b"\x00\x01"
-    od.atomic_write(p, "é", overwrite=True)
+    stg.atomic_write(p, "é", overwrite=True)
     assert p.read_text(encoding="utf-8") == "é"
     mask = os.umask(0o022)
     os.umask(mask)
@@ -463,7 +465,7 @@ def test_atomic_write_to_a_directory_refuses_and_leaves_nothing(tmp_path):
     """Red-team: predict --output <existing dir> --overwrite gave IsADirectoryError and left a .tmp."""
     (tmp_path / "d").mkdir()
     with pytest.raises(ConfigError) as e:
-        od.atomic_write(tmp_path / "d", "x", overwrite=True)
+        stg.atomic_write(tmp_path / "d", "x", overwrite=True)
     assert str(e.value) == f"--output {tmp_path / 'd'} is a directory; pass a file path"
     assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == []
 
@@ -477,7 +479,7 @@ def test_atomic_write_error_in_callback_keeps_old_file_and_no_tmp(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        od.atomic_write(p, boom, overwrite=True)
+        stg.atomic_write(p, boom, overwrite=True)
     assert p.read_text() == "old" and os.listdir(tmp_path) == ["m.json"]
 
 
@@ -506,7 +508,7 @@ def test_safetensors_files_get_the_umask_mode_like_the_rest(tmp_path, umask):
         (tmp_path / "secret.txt").write_text("mine")
         os.chmod(tmp_path / "secret.txt", 0o600)
         save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))  # replaced in the block
-        with od.track(tmp_path):  # like save_pretrained: a new file, a replaced one, one in a subfolder
+        with runf.track(tmp_path):  # like save_pretrained: a new file, a replaced one, one in a subfolder
             save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
             os.makedirs(tmp_path / "adapter")
             save_file({"w": torch.ones(2)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
@@ -524,7 +526,7 @@ def test_atomic_write_temp_is_recognised_by_clear_run(tmp_path):
     _fake_run(tmp_path)
     fd, name = tempfile.mkstemp(dir=tmp_path, prefix=".results.json.", suffix=f".tmp-{_dead_pid()}")
     os.close(fd)
-    od.clear_run(tmp_path)
+    runf.clear_run(tmp_path)
     assert os.listdir(tmp_path) == []
 
 
@@ -535,7 +537,7 @@ def test_lock_mutual_exclusion_under_contention(tmp_path):
         f"""
         import os, time
         from fastft.train import outdir
-        from fastft.train.config import ConfigError
+        from fastft.train.errors import ConfigError
         out, got = {str(tmp_path)!r}, 0
         for _ in range(200):
             try:

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from fastft.cli import main
+from fastft.train import step
 from fastft.train.checkpoint import list_checkpoints, load_checkpoint
 from fastft.train.trainer import Trainer
 from tests import child_env
@@ -127,10 +128,10 @@ def test_same_config_rerun_warns_once_and_keeps_checkpoints_until_its_first(
     assert main(argv(env, out)) == 0
     assert [s for s, _ in list_checkpoints(str(out))] == [2, 4]
 
-    def boom(self, model, window):  # the re-run dies before its first checkpoint (a Ctrl-C, a crash)
+    def boom(run, window):  # the re-run dies before its first checkpoint (a Ctrl-C, a crash)
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(Trainer, "_step", boom)
+    monkeypatch.setattr(step, "train_step", boom)
     capsys.readouterr()
     with pytest.raises(RuntimeError, match="killed"):
         main(argv(env, out))
@@ -294,7 +295,7 @@ def test_output_that_is_a_directory(env, finished, tmp_path, capsys, command):
 
 def test_double_sigterm_exits_143(env, tmp_path, capsys, monkeypatch):
     """The first SIGTERM asks for a checkpoint; the second stops at once and the CLI exits 128 + 15."""
-    from fastft.train.trainer import StopNow
+    from fastft.train.signals import StopNow, stop_on_signals
 
     tr = Trainer(model=env["model"], train_file=env["files"]["train"], output_dir=str(tmp_path / "x"))
 
@@ -302,17 +303,16 @@ def test_double_sigterm_exits_143(env, tmp_path, capsys, monkeypatch):
         pass
 
     prev = signal.signal(signal.SIGTERM, mine)
-    tr._install_signal_handlers()
     try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
-        assert tr._stop_signal == signal.SIGTERM
-        with pytest.raises(StopNow) as e:
+        with stop_on_signals(tr.stop):  # what train() installs around the loop
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1.0)
-        assert e.value.signum == signal.SIGTERM
+            time.sleep(0.05)
+            assert tr.stop.signum == signal.SIGTERM
+            with pytest.raises(StopNow) as e:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1.0)
+            assert e.value.signum == signal.SIGTERM
     finally:
-        tr._restore_signal_handlers()
         restored = signal.signal(signal.SIGTERM, prev)
     assert restored is mine  # the trainer put the previous handler back
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from fastft.cli import main
 from fastft.train import TrainConfig, Trainer
-from fastft.train.config import ConfigError, config_from_dict
-from fastft.train.errors import DataError
+from fastft.train.config import config_from_dict
+from fastft.train.errors import ConfigError, DataError
 from tests.train.trainutil import (
     file_flags,
     read_jsonl,
@@ -60,13 +60,15 @@ def test_tie_break_by_eval_loss_then_later_step(env, tmp_path, monkeypatch):
     """Equal accuracy at every evaluation: the lower loss wins, and on equal loss the later step."""
     script = iter([(0.5, 0.70), (0.5, 0.60), (0.5, 0.60), (0.5, 0.65)])
 
-    def fake_evaluate(self, split="validation", collect=None):
+    def fake_evaluate(run, split="validation", collect=None):
         if split != "validation":
             return {}
         acc, loss = next(script)
         return {"loss": loss, "accuracy": acc}
 
-    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    from fastft.train import evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_split", fake_evaluate)
     out = tmp_path / "tie"
     res = Trainer(_cfg(env, out, max_steps=4, eval_strategy="steps", eval_steps=1, batch_size=4)).train()
     assert res["best_step"] == 3  # step 2 beat step 1 on loss; step 3 tied it and is later; 4 is worse

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from fastft.cli import main
-from fastft.train.config import ConfigError
+from fastft.train.errors import ConfigError
 from tests import child_env
 from tests.train.trainutil import save_tiny, write_csv
 

@@ -51,15 +51,14 @@ def _cfg(d, model, files, out, **kw):
 
 def _stop_at(trainer: Trainer, step: int):
     """Simulate a kill: request a stop (as SIGTERM does) once ``step`` optimizer steps are done."""
-    orig = trainer._step
+    from fastft.train.callbacks import Callback
 
-    def wrapped(model, window):
-        out = orig(model, window)
-        if trainer.global_step + 1 == step:
-            trainer.request_stop()
-        return out
+    class StopAt(Callback):
+        def on_step(self, done: int) -> None:
+            if done == step:
+                trainer.request_stop()
 
-    trainer._step = wrapped
+    trainer.callbacks.add(StopAt())
     return trainer
 
 
@@ -170,13 +169,14 @@ def test_extended_resume_takes_the_new_plans_lr_at_once(setup, tmp_path):
     cfg = dict(max_steps=4, save_steps=2, eval_strategy="no", warmup_steps=0, lr=1e-2)
     Trainer(_cfg(d, model, files, out, **cfg)).train()
     t = Trainer(_cfg(d, model, files, out, **{**cfg, "max_steps": 10}, resume=str(out / "checkpoint-2")))
-    t._setup()
+    run = t.setup()
     try:
         want = 1e-2 * lr_lambda(10, 0, "linear")(2)
-        assert max(g["lr"] for g in t.optimizer.param_groups) == pytest.approx(want, rel=1e-12)
+        assert max(g["lr"] for g in run.optimizer.param_groups) == pytest.approx(want, rel=1e-12)
+        assert run.scheduler.get_last_lr()[0] == pytest.approx(want, rel=1e-12)
         assert want != pytest.approx(1e-2 * lr_lambda(4, 0, "linear")(2))
     finally:
-        t._cleanup_failed_setup()
+        t.close()
 
 
 def test_sigterm_saves_checkpoint_and_exits_cleanly(setup, tmp_path):

@@ -70,8 +70,8 @@ def test_accumulation_normalises_by_items_of_the_whole_batch(env, tmp_path, kind
     grads = {}
     for name, bs, accum in (("a", 4, 3), ("b", 10, 1)):
         tr = Trainer(_cfg(env, tmp_path / name, batch_size=bs, grad_accum=accum, **common))
-        tr._setup()
-        step = tr.optimizer.step
+        run = tr.setup()  # the set-up run; train() goes on from it
+        step = run.optimizer.step
 
         def capture(*a, _tr=tr, _name=name, _step=step, **k):
             grads[_name] = {
@@ -79,8 +79,8 @@ def test_accumulation_normalises_by_items_of_the_whole_batch(env, tmp_path, kind
             }
             return _step(*a, **k)
 
-        tr.optimizer.step = capture
-        tr._run()
+        run.optimizer.step = capture
+        tr.train()
     a, b = grads["a"], grads["b"]
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
@@ -100,13 +100,15 @@ def test_low_precision_runs(env, tmp_path, precision):
 
 
 def test_nonfinite_loss_skip_and_stop(env, tmp_path, monkeypatch):
-    orig = Trainer._loss
+    from fastft.train import step
 
-    def nan_at_step_2(self, model, batch, n):
-        loss = orig(self, model, batch, n)
-        return loss * float("nan") if self.global_step == 1 else loss
+    orig = step.compute_loss
 
-    monkeypatch.setattr(Trainer, "_loss", nan_at_step_2)
+    def nan_at_step_2(run, model, batch, n):
+        loss = orig(run, model, batch, n)
+        return loss * float("nan") if run.state.global_step == 1 else loss
+
+    monkeypatch.setattr(step, "compute_loss", nan_at_step_2)
     out = tmp_path / "skip"
     tr = Trainer(_cfg(env, out, max_steps=3, save_steps=1, save_total_limit=0, eval_strategy="no"))
     res = tr.train()

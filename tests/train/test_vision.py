@@ -16,8 +16,10 @@ import torch
 
 from fastft.train import image_augment as A
 from fastft.train import vision
-from fastft.train.config import ConfigError, TrainConfig
-from fastft.train.data import DataError, make_dataloader, prepare_data
+from fastft.train.config import TrainConfig
+from fastft.train.data.loader import make_dataloader
+from fastft.train.data.pipeline import prepare_data
+from fastft.train.errors import ConfigError, DataError
 from fastft.train.vision import (
     augment_image,
     build_augment,
@@ -90,12 +92,13 @@ def test_augment_train_only_seeded_and_resumable(ws):
 
 def test_train_loader_of_the_trainer_gets_the_presets(ws, tmp_path, monkeypatch):
     """The trainer passes --augment to the train loader only (eval loaders get none)."""
+    from fastft.train import setup as S
     from fastft.train import trainer as T
 
     seen = []
-    real = T.make_dataloader
+    real = S.make_dataloader
     monkeypatch.setattr(
-        T, "make_dataloader", lambda *a, **k: seen.append((k["shuffle"], k["augment"])) or real(*a, **k)
+        S, "make_dataloader", lambda *a, **k: seen.append((k["shuffle"], k["augment"])) or real(*a, **k)
     )
     model = imgdata.save_model(str(tmp_path / "m"), "vit", num_labels=3)
     cfg = TrainConfig(task="image_classification", train_file=ws["folder"], model=model, augment="flip",
@@ -157,16 +160,9 @@ def test_resume_with_augmentation_is_exact(ws, tmp_path):
                            save_total_limit=0, output_dir=str(tmp_path / out), **kw)  # fmt: skip
 
     Trainer(cfg("ref")).train()
-    stopped = Trainer(cfg("run"))
-    orig = stopped._step
+    from tests.train.test_resume import _stop_at
 
-    def step_then_stop(model, window):
-        out = orig(model, window)
-        if stopped.global_step + 1 == 2:
-            stopped.request_stop()
-        return out
-
-    stopped._step = step_then_stop
+    stopped = _stop_at(Trainer(cfg("run")), 2)
     assert stopped.train()["interrupted"] == "SIGTERM"
     Trainer(cfg("run", resume="latest")).train()
     assert train_losses(str(tmp_path / "run")) == train_losses(str(tmp_path / "ref"))

@@ -119,6 +119,16 @@ class Task(ABC):
     predict_format: str = "csv"
     modality: str = "text"
     image_columns: tuple[str, ...] = ("image", "image_path", "path", "file", "filename", "img")
+    #: which :data:`fastft.train.diagnose.COLLAPSE_CHECKS` check judges an evaluation for a collapsed
+    #: model (:meth:`collapse_check`); ``None``: not checked.
+    collapse_kind: str | None = None
+    #: a ``.tsv`` file is read as CoNLL (one token and its tag per line), not as a table.
+    reads_conll: bool = False
+
+    @property
+    def reads_folders(self) -> bool:
+        """Whether a folder (of images) can stand for a data file; text tasks need a file."""
+        return self.modality != "text"
 
     # ---- data ------------------------------------------------------------------------------------
     def load_preprocessor(self, path: str, model_config):
@@ -144,6 +154,11 @@ class Task(ABC):
         """The loaded model, changed for this task before the strategy applies (e.g. a contrastive
         model's extra class head); ``model`` unchanged by default."""
         return model
+
+    def read_table(self, ds, where: str):
+        """A data file's table (the ``datasets.Dataset`` as read) in this task's columns, e.g. SQuAD's
+        nested JSON as one row per question; ``where`` names the file in errors. ``ds`` by default."""
+        return ds
 
     def refine(self, labels: list) -> Task:
         """The task to run for these raw label values (e.g. image classification -> image multi-label
@@ -235,6 +250,22 @@ class Task(ABC):
         logits = model(**model_inputs(batch)).logits.float()
         return self.item_losses(logits, batch["labels"]).sum() / n_items
 
+    def loss_setup(
+        self, cfg, train, space: LabelSpace, report: dict, device
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Hook, once before training: extra keyword arguments for :meth:`loss` worked out from the
+        training split ``train`` (classification: ``class_weight`` of ``--class-weights``) and the
+        start-up report's lines; may add entries to ``report`` (results.json's ``data``).
+        Default: nothing, and ``--class-weights`` is refused."""
+        from fastft.train.errors import ConfigError
+
+        if (cfg.class_weights or "none").strip().lower() not in ("none", "imbalanced"):
+            raise ConfigError(
+                f"--class-weights applies to single-label classification, not {self.problem_type}; "
+                "drop --class-weights"
+            )
+        return {}, []
+
     def fused_parts(self, patched: list[str], model, cfg) -> list[str]:
         """The fused parts this run's training really uses (the start-up summary's ``fused`` line):
         ``patched`` (``fastft.patch``'s parts on ``model``) without its ``loss`` part unless the model's
@@ -291,6 +322,21 @@ class Task(ABC):
         """:meth:`metrics`, for tasks that need the evaluated model's config (e.g. its ``id2label``)."""
         return self.metrics(rows, mean_loss, count)
 
+    def collapse_check(
+        self, rows: dict[str, torch.Tensor], metrics: dict, names: dict[int, str] | None = None
+    ) -> dict[str, Any] | None:
+        """Does this evaluation (the gathered ``rows``: ``logits``, or token tasks' ``preds``, and
+        ``labels``; their ``metrics``) look like a model that learned nothing? The report of
+        :mod:`fastft.train.diagnose`'s check for :attr:`collapse_kind` (symptoms, one warning line)
+        or ``None``; ``names``: label id -> name."""
+        scores = rows.get("logits", rows.get("preds"))
+        if self.collapse_kind is None or scores is None or "labels" not in rows:
+            return None
+        from fastft.train.diagnose import COLLAPSE_CHECKS
+
+        check = COLLAPSE_CHECKS[self.collapse_kind]
+        return check(scores.float().cpu().numpy(), rows["labels"].cpu().numpy(), metrics, names)
+
     def headline(self, test: dict) -> str | None:
         """The one-line summary of the test metrics printed at the end of ``fastft train``."""
         return None
@@ -327,3 +373,28 @@ class Task(ABC):
     def prediction_fields(self, logits: np.ndarray, id2label: dict[int, str]) -> dict[str, Any]:
         """The output columns of one row from its logits (used by the default :meth:`predict`)."""
         raise NotImplementedError(f"{self.name} has no prediction output")
+
+    # ---- eval/predict of a saved model ----------------------------------------------------------
+    def for_inference(self, saved: dict, *, images_only: bool = False) -> Task:
+        """The task ``fastft eval|predict`` runs for a saved model, with the training run's options
+        (``saved``: its ``train_config.json``) applied; ``images_only``: rows need no text (predict
+        with ``--captions-file``). ``self`` unless the task has run options."""
+        return self
+
+    def attach_saved_head(self, model, folder: str):
+        """The loaded model with the parts ``from_pretrained`` does not restore put back from
+        ``folder`` (e.g. a contrastive model's class head); ``model`` unchanged by default."""
+        return model
+
+    def inference_text_columns(
+        self, columns: list[str], pair_col: str | None, where: str
+    ) -> tuple[str | None, str | None]:
+        """The (text, pair) columns ``fastft predict`` keeps in its output when ``--text-column`` and
+        the run give none: detected among the file's raw ``columns`` for text tasks; image tasks
+        read no text column (``None``, ``pair_col``)."""
+        if self.modality != "text":
+            return None, pair_col
+        from fastft.train.data.sources import resolve_columns
+
+        text_col, pair_col, _ = resolve_columns(columns, None, pair_col, None, False, where, self)
+        return text_col, pair_col

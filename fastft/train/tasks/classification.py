@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastft.train.errors import DataError
+from fastft.train.errors import ConfigError, DataError
+from fastft.train.numerics import softmax
 from fastft.train.tasks import labels as L
 from fastft.train.tasks.base import LabelSpace, Task, model_inputs
 
@@ -47,17 +48,13 @@ def ce_sum(
     return F.cross_entropy(logits, labels, reduction="sum", weight=weight)
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
-
-
 class Classification(Task):
     name = "classification"
     fused_loss = "cross-entropy loss"
     distils = True
     aliases = ("single_label_classification",)
     problem_type = "single_label_classification"
+    collapse_kind = "classification"
     named_labels = True
     best_metric = "accuracy"
 
@@ -130,12 +127,51 @@ class Classification(Task):
             return kd_loss_sum(logits, t_logits, batch["labels"], cfg) / n_items
         return ce_sum(logits, batch["labels"], cfg is None or cfg.fused, class_weight) / n_items
 
+    def loss_setup(self, cfg, train, space, report, device):
+        """The training labels' distribution (start-up report, results.json) and the
+        ``--class-weights`` vector (``class_weight``, float32 on ``device``)."""
+        from fastft.train import diagnose
+
+        spec = (cfg.class_weights or "none").strip().lower()
+        if spec == "imbalanced" and cfg.teacher:
+            spec = "none"  # "weights if imbalanced" only where weights apply
+        if spec != "none" and cfg.teacher:
+            raise ConfigError("--class-weights does not apply to the distillation loss; drop one of them")
+        dist = diagnose.label_distribution(list(train["labels"]), space.id2label)
+        report["label_distribution"] = dist
+        ratio = dist["imbalance_ratio"]
+        notes = [
+            "  labels     train: "
+            + ", ".join(f"{k} {v} ({dist['fractions'][k]:.0%})" for k, v in dist["counts"].items())
+            + (f"; imbalance {ratio:.1f}x" if ratio else "")
+        ]
+        how = (
+            spec
+            if spec != "imbalanced"
+            else f"imbalanced (imbalance >= {diagnose.STRONG_IMBALANCE:g}x: auto)"
+        )
+        spec = diagnose.resolve_class_weights(spec, ratio)
+        if spec == "none" and ratio is not None and ratio >= diagnose.STRONG_IMBALANCE:
+            notes.append(
+                "  hint       --class-weights auto favours the minority classes at some cost in accuracy "
+                "(pair it with --metric-for-best f1_macro); see the README's class weights"
+            )
+        weights = diagnose.class_weights(list(dist["counts"].values()), spec)
+        if weights is None:
+            return {}, notes
+        report["class_weights"] = dict(zip(dist["counts"], weights))
+        notes.append(
+            f"  weights    --class-weights {how}: "
+            + ", ".join(f"{k} {w:.3g}" for k, w in zip(dist["counts"], weights))
+        )
+        return {"class_weight": torch.tensor(weights, dtype=torch.float32, device=device)}, notes
+
     def metrics(self, rows, mean_loss, count):
-        from fastft.train.metrics import compute_metrics
+        from fastft.train.metrics import classification_metrics
 
         return {
             "loss": mean_loss,
-            **compute_metrics(self.problem_type, rows["logits"].cpu().numpy(), rows["labels"].cpu().numpy()),
+            **classification_metrics(rows["logits"].cpu().numpy(), rows["labels"].cpu().numpy()),
         }
 
     def headline(self, test):
