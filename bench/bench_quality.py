@@ -182,16 +182,10 @@ def _fastft_results(out_dir: str) -> dict[str, Any]:
 
 
 def _fastft_evals(path: str) -> list[dict[str, Any]]:
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            r = json.loads(line)
-            if r.get("type") == "eval":
-                keep = ("step", "accuracy", "loss", "auc_roc", "f1_macro", "is_best")
-                rows.append({k: r[k] for k in keep if k in r})
-    return rows
+    from fastft.train.metrics_log import read_records
+
+    keep = ("step", "accuracy", "loss", "auc_roc", "f1_macro", "is_best")
+    return [{k: r[k] for k in keep if k in r} for r in read_records(path, "eval")]
 
 
 def run_hf(

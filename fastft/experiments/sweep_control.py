@@ -52,7 +52,7 @@ class SweepControl:
         self._old = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        from fastft.train.trainer import StopNow
+        from fastft.train.signals import StopNow
 
         if self.signum is not None:  # the second one: stop now (a third gets the default action)
             signal.signal(signum, signal.SIG_DFL)

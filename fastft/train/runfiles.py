@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from fastft.train.errors import ConfigError
+from fastft.train.metrics_log import iter_lines
 from fastft.train.storage import atomic_write, fix_mode
 
 __all__ = [
@@ -409,14 +410,10 @@ def truncate_metrics(path: str, step: int) -> None:
     """On resume, drop metrics.jsonl lines written after the checkpoint (the killed run's tail)."""
     if not os.path.exists(path):
         return
-    keep = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if r.get("step", 0) <= step and r.get("type") not in ("test", "end"):
-                keep.append(line)
+    keep = [
+        line
+        for line, r in iter_lines(path)
+        if r.get("step", 0) <= step and r.get("type") not in ("test", "end")
+    ]
     with open(path, "w", encoding="utf-8") as fh:
         fh.writelines(keep)

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from fastft.train.metrics_log import read_records
+
 __all__ = ["RunLogger", "plot_curves", "fmt_duration"]
 
 
@@ -154,19 +156,9 @@ class RunLogger:
 
 def plot_curves(metrics_path: str, out_png: str, metric: str | None = None) -> str | None:
     """Training loss (and eval loss / ``metric``) against the optimizer step, as a PNG (matplotlib Agg)."""
-    if not os.path.exists(metrics_path):
-        return None
-    train, evals = [], []
-    with open(metrics_path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if r.get("type") == "train" and r.get("loss") is not None:
-                train.append(r)
-            elif r.get("type") == "eval":
-                evals.append(r)
+    records = read_records(metrics_path)
+    train = [r for r in records if r.get("type") == "train" and r.get("loss") is not None]
+    evals = [r for r in records if r.get("type") == "eval"]
     if not train and not evals:
         return None
     import matplotlib
