@@ -1,11 +1,14 @@
-"""The fastft trainer: ``TrainConfig`` (every knob, one dataclass) and ``Trainer(cfg).train()``.
+"""The fastft trainer: ``TrainConfig`` (every knob, one flat dataclass) and ``Trainer(cfg).train()``.
 
-Layout: :mod:`~fastft.train.tasks` (one file per task + the registry), :mod:`~fastft.train.data`
-(sources, cleaning, split, tokenization, batching), :mod:`~fastft.train.models` (loading, family
-facts, strategies), :mod:`~fastft.train.schedule` (optimizer + LR schedule),
-:mod:`~fastft.train.evaluate`, :mod:`~fastft.train.state` (``TrainState``),
-:mod:`~fastft.train.checkpoint`, :mod:`~fastft.train.trainer` (the loop); the CLI
-(``fastft train|eval|predict``) is :mod:`fastft.cli`.
+Layers, bottom first (``tests/test_layers.py`` checks that imports only go down):
+:mod:`~fastft.train.errors` and :mod:`~fastft.train.numerics`; :mod:`~fastft.train.config`
+(self-validating sections); the libraries (:mod:`~fastft.train.models`, :mod:`~fastft.train.metrics`,
+the data readers in :mod:`~fastft.train.data`, checkpoints, output folder, trackers, strategies);
+:mod:`~fastft.train.tasks` (one file per task + the registry); the run layer
+(:mod:`~fastft.train.data.pipeline`, :mod:`~fastft.train.data.loader`, :mod:`~fastft.train.setup`
+-> a ``Run``, :mod:`~fastft.train.step`, :mod:`~fastft.train.loop`, :mod:`~fastft.train.evaluate`,
+:mod:`~fastft.train.resume`, :mod:`~fastft.train.finish`); :mod:`~fastft.train.trainer` (the
+facade); the CLI (``fastft train|eval|predict``) is :mod:`fastft.cli`.
 """
 
 from fastft.train.config import DataConfig, TrainConfig
