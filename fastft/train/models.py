@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from fastft.train import strategies as strat
+from fastft.train.data.modalities import modality_of
 from fastft.train.errors import ConfigError, first_line
 
 __all__ = [
@@ -50,43 +51,12 @@ class Task(Protocol):
     def check_teacher(self, teacher, model, space: LabelSpace) -> str | None: ...
 
 
-#: the auto-class of each modality's models (for "a text model given to an image task" and the reverse).
-_TEXT_MAPPINGS = (
-    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
-    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-)
-_IMAGE_MAPPINGS = ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",)
-
-
-def _model_types(names: tuple[str, ...]) -> set[str]:
-    from transformers.models.auto import modeling_auto
-
-    return {t for n in names for t in getattr(modeling_auto, n, {})}
-
-
 def check_modality(task: Task | None, model_config, path: str, folder: str | None = None) -> None:
     """A text-only model given to an image task (or an image model to a text task): ConfigError.
     ``task`` None (``--task auto`` on a data file) is a text task. Unknown model types pass (their
     loading error is the one line then)."""
     mt = getattr(model_config, "model_type", None)
-    modality = task.modality if task is not None else "text"
-    text, image = _model_types(_TEXT_MAPPINGS), _model_types(_IMAGE_MAPPINGS)
-    if modality == "image" and mt in text and mt not in image:
-        if folder is not None:  # --task auto took the folder for images: most likely a mistake
-            raise ConfigError(
-                f"--train-file {folder} is a directory; pass a file (a folder of images needs an image "
-                "model and --task image_classification)"
-            )
-        raise ConfigError(
-            f"--model {path} is a text model ({mt}); --task {task.name} needs an image model, e.g. "
-            "google/vit-base-patch16-224 or microsoft/resnet-50"
-        )
-    if modality == "text" and mt in image and mt not in text:
-        raise ConfigError(
-            f"--model {path} is an image model ({mt}); pass --task image_classification with image data, "
-            "or a text model for text data"
-        )
+    modality_of(task).check_model(task, mt, path, folder)
 
 
 def _other_head(task: Task, model_config) -> str | None:
@@ -126,7 +96,7 @@ def head_note(task: Task, model_config, space: LabelSpace) -> str | None:
             f"  head       new {head.removeprefix('For')} head ({space.num_labels} labels): the checkpoint's "
             f"{other.removeprefix('For')} head is not used"
         )
-    if task.modality == "text" or not space.num_labels or task.auto_class == "AutoModel":
+    if not modality_of(task).new_head_expected or not space.num_labels or task.auto_class == "AutoModel":
         return None  # AutoModel: no HF task head (a contrastive model's class head is its own)
     if not any(a.endswith(head) for a in archs):
         return f"  head       new {head.removeprefix('For')} head ({space.num_labels} labels): the checkpoint has none"
@@ -254,7 +224,7 @@ def load_task_model(
         and saved_n not in (None, space.num_labels)
     ):
         # image checkpoints are mostly ImageNet's 1000 classes: a new head is the normal case
-        if user_num_labels is None and task.modality == "text":
+        if user_num_labels is None and not modality_of(task).new_head_expected:
             raise ConfigError(
                 f"the model's classifier has {saved_n} labels but the data has {space.num_labels}; "
                 f"check --label-column, or pass --num-labels {space.num_labels} to re-initialise the classifier"
@@ -267,18 +237,7 @@ def load_task_model(
     if other is not None:
         _reset_other_head(model)
     model = task.adapt_model(model, space)
-    if task.modality != "text":
-        return model
-    pad = tokenizer.pad_token_id
-    if getattr(model.config, "pad_token_id", None) is None and pad is not None:
-        model.config.pad_token_id = pad
-    n_emb = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > n_emb:
-        raise ConfigError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model only {n_emb} embeddings; "
-            "pass the model's own --tokenizer"
-        )
-    return model
+    return modality_of(task).fit_model(model, tokenizer)
 
 
 def load_teacher(task: Task, path: str, model, space: LabelSpace):

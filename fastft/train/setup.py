@@ -27,6 +27,7 @@ from fastft.train import outdir as od
 from fastft.train.callbacks import CallbackList
 from fastft.train.config import TrainConfig
 from fastft.train.data.loader import make_dataloader
+from fastft.train.data.modalities import modality_of
 from fastft.train.data.pipeline import prepare_data, requested_task
 from fastft.train.errors import ConfigError, DataError, PeerError, TrainingError, first_line
 from fastft.train.models import check_model, load_tokenizer
@@ -167,7 +168,7 @@ def setup_data(run: Run) -> None:
     asked = requested_task(cfg)  # None: --task auto on a data file (a text task)
     folder = cfg.train_file if str(cfg.task).lower() == "auto" and asked is not None else None
     models.check_modality(asked, run.model_config, cfg.model, folder)
-    if asked is not None and asked.modality != "text":  # the image processor (saved with the model)
+    if not modality_of(asked).tokenized:  # the image processor (saved with the model)
         run.tokenizer = asked.load_preprocessor(cfg.tokenizer or cfg.model, run.model_config)
     else:
         run.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, run.model_config)

@@ -36,7 +36,8 @@ __all__ = [
     "IMAGE_PRESETS",
     "TEXT_PRESETS",
     "parse_augment",
-    "check_augment",
+    "text_presets",
+    "image_presets",
     "build_augment",
     "augment_image",
     "open_image",
@@ -51,17 +52,22 @@ log = logging.getLogger("fastft")
 _DEFAULT_DEGREES = 15.0
 
 
-def check_augment(spec: str | None, modality: str) -> list[tuple[str, float | None]]:
-    """The presets of ``spec`` for a task of ``modality``; text presets on images (and the reverse)
-    raise ConfigError naming the presets that fit."""
+def text_presets(spec: str | None) -> list[tuple[str, float | None]]:
+    """The presets of ``spec`` for a text task; image presets raise ConfigError naming the one that fits."""
     presets = parse_augment(spec)
     names = [n for n, _ in presets]
-    if modality == "text" and any(n in IMAGE_PRESETS for n in names):
+    if any(n in IMAGE_PRESETS for n in names):
         raise ConfigError(
             f"--augment {spec}: {', '.join(n for n in names if n in IMAGE_PRESETS)} augment images, "
             "and this is a text task; use --augment eda or drop --augment"
         )
-    if modality != "text" and any(n in TEXT_PRESETS for n in names):
+    return presets
+
+
+def image_presets(spec: str | None) -> list[tuple[str, float | None]]:
+    """The presets of ``spec`` for an image task; text presets raise ConfigError naming those that fit."""
+    presets = parse_augment(spec)
+    if any(n in TEXT_PRESETS for n, _ in presets):
         raise ConfigError(
             f"--augment {spec}: eda edits texts, and this is an image task; use "
             f"{', '.join(IMAGE_PRESETS)} (combined with commas)"
@@ -75,7 +81,7 @@ def build_augment(spec: str | None, size: tuple[int, int]) -> Callable | None:
     width), the output size of ``crop``."""
     from fastft.train.image_augment import Augment, make_step
 
-    presets = check_augment(spec, "image")
+    presets = image_presets(spec)
     if not presets:
         return None
     steps = [make_step(name, value, size, _DEFAULT_DEGREES) for name, value in presets]

@@ -288,14 +288,17 @@ def _pick_column(kind: str, flag: str, cols: list[str], given: str | None, known
     return found
 
 
-def table_raw(ds, path_or_name: str, where: str, task, c, need_label: bool, group: bool) -> tuple[Raw, dict]:
-    """One table (a loaded file or hub split) as image rows; -> (Raw, the columns used)."""
+def table_raw(
+    ds, path_or_name: str, where: str, task, c, need_label: bool, group: bool, *, captions: bool
+) -> tuple[Raw, dict]:
+    """One table (a loaded file or hub split) as image rows (+ a caption column with ``captions``);
+    -> (Raw, the columns used)."""
     import datasets
 
     cols = list(ds.column_names)
     image = find_image_column(cols, getattr(c, "image_column", None), task.image_columns, where)
     caption = None
-    if task.modality == "image_text":
+    if captions:
         caption = _pick_column(
             "caption", "--text-column", cols, c.text_column, task.text_columns, (image,), where
         )
@@ -326,9 +329,10 @@ def table_raw(ds, path_or_name: str, where: str, task, c, need_label: bool, grou
     return raw, {"image": image, "text": caption, "label": label, "group": group_col}
 
 
-def load_image_sources(c, task, report: dict) -> tuple[dict[str, Raw], dict]:
+def load_image_sources(c, task, report: dict, *, captions: bool) -> tuple[dict[str, Raw], dict]:
     """The train (+ validation/test) sources of an image task (``c``: a DataConfig) -> (raw splits,
-    columns used). Image folders and tables may be mixed (e.g. a folder for train, a CSV for test)."""
+    columns used); ``captions``: rows carry a caption (tables only). Image folders and tables may be
+    mixed (e.g. a folder for train, a CSV for test)."""
     from fastft.train.data.sources import load_file, load_hub
 
     need_label = task.needs_labels
@@ -341,7 +345,7 @@ def load_image_sources(c, task, report: dict) -> tuple[dict[str, Raw], dict]:
             if not p:
                 continue
             if is_image_folder(p):
-                if task.modality == "image_text":
+                if captions:
                     raise DataError(
                         f"{flag} {p}: an image-text task needs a table with image and caption columns"
                     )
@@ -353,7 +357,9 @@ def load_image_sources(c, task, report: dict) -> tuple[dict[str, Raw], dict]:
                 used["label"] = used["label"] or ("<sub-folder>" if need_label else None)
                 continue
             ds = load_file(p, c.cache_dir, flag, task)
-            raws[s], cols = table_raw(ds, p, f"{flag} {p}", task, c, need_label, s == "train")
+            raws[s], cols = table_raw(
+                ds, p, f"{flag} {p}", task, c, need_label, s == "train", captions=captions
+            )
             used.update({k: v for k, v in cols.items() if v})
         report["source"] = ", ".join(f"{s}={p}" for s, (p, _) in files.items() if p)
     elif c.dataset is None or str(c.dataset).lower() in ("rotten_tomatoes", "rotten-tomatoes"):
@@ -364,7 +370,9 @@ def load_image_sources(c, task, report: dict) -> tuple[dict[str, Raw], dict]:
     else:
         for s, ds in load_hub(str(c.dataset), c.cache_dir).items():
             where = f"dataset {c.dataset!r} ({s})"
-            raws[s], cols = table_raw(ds, str(c.dataset), where, task, c, need_label, s == "train")
+            raws[s], cols = table_raw(
+                ds, str(c.dataset), where, task, c, need_label, s == "train", captions=captions
+            )
             used.update({k: v for k, v in cols.items() if v})
         report["source"] = f"hub:{c.dataset}"
     report["columns"] = dict(used)

@@ -12,15 +12,11 @@ import math
 import numpy as np
 import torch
 
+from fastft.train.data.collate import MODEL_COLUMNS, seeded_rng
+from fastft.train.data.modalities import modality_of
 from fastft.train.tasks import Task, get_task
 
 __all__ = ["global_batch_order", "mega_batches", "make_dataloader", "MODEL_COLUMNS"]
-
-MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _rng(*keys: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
 
 
 def mega_batches(n: int, batch_size: int) -> int:
@@ -56,7 +52,7 @@ def global_batch_order(
     n = len(lengths)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    rng = _rng(seed, epoch, 0xBA7C)
+    rng = seeded_rng(seed, epoch, 0xBA7C)
     order = rng.permutation(n) if shuffle else np.arange(n)
     if world_size > 1 and n > 0 and not shuffle:
         step = batch_size * world_size
@@ -103,104 +99,6 @@ class _Batches(torch.utils.data.Dataset):
         return batch
 
 
-class _Collator:
-    """Pads the model columns of a batch (dynamic or to ``max_length``), applies token dropout and
-    asks the task for the ``labels`` tensor."""
-
-    def __init__(
-        self,
-        tokenizer,
-        task: Task,
-        pad_to_max_length: bool,
-        max_length: int | None,
-        token_dropout: float,
-        seed: int,
-        epoch: int,
-    ):
-        self.task = task
-        self.pad_to_max_length, self.max_length = pad_to_max_length, max_length
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        self.pad_id = int(pad)
-        self.left = getattr(tokenizer, "padding_side", "right") == "left"
-        self.token_dropout, self.seed, self.epoch = float(token_dropout), seed, epoch
-        if self.token_dropout > 0:
-            rep = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.mask_token_id
-            if rep is None:
-                raise ValueError("token_dropout needs a tokenizer with an unk or mask token")
-            self.replace_id = int(rep)
-            self.special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
-
-    def _pad(self, feats: dict[str, list]) -> dict[str, np.ndarray]:
-        seqs = feats["input_ids"]
-        longest = max(len(s) for s in seqs)
-        if self.pad_to_max_length:
-            width = self.max_length or longest
-        else:
-            width = min(longest, self.max_length) if self.max_length else longest
-        out = {}
-        for k in MODEL_COLUMNS:
-            if k not in feats:
-                continue
-            arr = np.full((len(seqs), width), self.pad_id if k == "input_ids" else 0, dtype=np.int64)
-            for i, s in enumerate(feats[k]):
-                s = s[:width]
-                if self.left:
-                    arr[i, width - len(s) :] = s
-                else:
-                    arr[i, : len(s)] = s
-            out[k] = arr
-        if "attention_mask" not in out:
-            lens = np.array([min(len(s), width) for s in seqs])
-            cols = np.arange(width)[None, :]
-            out["attention_mask"] = (
-                (cols >= width - lens[:, None]) if self.left else (cols < lens[:, None])
-            ).astype(np.int64)
-        return out
-
-    def __call__(self, feats: dict[str, list], batch_id: int, rows=None) -> dict[str, torch.Tensor]:
-        out = self._pad(feats)
-        labels = self.task.collate_labels(feats, out, self.left)  # before dropout: LM targets stay intact
-        if self.token_dropout > 0:
-            ids = out["input_ids"]
-            rng = _rng(self.seed, self.epoch, batch_id, 0xD80)
-            cand = (out["attention_mask"] == 1) & ~np.isin(ids, self.special)
-            drop = cand & (rng.random(ids.shape) < self.token_dropout)
-            ids[drop] = self.replace_id
-        batch = {k: torch.from_numpy(v) for k, v in out.items()}
-        if isinstance(labels, dict):  # a task's labels plus its per-token bookkeeping (e.g. word_start)
-            batch.update(labels)
-        elif labels is not None:
-            batch["labels"] = labels
-        return batch
-
-
-class _ImageCollator:
-    """Image modalities: decodes each row's image (Pillow, RGB), applies the train-split augmentation
-    seeded by (seed, epoch, dataset row), and asks the task for the model inputs and labels."""
-
-    def __init__(self, processor, task: Task, augment: str | None, seed: int, epoch: int):
-        from fastft.train import vision
-
-        self.vision, self.processor, self.task, self.seed, self.epoch = vision, processor, task, seed, epoch
-        self.transform = vision.build_augment(augment, vision.image_size(processor)) if augment else None
-
-    def __call__(self, feats: dict[str, list], batch_id: int, rows: list[int]) -> dict[str, torch.Tensor]:
-        v = self.vision
-        images = [
-            v.augment_image(self.transform, v.open_image(ref), self.seed, self.epoch, row)
-            for ref, row in zip(feats["image_ref"], rows)
-        ]
-        batch = dict(self.task.collate_inputs(images, feats, self.processor))
-        labels = self.task.collate_labels(feats, batch, False)
-        if isinstance(labels, dict):
-            batch.update(labels)
-        elif labels is not None:
-            batch["labels"] = labels
-        return batch
-
-
 def make_dataloader(
     ds,
     tokenizer,
@@ -236,8 +134,8 @@ def make_dataloader(
     * ``token_dropout`` (pass it for the train loader only): each non-special, non-pad token is
       replaced by the unk token (mask token if there is no unk) with this probability, seeded by
       (seed, epoch, global batch index), so resumes see the same masks. Labels keep the original tokens.
-    * Image tasks (``task.modality != "text"``): ``tokenizer`` is the image processor (or processor);
-      batches are not length-grouped; each batch's images are decoded here, ``augment`` (the
+    * Image tasks (:mod:`~fastft.train.data.modalities`: input kinds without tokens): ``tokenizer``
+      is the image processor (or processor); batches are not length-grouped; each batch's images are decoded here, ``augment`` (the
       ``--augment`` presets; pass it for the train loader only) is applied per row seeded by (seed,
       epoch, dataset row), and ``task.collate_inputs`` makes ``pixel_values`` (+ its text inputs).
     """
@@ -246,11 +144,10 @@ def make_dataloader(
         raise ValueError(f"token_dropout must be in [0, 1), got {token_dropout}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad rank/world_size: {rank}/{world_size}")
-    image = task.modality != "text"
-    if image:
+    modality = modality_of(task)
+    lengths = modality.batch_lengths(ds)
+    if lengths is None:  # no lengths to group by (images): one per row
         lengths, group_by_length = [1] * len(ds), False
-    else:
-        lengths = list(ds["length"]) if "length" in ds.column_names else [len(x) for x in ds["input_ids"]]
     batches = global_batch_order(
         lengths,
         batch_size,
@@ -269,10 +166,8 @@ def make_dataloader(
     n = len(ds)
     # eval order padding (no shuffle) sits at positions >= n of the batch-contiguous order
     repeats = [[not shuffle and b * batch_size + j >= n for j in range(len(batches[b]))] for b in ids]
-    if image:
-        collate = _ImageCollator(tokenizer, task, augment, seed, epoch)
-    else:
-        collate = _Collator(tokenizer, task, pad_to_max_length, max_length, token_dropout, seed, epoch)
+    text_opts = dict(pad_to_max_length=pad_to_max_length, max_length=max_length, token_dropout=token_dropout)
+    collate = modality.collator(tokenizer, task, augment=augment, seed=seed, epoch=epoch, **text_opts)
     # with_format(None): python lists whatever format the caller set on the dataset.
     view = _Batches(
         ds.select_columns(keep).with_format(None), [batches[i] for i in ids], ids, repeats, collate

@@ -16,7 +16,7 @@ Decisions users see the effects of:
   (rows of the source, 0-based) go to ``output_dir/split_indices.json``. ``max_train_samples`` /
   ``max_eval_samples`` then take a seeded random subset of train / of validation and test.
 * **Augmentation** (EDA) of the train split only; **tokenization** cached (:mod:`.tokenize`).
-* **Images** (``task.modality != "text"``, :mod:`.images`): the sources give image references (image
+* **Images** (image input kinds, :mod:`~fastft.train.data.modalities`, :mod:`.images`): the sources give image references (image
   folder, path column, HF ``Image``), every image is checked up front (missing/corrupt -> DataError
   naming the row), cleaning/labels/splits/limits are the same, and the splits hold references
   (``image_ref``): the loader decodes, augments (train only) and processes them per batch.

@@ -15,6 +15,7 @@ from fastft.train.data.images import (
     mode_note,
     table_raw,
 )
+from fastft.train.data.modalities import modality_of
 from fastft.train.data.pipeline.prepare import check_numbers
 from fastft.train.data.sources import (
     Raw,
@@ -61,7 +62,7 @@ def prepare_file(
     import datasets
 
     task = get_task(task) if isinstance(task, str) else task
-    if task.modality != "text":
+    if not modality_of(task).tokenized:
         return _prepare_image_file(path, cfg, task, label2id, require_labels)
     check_cache_dir(cfg.cache_dir)
     ds = load_file(path, cfg.cache_dir, "file", task)
@@ -117,7 +118,8 @@ def _prepare_image_file(path: str, cfg: DataConfig, task: Task, label2id, requir
         shown = [os.path.relpath(r, path) for r in raw.texts]
     else:
         ds = load_file(path, cfg.cache_dir, "--file", task)
-        raw, used = table_raw(ds, path, f"--file {path}", task, cfg, need_label, False)
+        captions = modality_of(task).captions
+        raw, used = table_raw(ds, path, f"--file {path}", task, cfg, need_label, False, captions=captions)
         shown = [v if isinstance(v, str) else f"row {i + 1}" for i, v in enumerate(ds[used["image"]])]
     for i, ref in enumerate(raw.texts):
         if ref is None or (isinstance(ref, (str, bytes)) and not ref.strip()):

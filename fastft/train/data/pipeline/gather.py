@@ -8,10 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastft.train.data.images import (
-    is_image_folder,
-    load_image_sources,
-)
+from fastft.train.data.images import is_image_folder
+from fastft.train.data.modalities import modality_of
 from fastft.train.data.sources import (
     ROTTEN_COLUMNS,
     ROTTEN_LABELS,
@@ -59,25 +57,22 @@ def requested_task(c: DataConfig) -> Task | None:
         return get_task("image_classification") if folder else None
     try:
         task = get_task(name)
-        if task.modality == "image_text":  # its columns depend on the run's options (class column)
-            task = task.configure(c)
+        task = modality_of(task).requested(task, c)
     except KeyError:
         from fastft.train.tasks import task_names
 
         raise DataError(f"unknown task {name!r}: use {', '.join(task_names())}") from None
-    if folder and task.modality == "text":
-        raise DataError(
-            f"{folder} is a folder: folders of images need --task image_classification; text tasks take "
-            "a data file (csv, tsv, json, jsonl, parquet)"
-        )
+    if folder:
+        modality_of(task).check_folder(folder)
     return task
 
 
 def load_sources(c: DataConfig, task: Task | None, report: dict):
     """-> (raw splits, columns, a fixed label2id or None, task)."""
     need_label = task is None or task.needs_labels
-    if task is not None and task.modality != "text":
-        raws, used = load_image_sources(c, task, report)
+    read = modality_of(task).read_sources(c, task, report)  # image kinds: their own reader
+    if read is not None:
+        raws, used = read
         return raws, Columns(used["image"], used["text"], used["label"], used["group"]), None, task
     cols = Columns(
         c.tokens_column or c.text_column,

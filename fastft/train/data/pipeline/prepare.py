@@ -7,18 +7,11 @@ import json
 import logging
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastft.train.augment import augment_rows
-from fastft.train.data.clean import clean, is_word_list
-from fastft.train.data.images import (
-    check_images,
-    clean_images,
-    image_dataset,
-    mode_note,
-)
+from fastft.train.data.clean import is_word_list
+from fastft.train.data.modalities import modality_of
 from fastft.train.data.pipeline.gather import (
     Columns,
     data_fingerprints,
@@ -31,13 +24,12 @@ from fastft.train.data.sources import (
     check_cache_dir,
 )
 from fastft.train.data.split import split_indices, subset, write_json_atomic
-from fastft.train.data.tokenize import effective_max_length, tokenize
-from fastft.train.errors import ConfigError, DataError
+from fastft.train.errors import DataError
 from fastft.train.tasks import LabelSpace, Task, detect_task
-from fastft.train.vision import check_augment
 
 if TYPE_CHECKING:
     from fastft.train.config import DataConfig
+    from fastft.train.data.modalities import Modality
 
 __all__ = ["PreparedData", "prepare_data", "check_numbers", "SPLITS"]
 
@@ -68,23 +60,20 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: str | None = None)
     report: dict[str, Any] = {}
     raws, cols, fixed, task = load_sources(cfg, task, report)
     report["data_files"] = data_fingerprints(cfg)  # --resume sees a file changed under its name
-    _clean_splits(raws, task is None or task.needs_labels, report, _modality(task))
-    if _modality(task) != "text":
-        _check_images(raws, report)
+    modality = modality_of(task)  # None: --task auto on a data file (text)
+    _clean_splits(raws, task is None or task.needs_labels, report, modality)
+    modality.check_rows(raws, report)
     task, space = _encode_labels(raws, task, cfg, fixed)
     for s, raw in raws.items():
         check_numbers(task, raw.labels, [f"{source_name(cfg, s)} row {r + 1}" for r in raw.rows], cols.label)
     task = task.configure(cfg)
     _split(raws, task, cfg, cols, output_dir, report)
-    _limit_and_augment(raws, cfg, report, task.modality)
+    modality = modality_of(task)  # the detected / refined / configured task's
+    _limit_and_augment(raws, cfg, report, modality)
     for w in task.split_warnings(raws, space):
         log.warning("data: %s", w)
         report.setdefault("warnings", []).append(w)
-    if task.modality == "text":
-        splits = _tokenize_splits(raws, task, tokenizer, cfg, cols, report)
-    else:  # references only: the loader decodes, augments and processes each batch
-        built: dict[int, Any] = {}
-        splits = {s: built.setdefault(id(raws[s]), image_dataset(raws[s], task.needs_labels)) for s in SPLITS}
+    splits = modality.build_splits(raws, task, tokenizer, cfg, cols, report)
     counts = {s: task.label_counts(raws[s].labels, space) for s in splits}
     if any(v is not None for v in counts.values()):
         report["label_counts"] = counts
@@ -120,27 +109,10 @@ def check_numbers(task: Task, labels, where: list[str], column: str | None) -> N
         )
 
 
-def _modality(task: Task | None) -> str:
-    return task.modality if task is not None else "text"
-
-
-def _check_images(raws: dict[str, Raw], report: dict) -> None:
-    """Every image opens (missing / corrupt -> DataError naming the row); one note for non-RGB modes."""
-    modes: Counter = Counter()
-    for s, raw in raws.items():
-        modes.update(check_images(raw, s))
-    note = mode_note(modes)
-    if note:
-        log.warning("note: %s", note)
-        report.setdefault("notes", []).append(note)
-    report["image_modes"] = dict(modes)
-
-
-def _clean_splits(raws: dict[str, Raw], need_labels: bool, report: dict, modality: str = "text") -> None:
+def _clean_splits(raws: dict[str, Raw], need_labels: bool, report: dict, modality: Modality) -> None:
     dropped: dict[str, dict] = {}
     for s in list(raws):
-        cleaner = clean if modality == "text" else clean_images
-        raws[s], dropped[s] = cleaner(raws[s], need_labels=need_labels)
+        raws[s], dropped[s] = modality.clean(raws[s], need_labels)
     report["rows_dropped"] = dropped
     report["dropped_empty"] = sum(d["empty"] for d in dropped.values())
     report["dropped_duplicate"] = sum(d["duplicate"] for d in dropped.values())
@@ -216,9 +188,9 @@ def _split(
         report["split_indices"] = path
 
 
-def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict, modality: str = "text") -> None:
-    """Seeded sample limits, the eval-rows-in-train count, then EDA copies of train rows (image
-    presets are only checked here: the loader applies them per sample)."""
+def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict, modality: Modality) -> None:
+    """Seeded sample limits, the eval-rows-in-train count, then the input kind's augmentation (EDA
+    copies of train rows; image presets are only checked here: the loader applies them per sample)."""
     test_is_val = raws["test"] is raws["validation"]
     for s, limit, salt in (
         ("train", c.max_train_samples, 1),
@@ -242,61 +214,4 @@ def _limit_and_augment(raws: dict[str, Raw], c: DataConfig, report: dict, modali
     report["augmented_rows"] = 0
     if not c.augment:
         return
-    try:
-        check_augment(c.augment, modality)
-    except ConfigError as e:
-        raise DataError(str(e)) from None
-    if modality != "text":
-        report["augment"] = str(c.augment)
-        return
-    if str(c.augment).lower() != "eda":
-        raise DataError(f"unknown augment {c.augment!r}: use eda (or leave it unset)")
-    if not 0 <= c.augment_prob <= 1:
-        raise DataError(f"augment_prob must be in [0, 1], got {c.augment_prob}")
-    tr = raws["train"]
-    if tr.texts and is_word_list(tr.texts[0]):
-        raise DataError("--augment eda edits texts and cannot keep word tags aligned; drop --augment")
-    copies = augment_rows(tr.texts, tr.pairs, float(c.augment_prob), c.seed)
-    raws["train"] = Raw(
-        tr.texts + [x[1] for x in copies],
-        tr.pairs + [x[2] for x in copies] if tr.pairs is not None else None,
-        tr.labels + [tr.labels[x[0]] for x in copies] if tr.labels is not None else None,
-        None,
-        tr.rows + [tr.rows[x[0]] for x in copies],
-    )
-    report["augmented_rows"] = len(copies)
-
-
-def _tokenize_splits(raws, task: Task, tokenizer, c: DataConfig, cols: Columns, report: dict) -> dict:
-    import datasets
-
-    max_length = effective_max_length(tokenizer, c.max_length)
-    splits, hits, built = {}, {}, {}
-    for s in SPLITS:
-        raw = raws[s]
-        if id(raw) in built:  # test = validation: same object, tokenize once
-            splits[s] = built[id(raw)]
-            continue
-        columns: dict[str, list] = {cols.text: raw.texts}
-        if cols.pair:
-            columns[cols.pair] = raw.pairs
-        if task.needs_labels:
-            columns["labels"] = raw.labels
-        ds = datasets.Dataset.from_dict(columns)
-        splits[s], hits[s] = tokenize(ds, tokenizer, cols.text, cols.pair, max_length, task, c.cache_dir)
-        built[id(raw)] = splits[s]
-    report["tokenization_cache_hit"] = hits
-    report["max_length"] = max_length
-    cut = {
-        s: int(sum(d["truncated_words"])) for s, d in splits.items() if "truncated_words" in d.column_names
-    }
-    if cut:
-        report["truncated_words"] = cut
-        if any(cut.values()):
-            log.warning(
-                "data: words cut by --max-length %d (not trained on, not scored, predicted O): %s; "
-                "raise --max-length to keep them",
-                max_length,
-                json.dumps(cut),
-            )
-    return splits
+    modality.augment(raws, c, report)
