@@ -22,7 +22,8 @@ at most ``--max-answer-length`` tokens, the best sum of start and end logits win
 probability among the example's 20 best candidates). Metrics: ``exact_match`` and ``f1`` of the
 official SQuAD v1.1 script (lowercase, punctuation and articles removed, whitespace collapsed; F1 over
 token bags; the max over the gold answers), as fractions; best by ``f1``. Predict (JSONL): the input
-columns, then ``answer``, its character ``start``/``end`` (end exclusive) in the context and ``score``.
+columns, then ``answer``, its character ``start``/``end`` (end exclusive) in the context and ``score``;
+eval and predict window and decode with the training run's ``--doc-stride`` and ``--max-answer-length``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import re
 import string
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -169,6 +171,25 @@ def _flatten_squad(ds) -> dict[str, list]:
     return out
 
 
+#: the files ``fastft train`` reads (predict's ``--file`` needs no answers)
+_TRAIN_FLAGS = ("--train-file", "--validation-file", "--test-file")
+
+
+def _check_has_answers(ds, where: str) -> None:
+    """A training file must have a column of answers (any name, for ``--label-column``): none among
+    the first rows' values is a DataError that names the columns question answering reads."""
+    if not where.startswith(_TRAIN_FLAGS) or "answers" in ds.column_names or len(ds) == 0:
+        return
+    head = ds[: min(len(ds), 20)]
+    if any(v is not None and _as_answers(v) is not None for vals in head.values() for v in vals):
+        return
+    raise DataError(
+        f"{where} has no answers (columns: {', '.join(ds.column_names)}); question answering reads "
+        "question, context and answers ({'text': [...], 'answer_start': [...]} per row), or answer_text "
+        "+ answer_start columns (or name yours with --label-column)"
+    )
+
+
 class QuestionAnswering(Task):
     name = "question_answering"
     aliases = ("qa", "extractive_qa", "question-answering")
@@ -197,6 +218,12 @@ class QuestionAnswering(Task):
         other.doc_stride, other.max_answer_length = stride, longest
         return other
 
+    def for_inference(self, saved: dict, *, images_only: bool = False) -> Task:
+        """The training run's ``--doc-stride`` and ``--max-answer-length`` (``saved``: its
+        ``train_config.json``), so eval/predict window and decode as the run did."""
+        keys = ("doc_stride", "max_answer_length")
+        return self.configure(SimpleNamespace(**{k: saved[k] for k in keys if saved.get(k) is not None}))
+
     # ---- data ------------------------------------------------------------------------------------
     def read_table(self, ds, where):
         import datasets
@@ -206,6 +233,7 @@ class QuestionAnswering(Task):
             return datasets.Dataset.from_dict(_flatten_squad(ds))
         have = [c for c in ("answer_text", "answer_start") if c in cols]
         if "answers" in cols or not have:
+            _check_has_answers(ds, where)
             return ds
         if len(have) == 1:
             raise DataError(

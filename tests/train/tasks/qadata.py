@@ -1,59 +1,55 @@
-"""A synthetic SQuAD-style set: contexts of templated facts about a made-up place, one question per
-context about one of its facts (not always the first sentence); the other facts (other relations,
-other made-up names) are the distractors, so the answer is found by matching the question's relation."""
+"""A synthetic SQuAD-style set a small pretrained encoder learns in a few dozen steps: a context is 3-5
+short facts of different kinds in random order ("The hat is red.", "Anna lives in Paris.", ...), the
+question asks about one of them, so the answer sits at any sentence position and is found by matching
+the question's kind and subject. Every word is a common English word the MiniLM tokenizer keeps whole."""
 
 from __future__ import annotations
 
 import random
 
-SYL = ["ka", "lo", "mi", "ra", "to", "ne", "su", "vi", "do", "pe", "ba", "ri", "zo", "ma", "te", "gu"]
-RELATIONS = [
-    ("The capital of {x} is {y}.", "What is the capital of {x}?"),
-    ("The leader of {x} is {y}.", "Who is the leader of {x}?"),
-    ("The river of {x} is called {y}.", "What is the river of {x} called?"),
-    ("The highest mountain of {x} is {y}.", "What is the highest mountain of {x}?"),
-    ("The founder of {x} was {y}.", "Who was the founder of {x}?"),
-]
-FILLER = [
-    "It rains often in spring.",
-    "Many people visit in summer.",
-    "The roads are long and quiet.",
-    "Old maps show several islands.",
-]
-
-
-def _name(rng: random.Random) -> str:
-    return "".join(rng.choice(SYL) for _ in range(rng.randint(2, 3))).capitalize()
+NAMES = ["Tom", "Anna", "Mary", "John", "Paul", "Emma", "Jack", "Lucy", "Peter", "Sarah", "David", "Kate"]
+#: (fact, question, subjects, answers): the fact names a subject {x} and its answer {y}
+KINDS = [
+    ("The {x} is {y}.", "What colour is the {x}?", ["car", "ball", "hat", "door", "box", "cup", "lamp", "bag"],
+     ["red", "blue", "green", "yellow", "black", "white", "brown", "pink"]),
+    ("{x} lives in {y}.", "Where does {x} live?", NAMES,
+     ["London", "Paris", "Rome", "Berlin", "Tokyo", "Madrid", "Boston", "Dublin"]),
+    ("{x} has {y} dogs.", "How many dogs does {x} have?", NAMES,
+     ["two", "three", "four", "five", "six", "seven", "eight", "nine"]),
+    ("The {x} starts on {y}.", "When does the {x} start?", ["party", "game", "concert", "class", "show"],
+     ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]),
+    ("{x} works as a {y}.", "What is the job of {x}?", NAMES,
+     ["doctor", "teacher", "farmer", "pilot", "lawyer", "nurse", "driver", "baker"]),
+]  # fmt: skip
 
 
 def examples(n: int, seed: int = 0, facts: tuple[int, int] = (3, 5)) -> list[dict]:
     """``n`` rows ``{id, question, context, answers}`` (Hugging Face's answers format): a context of
-    3-5 facts of different relations about one place plus a filler sentence, in random order."""
+    3-5 facts of different kinds (people distinct within a context), the question about one of them."""
     rng = random.Random(seed)
     rows = []
-    for k in range(n):
-        place = _name(rng)
-        rels = rng.sample(RELATIONS, rng.randint(*facts))
-        objects = [_name(rng) for _ in rels]
-        sentences = [fact.format(x=place, y=y) for (fact, _), y in zip(rels, objects)]
-        sentences.insert(rng.randrange(len(sentences) + 1), rng.choice(FILLER))
-        j = rng.randrange(len(rels))
+    for i in range(n):
+        kinds = rng.sample(KINDS, rng.randint(*facts))
+        people = iter(rng.sample(NAMES, len(kinds)))
+        picked = [(k, next(people) if k[2] is NAMES else rng.choice(k[2]), rng.choice(k[3])) for k in kinds]
+        sentences = [fact.format(x=x, y=y) for (fact, *_), x, y in picked]
+        j = rng.randrange(len(picked))
+        (fact, question, *_), x, y = picked[j]
         context = " ".join(sentences)
-        prefix = rels[j][0].split("{y}")[0].format(x=place)
-        start = context.index(prefix) + len(prefix)
-        assert context[start : start + len(objects[j])] == objects[j]
+        start = context.index(fact.format(x=x, y=y)) + len(fact.split("{y}")[0].format(x=x))
+        assert context[start : start + len(y)] == y
         rows.append(
             {
-                "id": f"q{k}",
-                "question": rels[j][1].format(x=place),
+                "id": f"q{i}",
+                "question": question.format(x=x),
                 "context": context,
-                "answers": {"text": [objects[j]], "answer_start": [start]},
+                "answers": {"text": [y], "answer_start": [start]},
             }
         )
     return rows
 
 
 def first_sentence_answer(context: str) -> str:
-    """The trivial baseline: the last word of the context's first sentence (a fact's object, or filler)."""
+    """The trivial baseline: the last word of the context's first sentence."""
     first = context.split(".")[0]
     return first.split()[-1] if first.split() else ""

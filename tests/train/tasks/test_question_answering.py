@@ -1,15 +1,18 @@
 """Extractive question answering: the SQuAD metric, stride windows mapped to labels and back, the
 file formats (SQuAD's nested JSON, flat JSON/JSONL, CSV), bad input (exit 2, one line) and an end-to-end
-CLI run on a synthetic SQuAD-style set (train beats the first-sentence baseline, predict writes spans)."""
+CLI run on a synthetic SQuAD-style set (train beats the first-sentence baseline by a wide margin,
+predict writes spans with the run's QA options)."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from fastft.cli import main
 from fastft.train.data.sources import load_file
@@ -19,6 +22,8 @@ from fastft.train.tasks import question_answering as Q
 from tests.models import minilm_dir
 from tests.train.tasks import qadata
 from tests.train.trainutil import read_jsonl
+
+DATA_SEED = 7  # the synthetic set of the end-to-end run
 
 
 def _write_jsonl(path, rows) -> str:
@@ -158,6 +163,15 @@ def test_file_formats_are_read(tmp_path):
         assert ds["question"] == [r["question"] for r in rows], name
         assert ds["context"] == [r["context"] for r in rows], name
         assert task.encode_labels(ds["answers"], None, None)[0] == want, name
+    # answers under another name (for --label-column) pass the training files' check; none do not
+    gold = _write_jsonl(
+        tmp_path / "gold.jsonl", [{**r, "gold": r.pop("answers")} for r in copy.deepcopy(rows)]
+    )
+    assert load_file(gold, str(tmp_path / "cache"), "--train-file", task)["gold"] == want
+    bare = _write_jsonl(tmp_path / "bare.jsonl", [{"question": r["question"], "context": "c"} for r in rows])
+    with pytest.raises(DataError, match="has no answers"):
+        load_file(bare, str(tmp_path / "cache"), "--validation-file", task)
+    assert load_file(bare, str(tmp_path / "cache"), "--file", task).column_names == ["question", "context"]
     assert Q._as_answers([{"text": "x", "answer_start": 3}]) == {"text": ["x"], "answer_start": [3]}
     assert task.detects([r["answers"] for r in rows], []) and not task.detects(["pos"], ["a"])
     with pytest.raises(DataError, match="answer_text"):
@@ -165,12 +179,14 @@ def test_file_formats_are_read(tmp_path):
 
 
 # ---- end to end -----------------------------------------------------------------------------------
-def _small_minilm(path: str, layers: int = 3) -> str:
+def _small_minilm(path: str, layers: int = 2) -> str:
     """The real MiniLM cut to its first ``layers`` layers, as a QA model (new head): pretrained
     enough to learn the set in a few steps, cheap enough for CPU CI."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    model = AutoModelForQuestionAnswering.from_pretrained(minilm_dir())
+    with torch.random.fork_rng():  # the new head's initialisation: fixed, so the run is deterministic
+        torch.manual_seed(0)
+        model = AutoModelForQuestionAnswering.from_pretrained(minilm_dir())
     model.bert.encoder.layer = model.bert.encoder.layer[:layers]
     model.config.num_hidden_layers = layers
     model.save_pretrained(path)
@@ -181,13 +197,13 @@ def _small_minilm(path: str, layers: int = 3) -> str:
 @pytest.fixture(scope="module")
 def qa(tmp_path_factory):
     d = tmp_path_factory.mktemp("qa")
-    rows = qadata.examples(240, seed=7)
+    rows = qadata.examples(280, seed=DATA_SEED)
     files = {
-        "train": _write_jsonl(d / "train.jsonl", rows[:160]),
-        "validation": _write_jsonl(d / "val.jsonl", rows[160:200]),
-        "test": _write_jsonl(d / "test.jsonl", rows[200:]),
+        "train": _write_jsonl(d / "train.jsonl", rows[:200]),
+        "validation": _write_jsonl(d / "val.jsonl", rows[200:240]),
+        "test": _write_jsonl(d / "test.jsonl", rows[240:]),
     }
-    model = _small_minilm(str(d / "minilm3"))
+    model = _small_minilm(str(d / "minilm2"))
     return {"d": d, "rows": rows, "files": files, "cache": str(d / "cache"), "model": model}
 
 
@@ -210,15 +226,19 @@ def _argv(qa, out, *extra, files=None):
         "--cache-dir",
         qa["cache"],
         "--max-length",
-        "64",
+        "64",  # every synthetic context fits one window (the stride test covers windows)
         "--doc-stride",
-        "16",
+        "24",  # non-default run options that eval/predict must reuse
+        "--max-answer-length",
+        "4",
+        "--strategy",
+        "freeze",  # embeddings frozen (--freeze-layers 0): a 4x cheaper optimizer step on CPU
         "--batch-size",
         "8",
         "--lr",
-        "3e-4",
+        "1e-3",
         "--epochs",
-        "4",
+        "3",
         "--logging-steps",
         "10",
         *extra,
@@ -235,7 +255,7 @@ def trained(qa, tmp_path_factory):
 
 def test_cli_run_beats_first_sentence_baseline(qa, trained):
     test = trained["results"]["test"]
-    rows = qa["rows"][200:]
+    rows = qa["rows"][240:]
     base = Q.squad_scores(
         [qadata.first_sentence_answer(r["context"]) for r in rows], [r["answers"]["text"] for r in rows]
     )
@@ -243,26 +263,37 @@ def test_cli_run_beats_first_sentence_baseline(qa, trained):
         f"QA test F1 {test['f1']:.4f} EM {test['exact_match']:.4f} (first-sentence baseline F1 {base['f1']:.4f} "
         f"EM {base['exact_match']:.4f}); train wall {trained['wall']:.1f}s"
     )
-    assert test["examples"] == len(rows) and test["features"] > len(rows)  # long contexts were windowed
-    assert test["f1"] > base["f1"]  # measured on CPU: 0.34 vs 0.25 (a weak margin)
+    assert test["examples"] == len(rows) and test["features"] >= len(rows)
+    # measured on CPU, data seeds 3, 7, 11 x --seed 42, 1: test F1 0.975-1.0, baseline 0.175-0.275
+    assert test["f1"] >= base["f1"] + 0.2 and test["exact_match"] >= base["exact_match"] + 0.2
     assert trained["results"]["problem_type"] == "question_answering"
     cfg = json.load(open(trained["out"] / "config.json"))
     assert cfg["architectures"] == ["BertForQuestionAnswering"]
 
 
-def test_predict_writes_answer_spans(qa, trained, tmp_path):
-    rows = qa["rows"][200:220]
+def test_predict_writes_answer_spans(qa, trained, tmp_path, monkeypatch):
+    rows = qa["rows"][240:260]
     src = _write_jsonl(
         tmp_path / "in.jsonl", [{k: r[k] for k in ("id", "question", "context")} for r in rows]
     )
     pred = tmp_path / "p.jsonl"
+    seen = {}
+    real = Q.QuestionAnswering.predict
+
+    def spy(self, *a, **kw):  # the task object predict runs: the run's options, not the defaults
+        seen.update(doc_stride=self.doc_stride, max_answer_length=self.max_answer_length)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Q.QuestionAnswering, "predict", spy)
     assert main(["predict", "--model", str(trained["out"]), "--file", src, "--output", str(pred)]) == 0
+    assert seen == {"doc_stride": 24, "max_answer_length": 4}
+    assert Q.QuestionAnswering().for_inference({"doc_stride": 8}).doc_stride == 8
     got = read_jsonl(str(pred))
     assert [g["id"] for g in got] == [r["id"] for r in rows]
     for g, r in zip(got, rows):
         assert g["question"] == r["question"] and g["context"] == r["context"]
         assert g["answer"] == r["context"][g["start"] : g["end"]] and 0 <= g["score"] <= 1
-    assert sum(g["answer"] == r["answers"]["text"][0] for g, r in zip(got, rows)) >= len(rows) // 2
+    assert sum(g["answer"] == r["answers"]["text"][0] for g, r in zip(got, rows)) >= len(rows) - 2
 
 
 def test_bad_input_exits_2_with_one_line(qa, tmp_path, capsys):
@@ -271,8 +302,9 @@ def test_bad_input_exits_2_with_one_line(qa, tmp_path, capsys):
     files = {s: _write_jsonl(tmp_path / f"{s}.jsonl", no_answers) for s in ("train", "validation", "test")}
     capsys.readouterr()
     assert main(_argv(qa, tmp_path / "o1", "--max-steps", "1", files=files)) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "label" in err and "question, context" in err
+    err = capsys.readouterr().err.strip()  # the QA line naming the columns, not the generic one
+    assert len(err.splitlines()) == 1 and "--train-file" in err and "has no answers" in err, err
+    assert "columns: question, context" in err and "answer_text + answer_start" in err
     bad = [dict(r) for r in rows]
     bad[5] = {**bad[5], "answers": {"text": bad[5]["answers"]["text"], "answer_start": [0]}}
     files = {s: _write_jsonl(tmp_path / f"b{s}.jsonl", bad) for s in ("train", "validation", "test")}
