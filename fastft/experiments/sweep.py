@@ -187,7 +187,7 @@ def _objective(base: dict, space: list[SearchSpace], metric: str, trials_dir: st
             raise
         finally:
             control.trainer = None
-            control.saw(getattr(trainer, "_stop_signal", None))  # one that the trainer's handler caught
+            control.saw(trainer.stop.signum if trainer is not None else None)  # one the trainer caught
 
     return objective
 

@@ -18,6 +18,7 @@ def test_names_aliases_and_problem_types_are_hf_compatible():
         "image_multilabel",
         "image_classification",
         "token_classification",
+        "question_answering",
         "causal_lm",
         "multilabel",
         "regression",
@@ -29,6 +30,7 @@ def test_names_aliases_and_problem_types_are_hf_compatible():
         "multilabel": "multi_label_classification",
         "regression": "regression",
         "causal_lm": "causal_lm",
+        "question_answering": "question_answering",
     }
     for name, pt in expected.items():
         assert get_task(name).problem_type == pt
