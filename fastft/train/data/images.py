@@ -305,7 +305,7 @@ def table_raw(
     label = None
     if need_label:
         exclude = (image, caption)
-        flag, given = getattr(task, "label_flag", "--label-column"), getattr(task, "class_column", None)
+        flag, given = task.label_flag, task.class_column
         label = _pick_column("label", flag, cols, c.label_column or given, task.label_columns, exclude, where)
     group_col = c.split_group_column if group else None
     if group_col is not None and group_col not in cols:

@@ -164,7 +164,7 @@ def load_file(path: str, cache_dir: str | None, flag: str, task=None, named=()):
         return _load_conll(path, flag)
     table_named = any(c is not None and c not in _CONLL_COLUMNS for c in named)
     sniff = task is None and not table_named
-    if ext == ".tsv" and (getattr(task, "reads_conll", False) or (sniff and _looks_like_conll(path))):
+    if ext == ".tsv" and ((task is not None and task.reads_conll) or (sniff and _looks_like_conll(path))):
         return _load_conll(path, flag)
     if ext in _COMPRESSION:
         ext = os.path.splitext(base)[1]

@@ -409,3 +409,7 @@ class Task(DataHooks, ModelHooks, EvalHooks, InferenceHooks):
     collapse_kind: str | None = None
     #: a ``.tsv`` file is read as CoNLL (one token and its tag per line), not as a table.
     reads_conll: bool = False
+    #: the flag that names the label column in messages, and a column the task itself asks for
+    #: (contrastive's optional class column); read by the image-table reader.
+    label_flag: str = "--label-column"
+    class_column: str | None = None
