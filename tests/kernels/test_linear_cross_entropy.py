@@ -47,10 +47,21 @@ def test_linear_ce_fp32_matches_float64(device, N, H, V, chunk, reduction):
         with fastft.backend("triton"):
             loss, grads = _grads(ours, (h, w, b), g)
         loss64, grads64 = _grads(ref, [x.double() if x is not None else None for x in (h, w, b)], g.double())
+        _, grads32 = _grads(ref, (h, w, b), g)  # torch's own fp32 result: its error is the bar
         assert loss.shape == loss64.shape and loss.dtype == torch.float32
         assert_close(loss, loss64, torch.float32, name="loss")
-        for name, a, r in zip(("hidden", "weight", "bias"), grads, grads64):
-            assert_close(a, r, torch.float32, name=f"grad {name} bias={bias} eps={eps}")
+        for name, a, a32, r in zip(("hidden", "weight", "bias"), grads, grads32, grads64):
+            _assert_fp32_grad(a, a32, r, f"grad {name} bias={bias} eps={eps}")
+
+
+def _assert_fp32_grad(a, a32, r, name: str) -> None:
+    """The fixed fp32 tolerance, or within 2x torch's own fp32 error: a hidden-state gradient sums V
+    fp32 products (50k at GPT-2's vocabulary), and there torch itself misses the fixed tolerance on
+    about one draw in twenty (3 of 60 measured)."""
+    try:
+        assert_close(a, r, torch.float32, name=name)
+    except AssertionError:
+        assert_within_torch_error(a, a32, r, name=name)
 
 
 def test_linear_ce_frozen_parts_and_leading_dims(device):
