@@ -328,3 +328,15 @@ def test_an_upward_lazy_edge_is_named():
         "fastft.train.config imports fastft.train.trackers: layer 5 (train config) may not import "
         "layer 6 (train libraries)"
     ]
+
+
+def test_every_package_folder_is_installed():
+    # pyproject.toml lists packages by hand: a new subpackage missing there is absent from a wheel
+    # (an editable install hides it)
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert folders == listed, (
+        f"not in pyproject.toml packages: {sorted(folders - listed)}; stale: {sorted(listed - folders)}"
+    )
