@@ -214,9 +214,8 @@ def _cycle_report(comp: list[str], graph: dict[str, set[str]], where) -> str:
 def test_the_walk_sees_the_package():
     # a guard that sees nothing passes for nothing: the walk must find the known layers and edges
     assert {"fastft.train.trainer", "fastft.ops", "fastft.kernels.attention", "fastft.cli"} <= set(MODULES)
-    assert "fastft.train.config" in EDGES["fastft.train.trainer"] or any(
-        rank(t) >= 4 for t in EDGES["fastft.train.trainer"]
-    )
+    assert "fastft.train.loop" in EDGES["fastft.train.trainer"]  # a top-level import
+    assert "fastft.train.data.pipeline" in EDGES["fastft.train.setup"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
